@@ -1,0 +1,178 @@
+// Sampling math and counter-based noise shared by the CPU (C++) and CUDA implementations of
+// relpos::extract_patches. Nothing here knows about torch, so both compilers see the same code and the
+// two backends cannot drift. The pure-PyTorch spec these functions follow is relpos/reference.py.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define RELPOS_HD __host__ __device__ __forceinline__
+#else
+#define RELPOS_HD inline
+#endif
+
+namespace relpos {
+
+enum Color : int { kColorNone = 0, kColorDrop = 1, kColorProject = 2 };
+
+// Columns of the int32 [N, 7] plan tensor (see relpos/plan.py).
+enum PlanColumn : int { kImage = 0, kHeight = 1, kWidth = 2, kTop = 3, kLeft = 4, kChannel = 5, kDown = 6, kPlanColumns = 7 };
+
+// Columns of the int64 [B, 6] image table: where each ragged image lies in the flat uint8 buffer.
+enum MetaColumn : int { kOffset = 0, kRows = 1, kCols = 2, kStrideC = 3, kStrideY = 4, kStrideX = 5, kMetaColumns = 6 };
+
+RELPOS_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+}
+
+// Philox4x32-10, first output word, with the same constants and counter layout as Triton's tl.randint:
+// counter = (pixel, patch, 0, 0), key = (seed low word, seed high word).
+RELPOS_HD uint32_t philox_first_word(uint64_t seed, uint32_t pixel, uint32_t patch) {
+  uint32_t c0 = pixel, c1 = patch, c2 = 0, c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t prev_c0 = c0, prev_c2 = c2;
+    c0 = mulhi32(0xCD9E8D57u, prev_c2) ^ c1 ^ k0;
+    c2 = mulhi32(0xD2511F53u, prev_c0) ^ c3 ^ k1;
+    c1 = 0xCD9E8D57u * prev_c2;
+    c3 = 0xD2511F53u * prev_c0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return c0;
+}
+
+// Noise in [-0.5, 0.5): the top 24 bits of the Philox word, exact in float32 on every backend.
+RELPOS_HD float centered_noise(uint64_t seed, uint32_t pixel, uint32_t patch) {
+  return static_cast<float>(philox_first_word(seed, pixel, patch) >> 8) * (1.0f / 16777216.0f) - 0.5f;
+}
+
+// One axis of a bilinear resize with align_corners=False (torch's convention): output index dst of out_size
+// reads source position (dst + 0.5) * in_size / out_size - 0.5, clamped at 0. The position is computed
+// exactly in integers, so the tap indices never depend on float rounding, and the weight is rounded once
+// (one IEEE division); every backend therefore gets the same taps bit for bit. Sizes are at most 32767,
+// which keeps in_size * (2 * dst + 1) inside int32.
+struct Taps {
+  int i0, i1;
+  float w0, w1;
+};
+
+RELPOS_HD Taps linear_taps(int dst, int in_size, int out_size) {
+  int numerator = in_size * (2 * dst + 1) - out_size;  // source position times 2 * out_size
+  numerator = numerator < 0 ? 0 : numerator;
+  const int denominator = 2 * out_size;
+  Taps t;
+  t.i0 = numerator / denominator;
+  if (t.i0 >= in_size - 1) {
+    t.i0 = t.i1 = in_size - 1;
+    t.w1 = 0.f;
+  } else {
+    t.i1 = t.i0 + 1;
+    t.w1 = static_cast<float>(numerator % denominator) / static_cast<float>(denominator);
+  }
+  t.w0 = 1.f - t.w1;
+  return t;
+}
+
+RELPOS_HD float blend(const Taps& ty, const Taps& tx, float v00, float v01, float v10, float v11) {
+  return ty.w0 * (tx.w0 * v00 + tx.w1 * v01) + ty.w1 * (tx.w0 * v10 + tx.w1 * v11);
+}
+
+struct ImageView {
+  const uint8_t* base;
+  int64_t rows, cols, stride_c, stride_y, stride_x;
+  RELPOS_HD float at(int c, int y, int x) const {
+    return static_cast<float>(base[c * stride_c + y * stride_y + x * stride_x]);
+  }
+};
+
+// What one output patch needs to know: its source image, the virtual resized size, corner and down-size.
+struct PatchGeometry {
+  ImageView image;
+  int resized_rows, resized_cols, top, left, down, patch;
+};
+
+RELPOS_HD PatchGeometry make_geometry(ImageView image, const int32_t* plan_row, int patch) {
+  PatchGeometry g;
+  g.image = image;
+  g.resized_rows = plan_row[kHeight];
+  g.resized_cols = plan_row[kWidth];
+  g.top = plan_row[kTop];
+  g.left = plan_row[kLeft];
+  g.down = plan_row[kDown];
+  g.patch = patch;
+  return g;
+}
+
+// Pixel (py, px) of the crop of the resized image, channel c: a bilinear read of the source image.
+RELPOS_HD float crop_pixel(const PatchGeometry& g, int c, int py, int px) {
+  const Taps ty = linear_taps(g.top + py, static_cast<int>(g.image.rows), g.resized_rows);
+  const Taps tx = linear_taps(g.left + px, static_cast<int>(g.image.cols), g.resized_cols);
+  return blend(ty, tx, g.image.at(c, ty.i0, tx.i0), g.image.at(c, ty.i0, tx.i1), g.image.at(c, ty.i1, tx.i0),
+               g.image.at(c, ty.i1, tx.i1));
+}
+
+// Pixel (sy, sx) of the crop downsampled to down x down.
+RELPOS_HD float small_pixel(const PatchGeometry& g, int c, int sy, int sx) {
+  const Taps ty = linear_taps(sy, g.patch, g.down);
+  const Taps tx = linear_taps(sx, g.patch, g.down);
+  return blend(ty, tx, crop_pixel(g, c, ty.i0, tx.i0), crop_pixel(g, c, ty.i0, tx.i1), crop_pixel(g, c, ty.i1, tx.i0),
+               crop_pixel(g, c, ty.i1, tx.i1));
+}
+
+// Value of the patch before colour handling: the crop, or the crop down- and up-sampled again.
+RELPOS_HD float patch_pixel(const PatchGeometry& g, int c, int py, int px) {
+  if (g.down <= 0) return crop_pixel(g, c, py, px);
+  const Taps ty = linear_taps(py, g.down, g.patch);
+  const Taps tx = linear_taps(px, g.down, g.patch);
+  return blend(ty, tx, small_pixel(g, c, ty.i0, tx.i0), small_pixel(g, c, ty.i0, tx.i1), small_pixel(g, c, ty.i1, tx.i0),
+               small_pixel(g, c, ty.i1, tx.i1));
+}
+
+// The three channels of one pixel before normalisation: image content (projected if asked) or, for the
+// channels that colour dropping replaces, noise. Dropping reads only the kept channel from the image.
+RELPOS_HD void pixel_values(const PatchGeometry& g, int color, int kept, uint64_t seed, uint32_t patch_index, int py,
+                            int px, float v[3]) {
+  const uint32_t pixel = static_cast<uint32_t>(py * g.patch + px);
+  const uint32_t plane = static_cast<uint32_t>(g.patch * g.patch);
+  if (color == kColorDrop) {
+    const float value = patch_pixel(g, kept, py, px);
+    for (int c = 0; c < 3; ++c) v[c] = c == kept ? value : centered_noise(seed, c * plane + pixel, patch_index);
+    return;
+  }
+  for (int c = 0; c < 3; ++c) v[c] = patch_pixel(g, c, py, px);
+  if (color == kColorProject) {
+    const float d = (2.0f * v[1] - v[0] - v[2]) / 6.0f;
+    v[0] = v[0] + d;
+    v[1] = v[1] - 2.0f * d;
+    v[2] = v[2] + d;
+  }
+}
+
+// Whether channel c of a patch is mean-centred image content (true) or replaced by noise (false).
+RELPOS_HD bool keeps_channel(int color, int kept, int c) { return color != kColorDrop || c == kept; }
+
+// Per-patch statistics: channel means and the final scale to RMS 50. Sums are in double so that every
+// backend's result is independent of its summation order to well under 1e-4.
+struct PatchStats {
+  double sum[3];
+  double sum_sq[3];
+};
+
+RELPOS_HD void finish_stats(const PatchStats& s, int color, int kept, int pixels, float mean[3], float* scale) {
+  double total_sq = 0.0;
+  for (int c = 0; c < 3; ++c) {
+    const double m = s.sum[c] / pixels;
+    if (keeps_channel(color, kept, c)) {
+      mean[c] = static_cast<float>(m);
+      total_sq += s.sum_sq[c] - s.sum[c] * m;
+    } else {
+      mean[c] = 0.f;
+      total_sq += s.sum_sq[c];
+    }
+  }
+  const double mean_sq = total_sq / (3.0 * pixels);
+  *scale = static_cast<float>(50.0 / sqrt(mean_sq + 1e-8));
+}
+
+}  // namespace relpos

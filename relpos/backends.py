@@ -1,0 +1,77 @@
+"""Which implementations of the fused op are present, and why not when one is missing."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+
+
+@functools.cache
+def extension_error() -> str | None:
+    """None when the compiled extension relpos._C loaded, else the reason it did not."""
+    try:
+        importlib.import_module("relpos._C")
+    except ImportError as error:  # not built, or built against another torch
+        return f"{error}. Rebuild with: pip install --no-build-isolation -e ."
+    return None
+
+
+def has_cpu_extension() -> bool:
+    return extension_error() is None
+
+
+def has_cuda_extension() -> bool:
+    return has_cpu_extension() and torch._C._dispatch_has_kernel_for_dispatch_key("relpos::extract_patches", "CUDA")
+
+
+@functools.cache
+def triton_error() -> str | None:
+    """None when the Triton op is registered, else the reason it is not."""
+    try:
+        importlib.import_module("relpos.triton_op")
+    except ImportError as error:
+        return f"triton is not usable here ({error}); pip install triton"
+    return None
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Triton kernels run on CUDA devices, and on CPU tensors only under its interpreter (TRITON_INTERPRET=1)."""
+    if triton_error() is not None:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The concrete backend for `backend` on `device`, or a ValueError/RuntimeError saying what to do."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if device.type == "cuda":
+            if has_cuda_extension():
+                return "cuda"
+            if triton_runs_on(device):
+                return "triton"
+            return "reference"
+        return "cpu" if has_cpu_extension() else "reference"
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs images on the CPU, got {device}; use backend='auto'")
+        if not has_cpu_extension():
+            raise RuntimeError(f"backend='cpu' needs the compiled extension relpos._C: {extension_error()}")
+    if backend == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs images on a CUDA device, got {device}")
+        if not has_cuda_extension():
+            raise RuntimeError(
+                "backend='cuda' needs relpos._C built with CUDA (a CUDA build of torch and nvcc at install time; "
+                "force it with RELPOS_USE_CUDA=1). backend='triton' or 'auto' works without it."
+            )
+    if backend == "triton" and not triton_runs_on(device):
+        reason = triton_error() or f"Triton runs on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 (got {device})"
+        raise RuntimeError(f"backend='triton' is not available: {reason}")
+    return backend

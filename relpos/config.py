@@ -1,0 +1,48 @@
+"""Parameters of the pretext task. Defaults follow the authors' released training code."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+COLOR_MODES = ("drop", "project", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchConfig:
+    """How patches and pairs are drawn from an image (Doersch et al. 2015, sec. 3 and their code)."""
+
+    patch: int = 96
+    gap: int = 48
+    jitter: int = 7
+    min_pixels: int = 150_000
+    max_pixels: int = 450_000
+    grids_per_image: int = 4
+    downsample_prob: float = 1.0 / 3.0
+    downsample_area: tuple[int, int] = (100, 9025)
+
+    def __post_init__(self) -> None:
+        for name in ("patch", "grids_per_image", "min_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PatchConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("gap", "jitter"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PatchConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_pixels < self.min_pixels:
+            raise ValueError(f"PatchConfig.max_pixels ({self.max_pixels}) must be >= min_pixels ({self.min_pixels})")
+        if not 0.0 <= self.downsample_prob <= 1.0:
+            raise ValueError(f"PatchConfig.downsample_prob must lie in [0, 1], got {self.downsample_prob}")
+        low, high = self.downsample_area
+        if not 1 <= low <= high or math.isqrt(high) > self.patch:
+            raise ValueError(
+                f"PatchConfig.downsample_area must satisfy 1 <= low <= high <= patch**2, got {self.downsample_area}"
+            )
+
+    @property
+    def min_side(self) -> int:
+        """An image whose resized side is not larger than this cannot give one pair along that side."""
+        return 2 * self.patch + self.gap + self.jitter
+
+    @property
+    def stride(self) -> int:
+        return self.patch + self.gap

@@ -1,0 +1,50 @@
+"""Builds relpos._C: the CPU op always; the CUDA op when a CUDA toolchain and a CUDA build of torch exist.
+
+RELPOS_USE_CUDA=1 forces the CUDA part (and fails loudly if it cannot be built), RELPOS_USE_CUDA=0 skips it.
+Build with `pip install --no-build-isolation -e .` so the installed torch is used.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import torch
+
+
+def want_cuda() -> bool:
+    flag = os.environ.get("RELPOS_USE_CUDA", "auto").lower()
+    available = CUDA_HOME is not None and torch.version.cuda is not None
+    if flag in ("1", "true", "yes", "on"):
+        if not available:
+            raise RuntimeError(
+                "RELPOS_USE_CUDA=1 but no CUDA build of torch or no CUDA toolchain was found "
+                f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME})"
+            )
+        return True
+    if flag in ("0", "false", "no", "off"):
+        return False
+    return available
+
+
+def extension():
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    cxx = ["-O3", "-std=c++17"]
+    include_dirs = [os.path.join(here, "csrc")]
+    if want_cuda():
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        nvcc = ["-O3", "-std=c++17", "-lineinfo", "-DRELPOS_WITH_CUDA"]
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+        if not archs:  # sm_80 (A100) and sm_90 (H100/H200) at least, plus PTX for newer parts
+            nvcc += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                     "-gencode=arch=compute_90,code=compute_90"]
+        return CUDAExtension(
+            "relpos._C", sources, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx + ["-DRELPOS_WITH_CUDA"], "nvcc": nvcc},
+        )
+    return CppExtension("relpos._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+
+
+setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})
