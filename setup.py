@@ -30,12 +30,12 @@ def want_cuda() -> bool:
 def extension():
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3"]  # the C++ standard is the one torch asks for
     include_dirs = [os.path.join(here, "csrc")]
     if want_cuda():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        nvcc = ["-O3", "-std=c++17", "-lineinfo", "-DRELPOS_WITH_CUDA"]
+        nvcc = ["-O3", "-lineinfo", "--fmad=false", "-DRELPOS_WITH_CUDA"]
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
         if not archs:  # sm_80 (A100) and sm_90 (H100/H200) at least, plus PTX for newer parts
             nvcc += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",

@@ -86,6 +86,16 @@ void check_extract_args(const at::Tensor& data, const at::Tensor& meta, const at
   }
 }
 
+void check_out(const at::Tensor& out, const at::Tensor& plan) {
+  TORCH_CHECK_TYPE(out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16 ||
+                       out.scalar_type() == at::kHalf,
+                   "out must be float32, bfloat16 or float16, got ", out.scalar_type());
+  TORCH_CHECK_VALUE(out.dim() == 4 && out.size(0) == plan.size(0) && out.size(1) == 3 && out.size(2) == out.size(3),
+                    "out must have shape [N, 3, P, P] with N = ", plan.size(0), " plan rows, got ", out.sizes());
+  TORCH_CHECK_VALUE(out.is_non_overlapping_and_dense(), "out must be dense and non-overlapping, got strides ",
+                    out.strides());
+}
+
 at::Tensor empty_patches(int64_t num_patches, int64_t patch_size, at::ScalarType dtype, bool channels_last,
                          const at::Device& device) {
   return at::empty({num_patches, 3, patch_size, patch_size},
@@ -131,31 +141,47 @@ void extract_cpu_kernel(const uint8_t* data, const int64_t* meta, const int32_t*
   });
 }
 
-at::Tensor extract_patches_cpu(const at::Tensor& data, const at::Tensor& meta, const at::Tensor& plan, int64_t seed,
-                               c10::string_view color, int64_t patch_size, at::ScalarType dtype, bool channels_last) {
-  TORCH_CHECK_VALUE(data.is_cpu() && meta.is_cpu() && plan.is_cpu(),
-                    "the CPU op needs data, meta and plan on the CPU, got ", data.device(), ", ", meta.device(), ", ",
-                    plan.device());
-  check_extract_args(data, meta, plan, patch_size, dtype);
+void extract_patches_out_cpu(const at::Tensor& data, const at::Tensor& meta, const at::Tensor& plan, int64_t seed,
+                             c10::string_view color, const at::Tensor& out) {
+  TORCH_CHECK_VALUE(data.is_cpu() && meta.is_cpu() && plan.is_cpu() && out.is_cpu(),
+                    "the CPU op needs data, meta, plan and out on the CPU, got ", data.device(), ", ", meta.device(),
+                    ", ", plan.device(), ", ", out.device());
+  check_out(out, plan);
+  check_extract_args(data, meta, plan, out.size(2), out.scalar_type());
   const int code = color_code(std::string(color));
-  at::Tensor out = empty_patches(plan.size(0), patch_size, dtype, channels_last, data.device());
   const int64_t strides[4] = {out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "extract_patches_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "extract_patches_cpu", [&] {
     extract_cpu_kernel<scalar_t>(data.data_ptr<uint8_t>(), meta.data_ptr<int64_t>(), plan.data_ptr<int32_t>(),
-                                 plan.size(0), static_cast<int>(patch_size), static_cast<uint64_t>(seed), code,
+                                 plan.size(0), static_cast<int>(out.size(2)), static_cast<uint64_t>(seed), code,
                                  out.data_ptr<scalar_t>(), strides);
   });
-  return out;
 }
 
 }  // namespace
 
+at::Tensor extract_patches(const at::Tensor& data, const at::Tensor& meta, const at::Tensor& plan, int64_t seed,
+                           c10::string_view color, int64_t patch_size, at::ScalarType dtype, bool channels_last) {
+  TORCH_CHECK_VALUE(plan.dim() == 2, "plan must have shape [N, 7], got ", plan.sizes());
+  TORCH_CHECK_VALUE(patch_size >= 1 && patch_size <= 4096, "patch_size must lie in [1, 4096], got ", patch_size);
+  at::Tensor out = empty_patches(plan.size(0), patch_size, dtype, channels_last, data.device());
+  static auto out_op = c10::Dispatcher::singleton().findSchemaOrThrow("relpos::extract_patches_out", "")
+                           .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                       c10::string_view, const at::Tensor&)>();
+  out_op.call(data, meta, plan, seed, color, out);
+  return out;
+}
+
+// One schema for each op, declared here only; each device registers its implementation of the out variant,
+// and the functional op (allocate, then fill) is the same for every device.
 TORCH_LIBRARY(relpos, m) {
   m.def(
       "extract_patches(Tensor data, Tensor meta, Tensor plan, int seed, str color, int patch_size, "
       "ScalarType dtype, bool channels_last) -> Tensor");
+  m.def("extract_patches_out(Tensor data, Tensor meta, Tensor plan, int seed, str color, Tensor(a!) out) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(relpos, CPU, m) { m.impl("extract_patches", &extract_patches_cpu); }
+TORCH_LIBRARY_IMPL(relpos, CompositeExplicitAutograd, m) { m.impl("extract_patches", &extract_patches); }
+
+TORCH_LIBRARY_IMPL(relpos, CPU, m) { m.impl("extract_patches_out", &extract_patches_out_cpu); }
 
 }  // namespace relpos

@@ -15,6 +15,9 @@ int color_code(const std::string& color);
 void check_extract_args(const at::Tensor& data, const at::Tensor& meta, const at::Tensor& plan, int64_t patch_size,
                         at::ScalarType dtype);
 
+// Checks the preallocated output of the out variant: float type, [N, 3, P, P], dense.
+void check_out(const at::Tensor& out, const at::Tensor& plan);
+
 at::Tensor empty_patches(int64_t num_patches, int64_t patch_size, at::ScalarType dtype, bool channels_last,
                          const at::Device& device);
 

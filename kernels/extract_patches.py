@@ -82,6 +82,17 @@ def _noise(seed, patch_index, pixel):
 
 
 @triton.jit
+def _cast(value, dtype: tl.constexpr):
+    """float32 -> output dtype, rounding to nearest even. bfloat16 is rounded by hand: Triton's CPU
+    interpreter truncates float32 -> bfloat16 whatever rounding is asked for; after this the cast is exact."""
+    if dtype == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        value = bits.to(tl.float32, bitcast=True)
+    return value.to(dtype, fp_downcast_rounding="rtne")
+
+
+@triton.jit
 def _pixels(data, meta, plan, n, seed, pix, COLOR: tl.constexpr, PATCH: tl.constexpr):
     """The three channels of pixels `pix` (flat indices into the patch) of patch n, before normalisation."""
     row = plan + n * 7
@@ -182,9 +193,9 @@ def extract_patches_kernel(
         pix = tl.minimum(pix, PIXELS - 1)
         v0, v1, v2, kept = _pixels(data, meta, plan, n, seed, pix, COLOR, PATCH)
         where = base + (pix // PATCH) * out_stride_y + (pix % PATCH) * out_stride_x
-        tl.store(where, ((v0 - mean0) * scale).to(out.dtype.element_ty), mask=valid)
-        tl.store(where + out_stride_c, ((v1 - mean1) * scale).to(out.dtype.element_ty), mask=valid)
-        tl.store(where + 2 * out_stride_c, ((v2 - mean2) * scale).to(out.dtype.element_ty), mask=valid)
+        tl.store(where, _cast((v0 - mean0) * scale, out.dtype.element_ty), mask=valid)
+        tl.store(where + out_stride_c, _cast((v1 - mean1) * scale, out.dtype.element_ty), mask=valid)
+        tl.store(where + 2 * out_stride_c, _cast((v2 - mean2) * scale, out.dtype.element_ty), mask=valid)
 
 
 def launch(data, meta, plan, out, seed: int, color: int, patch: int, block: int = 1024, num_warps: int = 8) -> None:

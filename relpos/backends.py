@@ -26,7 +26,7 @@ def has_cpu_extension() -> bool:
 
 
 def has_cuda_extension() -> bool:
-    return has_cpu_extension() and torch._C._dispatch_has_kernel_for_dispatch_key("relpos::extract_patches", "CUDA")
+    return has_cpu_extension() and torch._C._dispatch_has_kernel_for_dispatch_key("relpos::extract_patches_out", "CUDA")
 
 
 @functools.cache

@@ -14,12 +14,21 @@ from .reference import extract_patches_reference
 
 OUTPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-if backends.has_cpu_extension():
 
+def empty_patches(num_patches: int, patch_size: int, dtype: torch.dtype, channels_last: bool, device) -> torch.Tensor:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((num_patches, 3, patch_size, patch_size), dtype=dtype, device=device, memory_format=memory_format)
+
+
+if backends.has_cpu_extension():
+    # Fake (meta) kernels: shapes only, so torch.compile(fullgraph=True) traces through the C++/CUDA ops.
     @torch.library.register_fake("relpos::extract_patches")
     def _extract_patches_fake(data, meta, plan, seed, color, patch_size, dtype, channels_last):
-        out = torch.empty((plan.shape[0], 3, patch_size, patch_size), dtype=dtype, device=data.device)
-        return out.to(memory_format=torch.channels_last) if channels_last else out
+        return empty_patches(plan.shape[0], patch_size, dtype, channels_last, data.device)
+
+    @torch.library.register_fake("relpos::extract_patches_out")
+    def _extract_patches_out_fake(data, meta, plan, seed, color, out):
+        return None
 
 
 def check_plan(plan: object, images: PackedImages) -> None:
@@ -66,11 +75,14 @@ def extract_patches(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
     backend: str = "auto",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Render every patch of `plan` from a ragged uint8 batch in one fused pass: float [N, 3, P, P].
 
     Resize-sampling, jitter (in the plan), optional down/up-sampling, colour drop/projection and RMS-50
     normalisation, reading the uint8 images in place. All backends give the same output for the same plan.
+    With `out` (a float [N, 3, P, P] tensor, any dense memory format) the patches are written into it and
+    `dtype` / `channels_last` are taken from it.
     """
     images = pack_images(images)
     check_plan(plan, images)
@@ -79,7 +91,27 @@ def extract_patches(
     if dtype not in OUTPUT_DTYPES:
         raise TypeError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype}")
     chosen = backends.resolve(backend, images.device)
+    if out is None:
+        out = empty_patches(plan.num_patches, plan.patch_size, dtype, channels_last, images.device)
+    else:
+        check_out(out, plan, images.device)
     if chosen == "reference":
-        return extract_patches_reference(images, plan, color, dtype, channels_last)
-    op = torch.ops.relpos.extract_patches_triton if chosen == "triton" else torch.ops.relpos.extract_patches
-    return op(images.data, images.meta, plan.patches, plan.seed, color, plan.patch_size, dtype, channels_last)
+        out.copy_(extract_patches_reference(images, plan, color, out.dtype))
+        return out
+    op = torch.ops.relpos.extract_patches_triton_out if chosen == "triton" else torch.ops.relpos.extract_patches_out
+    op(images.data, images.meta, plan.patches, plan.seed, color, out)
+    return out
+
+
+def check_out(out: object, plan: Plan, device: torch.device) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    expected = (plan.num_patches, 3, plan.patch_size, plan.patch_size)
+    if tuple(out.shape) != expected:
+        raise ValueError(f"out must have shape {expected} for this plan, got {tuple(out.shape)}")
+    if out.dtype not in OUTPUT_DTYPES:
+        raise TypeError(f"out must have dtype in {OUTPUT_DTYPES}, got {out.dtype}")
+    if out.device != device:
+        raise ValueError(f"out is on {out.device} but the images are on {device}")
+    if not out.is_non_overlapping_and_dense():
+        raise ValueError(f"out must be dense and non-overlapping, got strides {out.stride()}")

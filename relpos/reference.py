@@ -115,7 +115,6 @@ def extract_patches_reference(
     plan: Plan,
     color: str = "drop",
     dtype: torch.dtype = torch.float32,
-    channels_last: bool = False,
 ) -> torch.Tensor:
     """Render every patch of `plan` from `images` (float [N, 3, P, P]); inputs are assumed checked."""
     size = plan.patch_size
@@ -131,5 +130,4 @@ def extract_patches_reference(
         if key not in resized_cache:
             resized_cache[key] = resize_bilinear(float_images[index], (row[HEIGHT], row[WIDTH]))
         out[n] = render_patch(float_images[index], row, n, plan.seed, size, color, resized_cache[key])
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return out.to(device=images.device, dtype=dtype, memory_format=memory_format)
+    return out.to(device=images.device, dtype=dtype)

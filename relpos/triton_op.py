@@ -1,6 +1,9 @@
-"""Registers the Triton kernel (kernels/extract_patches.py) as the torch op relpos::extract_patches_triton.
+"""Registers the Triton kernel (kernels/extract_patches.py) as torch ops:
 
-`custom_op` + `register_fake` (rather than `triton_op`) so that it also traces under torch.compile when the
+    torch.ops.relpos.extract_patches_triton(data, meta, plan, seed, color, patch_size, dtype, channels_last)
+    torch.ops.relpos.extract_patches_triton_out(data, meta, plan, seed, color, out)
+
+`custom_op` + `register_fake` (rather than `triton_op`) so that they also trace under torch.compile when the
 kernel runs in Triton's CPU interpreter.
 """
 
@@ -8,15 +11,30 @@ from __future__ import annotations
 
 import torch
 
-from . import kernels  # noqa: F401  (fails with ImportError when triton is missing)
 from .kernels import extract_patches as _kernel
 
 _COLOR_CODES = {"none": _kernel.COLOR_NONE, "drop": _kernel.COLOR_DROP, "project": _kernel.COLOR_PROJECT}
 
 
-def _empty_patches(num_patches, patch_size, dtype, channels_last, device) -> torch.Tensor:
-    out = torch.empty((num_patches, 3, patch_size, patch_size), dtype=dtype, device=device)
-    return out.to(memory_format=torch.channels_last) if channels_last else out
+def empty_patches(num_patches, patch_size, dtype, channels_last, device) -> torch.Tensor:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((num_patches, 3, patch_size, patch_size), dtype=dtype, device=device, memory_format=memory_format)
+
+
+@torch.library.custom_op("relpos::extract_patches_triton_out", mutates_args=("out",))
+def extract_patches_triton_out(
+    data: torch.Tensor, meta: torch.Tensor, plan: torch.Tensor, seed: int, color: str, out: torch.Tensor
+) -> None:
+    if color not in _COLOR_CODES:
+        raise ValueError(f"color must be 'drop', 'project' or 'none', got {color!r}")
+    meta = meta.to(data.device, non_blocking=True)
+    plan = plan.to(data.device, non_blocking=True)
+    _kernel.launch(data, meta, plan, out, seed, _COLOR_CODES[color], out.shape[2])
+
+
+@extract_patches_triton_out.register_fake
+def _(data, meta, plan, seed, color, out):
+    return None
 
 
 @torch.library.custom_op("relpos::extract_patches_triton", mutates_args=())
@@ -30,15 +48,11 @@ def extract_patches_triton(
     dtype: torch.dtype,
     channels_last: bool,
 ) -> torch.Tensor:
-    if color not in _COLOR_CODES:
-        raise ValueError(f"color must be 'drop', 'project' or 'none', got {color!r}")
-    out = _empty_patches(plan.shape[0], patch_size, dtype, channels_last, data.device)
-    meta = meta.to(data.device, non_blocking=True)
-    plan = plan.to(data.device, non_blocking=True)
-    _kernel.launch(data, meta, plan, out, seed, _COLOR_CODES[color], patch_size)
+    out = empty_patches(plan.shape[0], patch_size, dtype, channels_last, data.device)
+    extract_patches_triton_out(data, meta, plan, seed, color, out)
     return out
 
 
 @extract_patches_triton.register_fake
 def _(data, meta, plan, seed, color, patch_size, dtype, channels_last):
-    return _empty_patches(plan.shape[0], patch_size, dtype, channels_last, data.device)
+    return empty_patches(plan.shape[0], patch_size, dtype, channels_last, data.device)

@@ -1,0 +1,46 @@
+// CUDA implementation of relpos::extract_patches: checks the tensors (shared checks, same messages as on the
+// CPU), turns them into ExtractParams, and launches on the current stream.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <torch/library.h>
+
+#include "../extract_patches.h"
+#include "extract_patches_cuda.h"
+
+namespace relpos {
+namespace {
+
+void extract_patches_out_cuda(const at::Tensor& data, const at::Tensor& meta, const at::Tensor& plan, int64_t seed,
+                              c10::string_view color, const at::Tensor& out) {
+  TORCH_CHECK_VALUE(data.is_cuda() && out.device() == data.device(),
+                    "the CUDA op needs data and out on one CUDA device, got ", data.device(), " and ", out.device());
+  TORCH_CHECK_VALUE((meta.is_cpu() || meta.device() == data.device()) && (plan.is_cpu() || plan.device() == data.device()),
+                    "meta and plan must be on the CPU or on the device of data (", data.device(), ")");
+  check_out(out, plan);
+  check_extract_args(data, meta, plan, out.size(2), out.scalar_type());
+  const at::ScalarType dtype = out.scalar_type();
+  const c10::cuda::CUDAGuard guard(data.device());
+  const at::Tensor device_meta = meta.to(data.device(), /*non_blocking=*/true);
+  const at::Tensor device_plan = plan.to(data.device(), /*non_blocking=*/true);
+
+  ExtractParams params;
+  params.data = data.data_ptr<uint8_t>();
+  params.meta = device_meta.data_ptr<int64_t>();
+  params.plan = device_plan.data_ptr<int32_t>();
+  params.num_patches = plan.size(0);
+  params.patch = static_cast<int>(out.size(2));
+  params.seed = static_cast<uint64_t>(seed);
+  params.color = color_code(std::string(color));
+  params.out = out.data_ptr();
+  params.out_type = dtype == at::kFloat ? kOutFloat32 : (dtype == at::kBFloat16 ? kOutBFloat16 : kOutFloat16);
+  for (int d = 0; d < 4; ++d) params.out_strides[d] = out.stride(d);
+  C10_CUDA_CHECK(launch_extract_patches(params, c10::cuda::getCurrentCUDAStream()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(relpos, CUDA, m) { m.impl("extract_patches_out", &extract_patches_out_cuda); }
+
+}  // namespace relpos
