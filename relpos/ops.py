@@ -81,7 +81,7 @@ def extract_patches(
 
     Resize-sampling, jitter (in the plan), optional down/up-sampling, colour drop/projection and RMS-50
     normalisation, reading the uint8 images in place. All backends give the same output for the same plan.
-    With `out` (a float [N, 3, P, P] tensor, any dense memory format) the patches are written into it and
+    With `out` (a float [N, 3, P, P] tensor, NCHW or channels-last) the patches are written into it and
     `dtype` / `channels_last` are taken from it.
     """
     images = pack_images(images)
@@ -113,5 +113,5 @@ def check_out(out: object, plan: Plan, device: torch.device) -> None:
         raise TypeError(f"out must have dtype in {OUTPUT_DTYPES}, got {out.dtype}")
     if out.device != device:
         raise ValueError(f"out is on {out.device} but the images are on {device}")
-    if not out.is_non_overlapping_and_dense():
-        raise ValueError(f"out must be dense and non-overlapping, got strides {out.stride()}")
+    if not (out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"out must be contiguous in NCHW or channels-last layout, got strides {out.stride()}")

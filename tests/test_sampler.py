@@ -1,0 +1,127 @@
+"""The sampler against hand-computed cases: grid sizes, spacing, clamping, labels, skipping, determinism."""
+
+import math
+
+import pytest
+import torch
+
+from relpos import LABEL_TO_OFFSET, PatchConfig, sample_plan
+from relpos.plan import CHANNEL, DOWN, HEIGHT, IMAGE, LEFT, TOP, WIDTH
+from relpos.sampler import grid_pairs, resized_size
+
+
+def test_defaults_follow_the_paper():
+    config = PatchConfig()
+    assert (config.patch, config.gap, config.jitter, config.grids_per_image) == (96, 48, 7, 4)
+    assert (config.min_pixels, config.max_pixels) == (150_000, 450_000)
+    assert config.min_side == 2 * 96 + 48 + 7 == 247
+    assert config.downsample_prob == pytest.approx(1 / 3)
+
+
+def test_resized_size_keeps_aspect_and_pixel_count():
+    assert resized_size(100, 200, 20_000 * 4) == (200, 400)
+    h, w = resized_size(480, 640, 300_000)
+    assert abs(h * w - 300_000) < 1000 and abs(w / h - 640 / 480) < 0.01
+
+
+def test_grid_pairs_hand_computed():
+    # A 1x2 grid: the right cell sees the left one at label 3 (left), the left sees the right one at 4.
+    pairs, labels = grid_pairs(1, 2)
+    assert sorted(zip(map(tuple, pairs.tolist()), labels.tolist())) == [((0, 1), 4), ((1, 0), 3)]
+    # A 2x2 grid: 6 neighbour relations (2 rows, 2 columns, 2 diagonals), each in both orders.
+    pairs, labels = grid_pairs(2, 2)
+    got = dict(zip(map(tuple, pairs.tolist()), labels.tolist()))
+    assert len(got) == 12
+    assert got[(3, 0)] == 0 and got[(0, 3)] == 7  # up-left / down-right
+    assert got[(2, 0)] == 1 and got[(0, 2)] == 6  # up / down
+    assert got[(2, 1)] == 2 and got[(1, 2)] == 5  # up-right / down-left
+    assert got[(1, 0)] == 3 and got[(0, 1)] == 4  # left / right
+    # 3x3: 12 orthogonal + 8 diagonal relations.
+    assert grid_pairs(3, 3)[0].shape[0] == 2 * 20
+
+
+def test_label_layout():
+    assert LABEL_TO_OFFSET == {0: (-1, -1), 1: (-1, 0), 2: (-1, 1), 3: (0, -1), 4: (0, 1), 5: (1, -1), 6: (1, 0), 7: (1, 1)}
+
+
+@pytest.mark.parametrize("size", [(600, 800), (480, 480), (1000, 300)])
+def test_grid_geometry_without_jitter(size):
+    config = PatchConfig(jitter=0, grids_per_image=6)
+    plan = sample_plan([size], config, seed=int(torch.randint(0, 10**6, ())))
+    stride = config.stride
+    for grid in plan.grid_ids.unique():
+        rows = plan.patches[plan.grid_ids == grid]
+        height, width = int(rows[0, HEIGHT]), int(rows[0, WIDTH])
+        assert 150_000 - 2000 <= height * width <= 450_000 + 2000
+        tops, lefts = rows[:, TOP].unique(), rows[:, LEFT].unique()
+        start_y, start_x = int(tops.min()), int(lefts.min())
+        assert 0 <= start_y < stride and 0 <= start_x < stride
+        assert len(tops) == (height + config.gap - start_y) // stride  # grid size per axis
+        assert len(lefts) == (width + config.gap - start_x) // stride
+        assert torch.equal(tops, start_y + stride * torch.arange(len(tops), dtype=tops.dtype))
+        assert int(tops.max()) + config.patch <= height and int(lefts.max()) + config.patch <= width
+
+
+def test_pair_labels_match_geometry():
+    config = PatchConfig(jitter=0)
+    plan = sample_plan([[700, 900], [500, 520]], config, seed=7)
+    first, second = plan.patches[plan.pairs[:, 0]], plan.patches[plan.pairs[:, 1]]
+    assert torch.equal(first[:, IMAGE], second[:, IMAGE])
+    dy = (second[:, TOP] - first[:, TOP]) // config.stride
+    dx = (second[:, LEFT] - first[:, LEFT]) // config.stride
+    expected = torch.tensor([LABEL_TO_OFFSET[int(label)] for label in plan.labels])
+    assert torch.equal(torch.stack([dy, dx], 1), expected.to(dy.dtype))
+    # every pair comes in both orders with the mirrored label
+    forward = {(a, b): l for (a, b), l in zip(plan.pairs.tolist(), plan.labels.tolist())}
+    assert all(forward[(b, a)] == 7 - l for (a, b), l in forward.items())
+
+
+def test_jitter_is_clamped_into_the_image():
+    config = PatchConfig(patch=96, gap=0, jitter=40)
+    plan = sample_plan([[400, 400]] * 8, config, seed=3)
+    p = plan.patches
+    assert bool((p[:, TOP] >= 0).all() and (p[:, LEFT] >= 0).all())
+    assert bool((p[:, TOP] + 96 <= p[:, HEIGHT]).all() and (p[:, LEFT] + 96 <= p[:, WIDTH]).all())
+    assert bool((p[:, TOP] == 0).any())  # some jitter was clamped at the border
+
+
+def test_small_images_are_skipped_not_crashed_on():
+    # Resizing fixes the pixel count, so what decides is the aspect ratio: 150 000 pixels on a 1:10 image
+    # give 122 x 1225 (too thin), on a square 387 x 387 (fine).
+    config = PatchConfig(min_pixels=150_000, max_pixels=150_000)
+    plan = sample_plan([[100, 1000], [2000, 2000], [3000, 200]], config, seed=0)
+    assert plan.skipped == [0, 2]
+    assert set(plan.patches[:, IMAGE].tolist()) == {1}
+    empty = sample_plan([[10, 10]], PatchConfig(min_pixels=60_000, max_pixels=60_000), seed=0)  # 245 x 245
+    assert empty.num_patches == 0 and empty.num_pairs == 0 and empty.skipped == [0]
+
+
+def test_per_patch_choices():
+    plan = sample_plan([[600, 800]] * 40, PatchConfig(), seed=11)
+    channel, down = plan.patches[:, CHANNEL], plan.patches[:, DOWN]
+    assert set(channel.tolist()) == {0, 1, 2}
+    chosen = down[down > 0]
+    assert int(chosen.min()) >= 10 and int(chosen.max()) <= 95  # floor(sqrt(U(100, 9025)))
+    assert abs(len(chosen) / len(down) - 1 / 3) < 0.05
+
+
+def test_same_seed_same_plan_other_seed_other_plan():
+    a = sample_plan([[600, 800], [700, 500]], seed=5)
+    b = sample_plan([[600, 800], [700, 500]], seed=5)
+    c = sample_plan([[600, 800], [700, 500]], seed=6)
+    assert torch.equal(a.patches, b.patches) and torch.equal(a.pairs, b.pairs) and a.seed == b.seed
+    assert not torch.equal(a.patches, c.patches) or a.seed != c.seed
+
+
+def test_sizes_are_checked():
+    with pytest.raises(ValueError, match="image_sizes must have shape"):
+        sample_plan([100, 200])
+    with pytest.raises(ValueError, match="empty"):
+        sample_plan(torch.zeros((0, 2)))
+    with pytest.raises(ValueError, match="positive"):
+        sample_plan([[0, 10]])
+    with pytest.raises(ValueError, match="either generator or seed"):
+        sample_plan([[600, 600]], generator=torch.Generator(), seed=1)
+    with pytest.raises(ValueError, match="downsample_area"):
+        PatchConfig(downsample_area=(100, 96 * 96 + 500))
+    assert math.isqrt(9025) == 95
