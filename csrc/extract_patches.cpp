@@ -53,6 +53,8 @@ void check_extract_args(const at::Tensor& data, const at::Tensor& meta, const at
       TORCH_CHECK_VALUE(row[kOffset] >= 0 && row[kRows] >= 1 && row[kCols] >= 1 && row[kStrideC] >= 0 &&
                             row[kStrideY] >= 0 && row[kStrideX] >= 0,
                         "meta row ", b, " has a negative offset or stride, or an empty image");
+      TORCH_CHECK_VALUE(row[kRows] <= kMaxSide && row[kCols] <= kMaxSide, "meta row ", b, " is a ", row[kRows], "x",
+                        row[kCols], " image; sides up to ", kMaxSide, " pixels are supported");
       const int64_t last = row[kOffset] + 2 * row[kStrideC] + (row[kRows] - 1) * row[kStrideY] +
                            (row[kCols] - 1) * row[kStrideX];
       TORCH_CHECK_VALUE(last < data.numel(), "meta row ", b, " reaches byte ", last, " past the end of data (",
@@ -76,12 +78,8 @@ void check_extract_args(const at::Tensor& data, const at::Tensor& meta, const at
                         ", expected 0, 1 or 2");
       TORCH_CHECK_VALUE(row[kDown] >= 0 && row[kDown] <= patch_size, "plan row ", n, " has down size ", row[kDown],
                         ", expected 0 (none) or 1..", patch_size);
-      // A resize of more than 2^24 x breaks float32 coordinates; no sane plan comes near it.
-      if (m != nullptr) {
-        const int64_t* img = m + int64_t{row[kImage]} * kMetaColumns;
-        TORCH_CHECK_VALUE(row[kHeight] <= img[kRows] * 4096 && row[kWidth] <= img[kCols] * 4096, "plan row ", n,
-                          " enlarges its image more than 4096 times");
-      }
+      TORCH_CHECK_VALUE(row[kHeight] <= kMaxSide && row[kWidth] <= kMaxSide, "plan row ", n, " resizes to ",
+                        row[kHeight], "x", row[kWidth], "; sides up to ", kMaxSide, " pixels are supported");
     }
   }
 }
@@ -163,6 +161,8 @@ at::Tensor extract_patches(const at::Tensor& data, const at::Tensor& meta, const
                            c10::string_view color, int64_t patch_size, at::ScalarType dtype, bool channels_last) {
   TORCH_CHECK_VALUE(plan.dim() == 2, "plan must have shape [N, 7], got ", plan.sizes());
   TORCH_CHECK_VALUE(patch_size >= 1 && patch_size <= 4096, "patch_size must lie in [1, 4096], got ", patch_size);
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+                   "dtype must be float32, bfloat16 or float16, got ", dtype);
   at::Tensor out = empty_patches(plan.size(0), patch_size, dtype, channels_last, data.device());
   static auto out_op = c10::Dispatcher::singleton().findSchemaOrThrow("relpos::extract_patches_out", "")
                            .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,

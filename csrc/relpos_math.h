@@ -13,6 +13,9 @@
 
 namespace relpos {
 
+// Largest image side (source or resized): keeps the exact tap arithmetic of linear_taps inside int32.
+constexpr int kMaxSide = 32767;
+
 enum Color : int { kColorNone = 0, kColorDrop = 1, kColorProject = 2 };
 
 // Columns of the int32 [N, 7] plan tensor (see relpos/plan.py).

@@ -50,6 +50,8 @@ def resolve(backend: str, device: torch.device) -> str:
     """The concrete backend for `backend` on `device`, or a ValueError/RuntimeError saying what to do."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"images must be on the CPU or a CUDA device, got {device}")
     if backend == "auto":
         if device.type == "cuda":
             if has_cuda_extension():

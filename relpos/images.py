@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+MAX_SIDE = 32767  # keeps the exact resize arithmetic of the kernels inside int32 (csrc/relpos_math.h)
+
 # Columns of PackedImages.meta; the same order is used by csrc/relpos_math.h and kernels/.
 OFFSET, ROWS, COLS, STRIDE_C, STRIDE_Y, STRIDE_X = range(6)
 META_COLUMNS = 6
@@ -66,6 +68,8 @@ def check_packed(data: torch.Tensor, meta: torch.Tensor) -> None:
     offset, rows, cols, sc, sy, sx = meta.T
     if bool((rows < 1).any() | (cols < 1).any() | (offset < 0).any() | (sc < 0).any() | (sy < 0).any() | (sx < 0).any()):
         raise ValueError("PackedImages.meta has a negative offset or stride, or an empty image")
+    if bool((rows > MAX_SIDE).any() | (cols > MAX_SIDE).any()):
+        raise ValueError(f"PackedImages holds an image with a side over {MAX_SIDE} pixels; downscale it first")
     last = offset + 2 * sc + (rows - 1) * sy + (cols - 1) * sx
     if bool((last >= data.numel()).any()):
         bad = int((last >= data.numel()).nonzero()[0])
@@ -109,6 +113,8 @@ def check_image(image: object, where: str = "image", layout: str = "auto") -> st
         raise ValueError(f"{where} is not contiguous (strides {image.stride()}); call .contiguous() first")
     if image.shape[0] * image.shape[1] * image.shape[2] == 0:
         raise ValueError(f"{where} is empty: shape {tuple(image.shape)}")
+    if max(image.shape) > MAX_SIDE:
+        raise ValueError(f"{where} has shape {tuple(image.shape)}: sides up to {MAX_SIDE} pixels are supported")
     return found
 
 

@@ -8,7 +8,7 @@ import torch
 
 from . import backends
 from .config import COLOR_MODES
-from .images import PackedImages, pack_images
+from .images import MAX_SIDE, PackedImages, pack_images
 from .plan import CHANNEL, DOWN, HEIGHT, IMAGE, LEFT, PLAN_COLUMNS, TOP, WIDTH, Plan
 from .reference import extract_patches_reference
 
@@ -61,6 +61,8 @@ def check_plan(plan: object, images: PackedImages) -> None:
         | (patches[:, CHANNEL] > 2)
         | (patches[:, DOWN] < 0)
         | (patches[:, DOWN] > size)
+        | (patches[:, HEIGHT] > MAX_SIDE)
+        | (patches[:, WIDTH] > MAX_SIDE)
     )
     if bool(bad.any()):
         row = int(bad.nonzero()[0])

@@ -49,10 +49,10 @@ def grid_pairs(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _check_sizes(image_sizes: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
     sizes = torch.as_tensor(image_sizes, dtype=torch.int64).cpu()
+    if sizes.numel() == 0:
+        raise ValueError("image_sizes is empty: a batch needs at least one image")
     if sizes.ndim != 2 or sizes.shape[1] != 2:
         raise ValueError(f"image_sizes must have shape [B, 2] (height, width), got {tuple(sizes.shape)}")
-    if sizes.shape[0] == 0:
-        raise ValueError("image_sizes is empty: a batch needs at least one image")
     if bool((sizes < 1).any()):
         raise ValueError(f"image_sizes must be positive, got {sizes.tolist()}")
     return sizes
@@ -63,12 +63,16 @@ def sample_plan(
     config: PatchConfig = PatchConfig(),
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    on_small: str = "skip",
 ) -> Plan:
     """Draw the plan for a batch of images of the given (height, width) sizes.
 
     Images whose resized size is not larger than ``config.min_side`` in both dimensions are listed in
-    ``plan.skipped`` and contribute nothing. Pass either a ``generator`` or a ``seed``.
+    ``plan.skipped`` and contribute nothing (``on_small="raise"`` makes that a ValueError instead).
+    Pass either a ``generator`` or a ``seed``.
     """
+    if on_small not in ("skip", "raise"):
+        raise ValueError(f"on_small must be 'skip' or 'raise', got {on_small!r}")
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
     elif seed is not None:
@@ -81,6 +85,11 @@ def sample_plan(
         target = _uniform(generator, config.min_pixels, config.max_pixels)
         rh, rw = resized_size(height, width, target)
         if rh <= config.min_side or rw <= config.min_side:
+            if on_small == "raise":
+                raise ValueError(
+                    f"image {index} ({height}x{width}) resizes to {rh}x{rw} for {target:.0f} pixels, not larger than "
+                    f"the pair footprint 2*patch+gap+jitter = {config.min_side} in both dimensions"
+                )
             skipped.append(index)
             continue
         for _ in range(config.grids_per_image):

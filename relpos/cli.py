@@ -1,0 +1,94 @@
+"""The `relpos` command-line tool: show, train, eval, bench, export."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EPILOG = "Run `relpos COMMAND --help` for the options of a command."
+
+
+def _show(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import PatchConfig, extract_patches, sample_plan
+    from .data import bundled_photos, load_rgb
+    from .show import draw_grids, draw_pairs
+
+    path = Path(args.image) if args.image else bundled_photos()[0]
+    image = load_rgb(path)
+    config = PatchConfig(patch=args.patch, gap=args.gap, jitter=args.jitter)
+    plan = sample_plan([image.shape[:2]], config, seed=args.seed, on_small="raise")
+    patches = extract_patches([image], plan, color=args.color, backend=args.backend)
+    out = Path(args.out)
+    grids = out.with_name(f"{out.stem}_grids{out.suffix}")
+    draw_grids(image, plan, 0, str(grids))
+    draw_pairs(patches, plan, str(out), count=args.pairs, seed=args.seed)
+    print(f"{path.name}: {plan.num_patches} patches, {plan.num_pairs} pairs")
+    print(f"wrote {grids} (sampled grids) and {out} (augmented pairs)")
+    del torch
+    return 0
+
+
+def _add_show(commands) -> None:
+    parser = commands.add_parser(
+        "show",
+        help="draw the sampled grids and a sheet of augmented pairs for one image",
+        description="Sample grids and pairs on one image (a bundled photo by default), render the patches with "
+        "the fused op and draw them, so the pipeline can be checked by eye.",
+    )
+    parser.add_argument("image", nargs="?", help="image file (default: a bundled photograph)")
+    parser.add_argument("--out", default="pairs.png", help="PNG of augmented pairs; grids go to <out>_grids.png "
+                        "(default: %(default)s)")
+    parser.add_argument("--color", default="drop", choices=("drop", "project", "none"),
+                        help="colour handling (default: %(default)s)")
+    parser.add_argument("--backend", default="auto", help="auto, reference, cpu, cuda or triton (default: %(default)s)")
+    parser.add_argument("--pairs", type=int, default=16, help="pairs on the sheet (default: %(default)s)")
+    parser.add_argument("--patch", type=int, default=96, help="patch side in pixels (default: %(default)s)")
+    parser.add_argument("--gap", type=int, default=48, help="gap between grid cells (default: %(default)s)")
+    parser.add_argument("--jitter", type=int, default=7, help="max corner jitter (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.set_defaults(run=_show)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relpos",
+        description="Relative-patch-position self-supervised pretraining (Doersch et al., ICCV 2015) with fused "
+        "Triton / CUDA / C++ patch kernels.",
+        epilog=EPILOG,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"relpos {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_show(commands)
+    for module in ("train_cli", "eval_cli", "bench_cli", "export_cli"):
+        try:
+            add = __import__(f"relpos.{module}", fromlist=["add_parser"]).add_parser
+        except ModuleNotFoundError:
+            continue
+        add(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+        print(f"relpos {sys.argv[1] if len(sys.argv) > 1 else ''}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Decoding one image file into a uint8 RGB tensor, whatever PIL mode or orientation it arrives in."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Refuse decompression bombs outright (PIL only warns between 89M and 179M pixels by default).
+MAX_IMAGE_PIXELS = 120_000_000
+MAX_SIDE = 32767
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used: corrupt, truncated, not an image, or absurdly large."""
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16/32-bit grayscale: rescale to 8 bits
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        low, high = np.nanmin(array), np.nanmax(array)
+        gray = ((array - low) / max(high - low, 1e-12) * 255.0 + 0.5).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # composite transparency on white
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(image.convert("RGB"))  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGB
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """Decode `path` into a contiguous uint8 [H, W, 3] tensor.
+
+    EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and alpha images are converted to RGB.
+    Raises ImageError (a ValueError) naming the file for corrupt, truncated, non-image or huge files.
+    """
+    path = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels or max(width, height) > MAX_SIDE:
+                    raise ImageError(f"{path}: {width}x{height} is too large (limit {max_pixels} pixels)")
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                array = _to_rgb_array(image)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{path}: {error}") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
+        raise ImageError(f"{path}: cannot decode ({error})") from error
+    if array.ndim != 3 or array.shape[2] != 3 or array.size == 0:
+        raise ImageError(f"{path}: decoded to an unexpected shape {array.shape}")
+    return torch.from_numpy(np.array(array, dtype=np.uint8, order="C", copy=True))

@@ -1,0 +1,38 @@
+"""The command-line tool: help texts and `relpos show` writing its pictures."""
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from relpos.cli import main
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("show", "train"):
+        assert command in text
+
+
+def test_show_writes_grids_and_pairs(tmp_path):
+    out = tmp_path / "pairs.png"
+    assert main(["show", "--out", str(out), "--pairs", "8"]) == 0
+    for path in (out, tmp_path / "pairs_grids.png"):
+        with Image.open(path) as image:
+            assert image.size[0] > 300 and image.size[1] > 200
+
+
+def test_show_rejects_a_corrupt_file(tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    assert main(["show", str(bad), "--out", str(tmp_path / "x.png")]) == 1
+    assert "broken.jpg" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "relpos.cli", "show", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--color" in result.stdout
