@@ -4,3 +4,15 @@ from .bundled import bundled_photos
 from .decode import ImageError, load_rgb
 
 __all__ = ["ImageError", "bundled_photos", "load_rgb"]
+
+from .dataset import (  # noqa: E402
+    ImageBatch,
+    ImageFiles,
+    ResidentImages,
+    StepBatches,
+    list_images,
+    make_loader,
+    split_holdout,
+)
+
+__all__ += ["ImageBatch", "ImageFiles", "ResidentImages", "StepBatches", "list_images", "make_loader", "split_holdout"]

@@ -1,0 +1,129 @@
+"""The siamese network: a tower applied once per patch, pair features gathered by index, a pair head.
+
+`caffenet` is the authors' tower (CaffeNet conv1..conv5 with BN on conv3..5 and fc6); `resnet18` is a modern
+option adapted to 96-px patches. `width` scales every layer (1.0 = the paper's sizes), so small versions
+train in minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ARCHS = ("caffenet", "resnet18")
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(8, int(round(channels * width)))
+
+
+class CaffeNetTower(nn.Module):
+    """conv1..conv5 + fc6 of CaffeNet for 96-px patches; Caffe-style ceil-mode pooling gives 3x3 at pool5."""
+
+    def __init__(self, width: float = 1.0, fc6: int = 4096):
+        super().__init__()
+        c1, c2, c3, c4, c5 = (_scaled(c, width) for c in (96, 256, 384, 384, 256))
+        self.fc6_dim = _scaled(fc6, width)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c1, 11, stride=4, padding=5), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, ceil_mode=True), nn.LocalResponseNorm(5, 1e-4, 0.75),
+            nn.Conv2d(c1, c2, 5, padding=2, groups=2 if c1 % 2 == 0 and c2 % 2 == 0 else 1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, ceil_mode=True), nn.LocalResponseNorm(5, 1e-4, 0.75),
+            nn.Conv2d(c2, c3, 3, padding=1, bias=False), nn.BatchNorm2d(c3), nn.ReLU(inplace=True),
+            nn.Conv2d(c3, c4, 3, padding=1, bias=False), nn.BatchNorm2d(c4), nn.ReLU(inplace=True),
+            nn.Conv2d(c4, c5, 3, padding=1, bias=False), nn.BatchNorm2d(c5), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+        )
+        self.fc6 = nn.Sequential(nn.Flatten(), nn.LazyLinear(self.fc6_dim, bias=False), nn.BatchNorm1d(self.fc6_dim),
+                                 nn.ReLU(inplace=True))
+        self.out_dim = self.fc6_dim
+
+    def pooled(self, x: torch.Tensor, layer: str = "conv5") -> torch.Tensor:
+        """Globally average-pooled features of a layer (for probes): conv1..conv5 or fc6."""
+        if layer == "fc6":
+            return self.forward(x)
+        stop = {"conv1": 2, "conv2": 6, "conv3": 11, "conv4": 14, "conv5": 17}[layer]
+        return self.features[:stop](x).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc6(self.features(x))
+
+
+class _Basic(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet18Tower(nn.Module):
+    """ResNet-18 for 96-px inputs: a 3x3 stem without max-pool (96 -> 48 -> 24 -> 12 -> 6), global pooling."""
+
+    def __init__(self, width: float = 1.0):
+        super().__init__()
+        widths = [_scaled(c, width) for c in (64, 128, 256, 512)]
+        layers = [nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
+        cin = widths[0]
+        for index, cout in enumerate(widths):
+            layers += [_Basic(cin, cout, 1 if index == 0 else 2), _Basic(cout, cout, 1)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.out_dim = cin
+
+    def pooled(self, x: torch.Tensor, layer: str = "conv5") -> torch.Tensor:
+        return self.forward(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean(dim=(2, 3))
+
+
+class PairHead(nn.Module):
+    """fc7 (BN) -> fc8 -> 8-way classifier on the concatenated features of the two patches."""
+
+    def __init__(self, in_dim: int, width: float = 1.0, hidden: int = 4096):
+        super().__init__()
+        hidden = _scaled(hidden, width)
+        self.layers = nn.Sequential(
+            nn.Linear(2 * in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, 8),
+        )
+
+    def forward(self, pair_features: torch.Tensor) -> torch.Tensor:
+        return self.layers(pair_features)
+
+
+class RelposNet(nn.Module):
+    """Encodes each patch once, gathers the two features of every pair, classifies the relative position."""
+
+    def __init__(self, tower: nn.Module, head: nn.Module):
+        super().__init__()
+        self.tower = tower
+        self.head = head
+
+    def forward(self, patches: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        features = self.tower(patches)
+        pair_features = torch.cat([features[pairs[:, 0]], features[pairs[:, 1]]], dim=1)
+        return self.head(pair_features)
+
+
+def build_tower(arch: str = "caffenet", width: float = 1.0) -> nn.Module:
+    if arch == "caffenet":
+        tower = CaffeNetTower(width)
+        tower(torch.zeros(2, 3, 96, 96))  # materialise the lazy fc6 (its input is 3x3 x conv5 channels)
+        return tower
+    if arch == "resnet18":
+        return ResNet18Tower(width)
+    raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+
+
+def build_model(arch: str = "caffenet", width: float = 1.0) -> RelposNet:
+    tower = build_tower(arch, width)
+    return RelposNet(tower, PairHead(tower.out_dim, width))

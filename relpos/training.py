@@ -1,0 +1,411 @@
+"""Pretraining: the GPU-fed data path, the compiled siamese step, checkpoints, held-out evaluation, DDP.
+
+Per step: a batch of decoded uint8 images (DataLoader workers, pinned memory; or kept resident on the device)
+-> a plan drawn on the host (a few hundred integers) -> one fused kernel renders every patch on the device
+-> the tower encodes each patch once -> pair features gathered -> head -> cross-entropy.
+
+torch.compile: the forward+loss function is compiled with `dynamic=True` (the number of patches and pairs
+varies from step to step) in the default mode (no CUDA graphs, which need static shapes); autograd compiles
+the backward with it. bf16 autocast on GPU, channels-last activations, fused AdamW on CUDA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import backends
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import PatchConfig
+from .data import ImageBatch, ResidentImages, bundled_photos, list_images, make_loader, split_holdout
+from .data.dataset import collate_images, ImageFiles, images_per_step
+from .metrics import MetricsLog, plot_curves
+from .models import ARCHS, build_model
+from .ops import extract_patches
+from .sampler import sample_plan
+
+log = logging.getLogger("relpos.train")
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str | None = None  # folder or file; None = the bundled photographs
+    out: str = "runs/relpos"
+    steps: int = 2000
+    batch: int = 256  # patches per step (whole images are taken until about this many patches)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    arch: str = "caffenet"
+    width: float = 1.0
+    color: str = "drop"
+    backend: str = "auto"
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    compile: str = "auto"  # auto (on for CUDA, off on CPU where compiling costs more than it saves) | on | off
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 2
+    resident: bool = False  # decode every image once and keep them packed on the device
+    holdout: float = 0.2
+    eval_every: int = 100
+    eval_plans: int = 4  # plans (random grids) per held-out image per evaluation
+    checkpoint_every: int = 200
+    log_every: int = 10
+    resume: bool = False
+    max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
+    patch: int = 96
+    gap: int = 48
+    jitter: int = 7
+    progress: bool = True
+    inject_nan_at: int = -1  # testing hook: poison the loss at this step
+
+    def patch_config(self) -> PatchConfig:
+        return PatchConfig(patch=self.patch, gap=self.gap, jitter=self.jitter)
+
+    def check(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"--arch must be one of {ARCHS}, got {self.arch!r}")
+        for name in ("steps", "batch", "eval_every", "checkpoint_every", "log_every", "eval_plans"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.width <= 0:
+            raise ValueError("--lr and --width must be positive")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"--schedule must be cosine or constant, got {self.schedule!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"--compile must be auto, on or off, got {self.compile!r}")
+        self.patch_config()
+
+
+# Fields that must match when resuming (the rest, like --steps or --workers, may change).
+_RESUME_FIXED = ("arch", "width", "patch", "gap", "jitter", "color", "seed", "batch", "holdout")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM; the loop finishes its step, saves a checkpoint and exits cleanly."""
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, number, frame):
+        self.signal_name = signal.Signals(number).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_sigint_in_worker(_):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _device(config: TrainConfig, local_rank: int) -> torch.device:
+    if config.device != "auto":
+        device = torch.device(config.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _lr_factor(config: TrainConfig, step: int) -> float:
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    if config.schedule == "constant":
+        return 1.0
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
+
+
+def expected_patches_per_image(config: PatchConfig) -> float:
+    plan = sample_plan([[480, 640]] * 32, config, seed=12345)
+    return max(1.0, plan.num_patches / 32)
+
+
+def compute_loss(model, patches, pairs, labels, autocast_dtype):
+    device_type = patches.device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        logits = model(patches, pairs)
+    loss = F.cross_entropy(logits.float(), labels)
+    correct = (logits.argmax(dim=1) == labels).sum()
+    return loss, correct, logits
+
+
+@torch.no_grad()
+def evaluate(model, images: list[torch.Tensor], config: TrainConfig, device, autocast_dtype, plans: int | None = None):
+    """Pretext accuracy and 8x8 confusion matrix on held-out images, fixed plans (same every evaluation)."""
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros((8, 8), dtype=torch.int64)
+    for index, image in enumerate(images):
+        for k in range(plans or config.eval_plans):
+            plan = sample_plan([image.shape[:2]], config.patch_config(), seed=10_000 + 97 * index + k)
+            if plan.num_pairs == 0:
+                continue
+            patches = extract_patches([image.to(device)], plan, color=config.color, channels_last=True,
+                                      backend=config.backend)
+            _, _, logits = compute_loss(model, patches, plan.pairs.to(device), plan.labels.to(device), autocast_dtype)
+            predicted = logits.argmax(dim=1).cpu()
+            confusion += torch.bincount(plan.labels * 8 + predicted, minlength=64).reshape(8, 8)
+    model.train(was_training)
+    total = int(confusion.sum())
+    return (float(confusion.diag().sum()) / total if total else float("nan")), confusion
+
+
+def _unwrap(model):
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def train(config: TrainConfig) -> dict:
+    """Run (or resume) pretraining; returns the final summary (also written to OUT/summary.json)."""
+    config.check()
+    rank, world, local_rank = _distributed()
+    device = _device(config, local_rank)
+    out = Path(config.out)
+    is_main = rank == 0
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    backend = backends.resolve(config.backend, device)
+    autocast_dtype = torch.bfloat16 if (config.precision == "bf16" or (config.precision == "auto" and
+                                                                        device.type == "cuda")) else None
+    use_compile = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
+
+    paths = list_images(config.data) if config.data else bundled_photos()
+    train_paths, held_paths = split_holdout(paths, config.holdout)
+    held_images = [img for _, img in (ImageFiles(held_paths)[i] for i in range(len(held_paths)))
+                   if isinstance(img, torch.Tensor)]
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    model = build_model(config.arch, config.width).to(device, memory_format=torch.channels_last)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(config, step))
+
+    start_step = 0
+    checkpoint_path = out / CHECKPOINT_NAME
+    if config.resume:
+        if not checkpoint_path.exists():
+            raise CheckpointError(f"--resume: no checkpoint at {checkpoint_path}")
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        for key in _RESUME_FIXED:
+            if state["args"].get(key) != getattr(config, key):
+                raise CheckpointError(f"--resume: the checkpoint was trained with {key}={state['args'].get(key)!r}, "
+                                      f"this run asks for {getattr(config, key)!r}")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, KeyError, ValueError) as error:
+            raise CheckpointError(f"--resume: {checkpoint_path} does not fit this model: {error}") from error
+        torch.set_rng_state(state["rng"]["torch"])
+        start_step = int(state["step"])
+        log.info("resumed from %s at step %d", checkpoint_path, start_step)
+
+    training_model = model
+    if world > 1:
+        training_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = compute_loss
+    if use_compile:
+        loss_fn = torch.compile(compute_loss, dynamic=True)
+
+    patch_config = config.patch_config()
+    per_step = images_per_step(config.batch, expected_patches_per_image(patch_config))
+    if config.resident:
+        resident = ResidentImages(train_paths, device)
+        batches = (resident.batch([i % len(resident) for i in indices])
+                   for indices in _step_indices(len(resident), per_step, config, start_step, rank, world))
+        initial_failures = resident.failures
+    else:
+        loader = make_loader(train_paths, per_step, config.seed, start_step, config.steps, config.workers,
+                             pin_memory=device.type == "cuda", rank=rank, world_size=world)
+        loader.worker_init_fn = _ignore_sigint_in_worker
+        batches = iter(loader)
+        initial_failures = []
+
+    metrics = MetricsLog(out / "metrics.jsonl", truncate_after_step=start_step if config.resume else None) \
+        if is_main else None
+    skipped_path = out / "skipped.jsonl"
+    skipped_files: dict[str, str] = {}
+    if config.resume and skipped_path.exists():
+        for line in skipped_path.read_text().splitlines():
+            record = json.loads(line)
+            skipped_files[record["path"]] = record["reason"]
+
+    def note_skipped(failures):
+        for path, reason in failures:
+            if path not in skipped_files:
+                skipped_files[path] = reason
+                log.warning("skipping %s", reason)
+                if is_main:
+                    with open(skipped_path, "a") as handle:
+                        handle.write(json.dumps({"path": path, "reason": reason}) + "\n")
+
+    note_skipped(initial_failures)
+
+    def save(step: int) -> None:
+        if not is_main:
+            return
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise NonFiniteLoss(f"refusing to checkpoint: parameter {name} is not finite")
+        save_checkpoint(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "step": step, "args": dataclasses.asdict(config),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        })
+
+    progress = None
+    if is_main and config.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=config.steps, initial=start_step, desc="pretraining", unit="step", dynamic_ncols=True)
+    model.train()
+    nonfinite_streak = 0
+    window_start, window_patches, window_pairs = time.perf_counter(), 0, 0
+    last_eval = None
+    step = start_step
+    with _StopFlag() as stop:
+        for step in range(start_step, config.steps):
+            batch: ImageBatch = next(batches)
+            note_skipped(batch.failures)
+            loss_value, accuracy = float("nan"), float("nan")
+            if batch.images is not None:
+                images = batch.images.to(device, non_blocking=True)
+                plan = sample_plan(images.sizes, patch_config, generator=_step_generator(config.seed, step, rank))
+                note_skipped([(batch.paths[i], f"{batch.paths[i]}: too small for one pair of "
+                               f"{patch_config.patch}-px patches") for i in plan.skipped])
+            if batch.images is not None and plan.num_pairs > 0:
+                patches = extract_patches(images, plan, color=config.color, channels_last=True, backend=backend,
+                                          dtype=autocast_dtype or torch.float32)
+                pairs = plan.pairs.to(device, non_blocking=True)
+                labels = plan.labels.to(device, non_blocking=True)
+                loss, correct, _ = loss_fn(training_model, patches, pairs, labels, autocast_dtype)
+                if step == config.inject_nan_at:
+                    loss = loss * float("nan")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # The norm is taken after DDP's all-reduce, so every rank takes the same decision.
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0))
+                loss_value = float(loss.detach())
+                if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                    nonfinite_streak += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    log.warning("step %d: loss %s, gradient norm %s; skipping the update (%d in a row)", step,
+                                loss_value, grad_norm, nonfinite_streak)
+                    if nonfinite_streak >= config.max_nonfinite:
+                        raise NonFiniteLoss(f"loss was not finite for {nonfinite_streak} steps in a row (last at "
+                                            f"step {step}); the last good checkpoint is {checkpoint_path}. Try a lower "
+                                            "--lr or --precision fp32.")
+                else:
+                    nonfinite_streak = 0
+                    optimizer.step()
+                    accuracy = float(correct) / plan.num_pairs
+                window_patches += plan.num_patches
+                window_pairs += plan.num_pairs
+            scheduler.step()
+            done = step + 1
+            if is_main and (done % config.log_every == 0 or done == config.steps):
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                record = {"kind": "train", "step": done, "loss": loss_value, "accuracy": accuracy,
+                          "lr": scheduler.get_last_lr()[0], "patches_per_s": window_patches * world / elapsed,
+                          "pairs_per_s": window_pairs * world / elapsed}
+                metrics.write(record)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.3f}",
+                                         patches_s=f"{record['patches_per_s']:.0f}",
+                                         pairs_s=f"{record['pairs_per_s']:.0f}")
+                window_start, window_patches, window_pairs = time.perf_counter(), 0, 0
+            if progress is not None:
+                progress.update(1)
+            if is_main and held_images and (done % config.eval_every == 0 or done == config.steps):
+                accuracy_held, confusion = evaluate(model, held_images, config, device, autocast_dtype)
+                last_eval = accuracy_held
+                metrics.write({"kind": "eval", "step": done, "accuracy": accuracy_held,
+                               "confusion": confusion.tolist()})
+                log.info("step %d: held-out pretext accuracy %.3f (chance 0.125)", done, accuracy_held)
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                save(done)
+            if stop.signal_name is not None:
+                save(done)
+                message = (f"{stop.signal_name} at step {done}: checkpoint saved to {checkpoint_path}. Resume with: "
+                           f"relpos train --out {config.out} --resume (and the same options)")
+                if progress is not None:
+                    progress.close()
+                print(message, flush=True)
+                _finish_distributed(world)
+                return {"interrupted": True, "step": done}
+    if progress is not None:
+        progress.close()
+    summary = {"interrupted": False, "step": config.steps, "held_out_accuracy": last_eval,
+               "held_out_images": len(held_images), "train_images": len(train_paths),
+               "skipped_files": len(skipped_files), "backend": backend, "device": str(device),
+               "compiled": use_compile, "precision": "bf16" if autocast_dtype else "fp32"}
+    if is_main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_curves(out / "metrics.jsonl", out / "curves.png")
+        if skipped_files:
+            log.warning("%d files were skipped; see %s", len(skipped_files), skipped_path)
+    _finish_distributed(world)
+    return summary
+
+
+def _step_indices(count, per_step, config, start_step, rank, world):
+    from .data import StepBatches
+
+    sampler = StepBatches(count, per_step, config.seed, start_step, config.steps, rank, world)
+    return iter(sampler)
+
+
+def _finish_distributed(world: int) -> None:
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
