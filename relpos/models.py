@@ -114,16 +114,19 @@ class RelposNet(nn.Module):
         return self.head(pair_features)
 
 
-def build_tower(arch: str = "caffenet", width: float = 1.0) -> nn.Module:
+def build_tower(arch: str = "caffenet", width: float = 1.0, patch: int = 96) -> nn.Module:
     if arch == "caffenet":
+        if patch < 36:
+            raise ValueError(f"the caffenet tower needs patches of at least 36 px, got {patch}")
         tower = CaffeNetTower(width)
-        tower(torch.zeros(2, 3, 96, 96))  # materialise the lazy fc6 (its input is 3x3 x conv5 channels)
+        with torch.no_grad():  # materialise the lazy fc6 (3x3 x conv5 channels at 96 px)
+            tower(torch.zeros(2, 3, patch, patch))
         return tower
     if arch == "resnet18":
         return ResNet18Tower(width)
     raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
 
 
-def build_model(arch: str = "caffenet", width: float = 1.0) -> RelposNet:
-    tower = build_tower(arch, width)
+def build_model(arch: str = "caffenet", width: float = 1.0, patch: int = 96) -> RelposNet:
+    tower = build_tower(arch, width, patch)
     return RelposNet(tower, PairHead(tower.out_dim, width))

@@ -24,6 +24,7 @@ HELP = {
     "precision": "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32",
     "compile": "torch.compile the step: auto (on for CUDA), on or off",
     "device": "auto, cpu, cuda or cuda:N",
+    "deterministic": "deterministic algorithms, for bit-exact reruns and resumes: auto (on for CPU), on or off",
     "seed": "random seed (model init, batches, plans, noise)",
     "workers": "DataLoader worker processes decoding images",
     "resident": "decode every image once and keep them on the device (no host work per step)",
@@ -37,6 +38,9 @@ HELP = {
     "patch": "patch side in pixels",
     "gap": "gap between grid cells in pixels",
     "jitter": "maximum corner jitter in pixels",
+    "min_pixels": "each image is resized to a random pixel count in [min-pixels, max-pixels]",
+    "max_pixels": "upper end of the resize range",
+    "stop_after": "stop after this many steps, checkpoint saved, as if interrupted (-1: never)",
 }
 _HIDDEN = {"progress", "inject_nan_at"}
 

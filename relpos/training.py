@@ -57,6 +57,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     compile: str = "auto"  # auto (on for CUDA, off on CPU where compiling costs more than it saves) | on | off
     device: str = "auto"
+    deterministic: str = "auto"  # auto (on for CPU, off on CUDA where it costs speed) | on | off
     seed: int = 0
     workers: int = 2
     resident: bool = False  # decode every image once and keep them packed on the device
@@ -70,11 +71,17 @@ class TrainConfig:
     patch: int = 96
     gap: int = 48
     jitter: int = 7
+    min_pixels: int = 150_000
+    max_pixels: int = 450_000
     progress: bool = True
+    stop_after: int = -1  # stop (as if interrupted) after this many steps, checkpoint saved
     inject_nan_at: int = -1  # testing hook: poison the loss at this step
 
     def patch_config(self) -> PatchConfig:
-        return PatchConfig(patch=self.patch, gap=self.gap, jitter=self.jitter)
+        # the paper's down-sampling range, 10..95 px of 96, scaled to the patch size
+        area = (max(1, round(self.patch * 10 / 96) ** 2), max(1, round(self.patch * 95 / 96) ** 2))
+        return PatchConfig(patch=self.patch, gap=self.gap, jitter=self.jitter, min_pixels=self.min_pixels,
+                           max_pixels=self.max_pixels, downsample_area=area)
 
     def check(self) -> None:
         if self.arch not in ARCHS:
@@ -88,13 +95,15 @@ class TrainConfig:
             raise ValueError(f"--schedule must be cosine or constant, got {self.schedule!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.compile not in ("auto", "on", "off"):
-            raise ValueError(f"--compile must be auto, on or off, got {self.compile!r}")
+        for name in ("compile", "deterministic"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise ValueError(f"--{name} must be auto, on or off, got {getattr(self, name)!r}")
         self.patch_config()
 
 
 # Fields that must match when resuming (the rest, like --steps or --workers, may change).
-_RESUME_FIXED = ("arch", "width", "patch", "gap", "jitter", "color", "seed", "batch", "holdout")
+_RESUME_FIXED = ("arch", "width", "patch", "gap", "jitter", "min_pixels", "max_pixels", "color", "seed", "batch",
+                 "holdout", "steps", "schedule", "warmup", "lr")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -203,6 +212,15 @@ def _unwrap(model):
 
 def train(config: TrainConfig) -> dict:
     """Run (or resume) pretraining; returns the final summary (also written to OUT/summary.json)."""
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    warn_only_before = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        return _train(config)
+    finally:  # the setting is process-wide: leave it as the caller had it
+        torch.use_deterministic_algorithms(deterministic_before, warn_only=warn_only_before)
+
+
+def _train(config: TrainConfig) -> dict:
     config.check()
     rank, world, local_rank = _distributed()
     device = _device(config, local_rank)
@@ -214,6 +232,9 @@ def train(config: TrainConfig) -> dict:
     autocast_dtype = torch.bfloat16 if (config.precision == "bf16" or (config.precision == "auto" and
                                                                         device.type == "cuda")) else None
     use_compile = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
+    if config.deterministic == "on" or (config.deterministic == "auto" and device.type == "cpu"):
+        # bit-exact reruns and resumes (parallel index/scatter backward otherwise sums in any order)
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
     paths = list_images(config.data) if config.data else bundled_photos()
     train_paths, held_paths = split_holdout(paths, config.holdout)
@@ -223,7 +244,7 @@ def train(config: TrainConfig) -> dict:
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)
-    model = build_model(config.arch, config.width).to(device, memory_format=torch.channels_last)
+    model = build_model(config.arch, config.width, config.patch).to(device, memory_format=torch.channels_last)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(config, step))
@@ -374,6 +395,8 @@ def train(config: TrainConfig) -> dict:
                 log.info("step %d: held-out pretext accuracy %.3f (chance 0.125)", done, accuracy_held)
             if done % config.checkpoint_every == 0 or done == config.steps:
                 save(done)
+            if done == config.stop_after and done < config.steps:
+                stop.signal_name = "stop requested (--stop-after)"
             if stop.signal_name is not None:
                 save(done)
                 message = (f"{stop.signal_name} at step {done}: checkpoint saved to {checkpoint_path}. Resume with: "
@@ -385,10 +408,12 @@ def train(config: TrainConfig) -> dict:
                 return {"interrupted": True, "step": done}
     if progress is not None:
         progress.close()
+    ranks_agree = _ranks_agree(model) if world > 1 else None
     summary = {"interrupted": False, "step": config.steps, "held_out_accuracy": last_eval,
                "held_out_images": len(held_images), "train_images": len(train_paths),
                "skipped_files": len(skipped_files), "backend": backend, "device": str(device),
-               "compiled": use_compile, "precision": "bf16" if autocast_dtype else "fp32"}
+               "compiled": use_compile, "precision": "bf16" if autocast_dtype else "fp32", "world_size": world,
+               "ranks_agree": ranks_agree}
     if is_main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         plot_curves(out / "metrics.jsonl", out / "curves.png")
@@ -403,6 +428,31 @@ def _step_indices(count, per_step, config, start_step, rank, world):
 
     sampler = StepBatches(count, per_step, config.seed, start_step, config.steps, rank, world)
     return iter(sampler)
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of every parameter, in order: equal digests mean bit-identical weights.
+
+    Buffers (BatchNorm running statistics) are left out: under DDP each rank updates them from its own
+    batch after the last broadcast, and the checkpoint keeps rank 0's, as DDP does.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in _unwrap(model).named_parameters():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _ranks_agree(model) -> bool:
+    """Whether every DDP rank ends with the same weights (they must: same init, all-reduced gradients)."""
+    digests = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(digests, weights_digest(model))
+    agree = len(set(digests)) == 1
+    if not agree:
+        log.error("DDP ranks disagree on the weights: %s", digests)
+    return agree
 
 
 def _finish_distributed(world: int) -> None:

@@ -1,0 +1,64 @@
+"""Export the trained tower alone (safetensors + its architecture), for use in other projects."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .models import build_tower
+
+
+def export_tower(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write the tower's weights from a training checkpoint to `out` (.safetensors, or .pt for a state dict)."""
+    state = load_checkpoint(checkpoint)
+    tower = {k[len("tower."):]: v.contiguous() for k, v in state["model"].items() if k.startswith("tower.")}
+    if not tower:
+        raise CheckpointError(f"{checkpoint} holds no tower weights")
+    meta = {"arch": state["args"]["arch"], "width": str(state["args"]["width"]), "step": str(state["step"]),
+            "patch": str(state["args"]["patch"])}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(tower, str(out), metadata=meta)
+    else:
+        torch.save({"tower": tower, "meta": meta}, out)
+    return out
+
+
+def load_tower(path: str | os.PathLike) -> torch.nn.Module:
+    """Rebuild an exported tower (eval mode) from a .safetensors or .pt export."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata()
+        weights = load_file(str(path))
+    else:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta, weights = blob["meta"], blob["tower"]
+    tower = build_tower(meta["arch"], float(meta["width"]), int(meta.get("patch", 96)))
+    tower.load_state_dict(weights)
+    return tower.eval()
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("export", help="save the trained tower alone (safetensors) for other projects",
+                                 description="Extract the tower's weights from a training checkpoint.")
+    parser.add_argument("checkpoint", help="training checkpoint (OUT/checkpoint.pt)")
+    parser.add_argument("--out", default="tower.safetensors", help="output file, .safetensors or .pt "
+                        "(default: %(default)s)")
+    parser.set_defaults(run=_run)
+
+
+def _run(args) -> int:
+    path = export_tower(args.checkpoint, args.out)
+    print(json.dumps({"exported": str(path)}))
+    return 0

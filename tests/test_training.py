@@ -1,0 +1,127 @@
+"""Pretraining: resume equality, bad files, compiled vs eager, DDP with gloo, export, the CLI."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from relpos.checkpoint import load_checkpoint
+from relpos.training import compute_loss, train, weights_digest
+from relpos.models import build_model
+
+from training_helpers import small_photo_folder, tiny_config
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return small_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+def _weights(out):
+    return load_checkpoint(out / "checkpoint.pt")["model"]
+
+
+def test_resume_gives_the_same_weights(photos, tmp_path):
+    straight = tiny_config(photos, tmp_path / "straight")
+    train(straight)
+    halves = tiny_config(photos, tmp_path / "halves", stop_after=3)
+    assert train(halves)["interrupted"]
+    assert load_checkpoint(tmp_path / "halves" / "checkpoint.pt")["step"] == 3
+    train(dataclasses.replace(halves, stop_after=-1, resume=True))
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "halves")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "halves" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "train"]
+    assert steps == sorted(set(steps)) == list(range(1, 7))  # no step logged twice after the resume
+
+
+def test_resume_refuses_other_settings(photos, tmp_path):
+    config = tiny_config(photos, tmp_path / "run", steps=3)
+    train(config)
+    with pytest.raises(ValueError, match="width"):
+        train(dataclasses.replace(config, width=0.25, resume=True))
+
+
+def test_bad_files_are_skipped_and_reported(photos, tmp_path):
+    data = small_photo_folder(tmp_path / "data", count=5)
+    (data / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(300))
+    (data / "empty.png").write_bytes(b"")
+    (data / "notes.png").write_text("not an image")
+    good = (data / "photo1.png").read_bytes()
+    (data / "truncated.png").write_bytes(good[: len(good) // 3])
+    from PIL import Image
+
+    Image.new("RGB", (400, 12), (200, 10, 10)).save(data / "tiny.png")  # too thin for a pair at any scale
+    out = tmp_path / "out"
+    summary = train(tiny_config(data, out, steps=8, holdout=0.0, batch=200))
+    reasons = {os.path.basename(json.loads(line)["path"]): json.loads(line)["reason"]
+               for line in (out / "skipped.jsonl").read_text().splitlines()}
+    assert {"corrupt.jpg", "empty.png", "notes.png", "truncated.png", "tiny.png"} <= set(reasons)
+    assert "too small" in reasons["tiny.png"]
+    assert summary["skipped_files"] == len(reasons)
+    assert not any(name.startswith("photo") for name in reasons)
+
+
+def test_compiled_and_eager_give_the_same_loss(photos):
+    import relpos
+
+    torch.manual_seed(0)
+    model = build_model("caffenet", 0.125).to(memory_format=torch.channels_last)
+    config = relpos.PatchConfig(patch=96)
+    images = [torch.randint(0, 256, (300, 400, 3), dtype=torch.uint8)]
+    plan = relpos.sample_plan([[300, 400]], config, seed=1)
+    patches = relpos.extract_patches(images, plan, channels_last=True)
+    eager_loss, _, _ = compute_loss(model, patches, plan.pairs, plan.labels, None)
+    eager_loss.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    # inductor on the GPU; on the CPU the same Dynamo + AOTAutograd graph runs eagerly (inductor's C++ compile
+    # of this network takes minutes on a 2-core CI machine)
+    backend = "inductor" if torch.cuda.is_available() else "aot_eager"
+    compiled = torch.compile(compute_loss, dynamic=True, backend=backend)
+    loss, _, _ = compiled(model, patches, plan.pairs, plan.labels, None)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-2, atol=1e-2)  # within bf16 tolerance
+    loss.backward()
+    for eager_grad, p in zip(eager_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, eager_grad, rtol=2e-2, atol=2e-3)
+
+
+def test_ddp_two_processes_with_gloo_agree(photos, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(29500 + os.getpid() % 1000), "-m", "relpos.cli", "train", "--data", str(photos), "--out", str(out),
+               "--steps", "4", "--batch", "48", "--width", "0.125", "--workers", "0", "--patch", "48", "--gap", "24",
+               "--jitter", "3", "--min-pixels", "30000", "--max-pixels", "50000", "--eval-every", "4",
+               "--eval-plans", "1", "--no-progress", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_agree"] is True
+
+
+def test_export_tower(photos, tmp_path):
+    from relpos.export import export_tower, load_tower
+
+    out = tmp_path / "run"
+    train(tiny_config(photos, out, steps=2))
+    path = export_tower(out / "checkpoint.pt", tmp_path / "tower.safetensors")
+    tower = load_tower(path)
+    state = load_checkpoint(out / "checkpoint.pt")["model"]
+    for name, tensor in tower.state_dict().items():
+        assert torch.equal(tensor, state[f"tower.{name}"])
+    assert tower(torch.randn(2, 3, 48, 48)).shape[0] == 2
+
+
+def test_weights_digest_sees_one_bit():
+    model = build_model("caffenet", 0.125)
+    before = weights_digest(model)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-6
+    assert weights_digest(model) != before
