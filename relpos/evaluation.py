@@ -1,0 +1,276 @@
+"""`relpos eval`: how good is a pretrained tower on tasks it was not trained for.
+
+Two labelled sets that need no network (both built from images that ship inside scikit-image):
+- "photo-regions": 96-px crops of 8 photographs, the label is the photograph (textures and materials:
+  brick, grass, gravel, coins, moon, cells, ...); training crops come from the top half, test crops from the
+  bottom half, so no test pixel was seen by the probe.
+- "faces": scikit-image's LFW subset, 100 face and 100 non-face 25x25 crops (label face / not face),
+  upsampled to 96 px by the fused op; even items train, odd items test.
+Each is measured with a linear probe (several seeds) and k-NN, for the pretrained tower and for a randomly
+initialised tower of the same architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .data import bundled_photos, load_rgb
+from .models import build_model, build_tower
+from .ops import extract_patches
+from .plan import Plan
+from .probe import knn_accuracy, linear_probe
+
+log = logging.getLogger("relpos.eval")
+
+REGION_PHOTOS = ("brick.png", "grass.png", "gravel.png", "coins.png", "moon.png", "ihc.png", "hubble_deep_field.jpg",
+                 "cell.png")
+
+
+def _crop_plan(sizes: list[tuple[int, int]], rows: list[tuple[int, int, int, int, int]], patch: int) -> Plan:
+    """A plan of plain crops: rows of (image, resized height, resized width, top, left), no augmentation."""
+    patches = torch.tensor([[i, h, w, t, l, 0, 0] for i, h, w, t, l in rows], dtype=torch.int32).reshape(-1, 7)
+    return Plan(patches=patches, pairs=torch.zeros((0, 2), dtype=torch.int64), labels=torch.zeros(0, dtype=torch.int64),
+                seed=0, patch_size=patch, image_sizes=torch.tensor(sizes, dtype=torch.int64))
+
+
+def photo_regions(patch: int, per_class: int, seed: int):
+    """(images, plan_train, y_train, plan_test, y_test, class names) of the photo-regions set."""
+    folder = bundled_photos()[0].parent
+    names = [name for name in REGION_PHOTOS if (folder / name).is_file()]
+    images = [load_rgb(folder / name) for name in names]
+    sizes = [tuple(image.shape[:2]) for image in images]
+    generator = torch.Generator().manual_seed(seed)
+    splits = {"train": ([], []), "test": ([], [])}
+    for label, (h, w) in enumerate(sizes):
+        half = h // 2
+        for split, (low, high) in (("train", (0, half - patch)), ("test", (half, h - patch))):
+            tops = torch.randint(low, max(low, high) + 1, (per_class,), generator=generator)
+            lefts = torch.randint(0, w - patch + 1, (per_class,), generator=generator)
+            for top, left in zip(tops.tolist(), lefts.tolist()):
+                splits[split][0].append((label, h, w, top, left))
+                splits[split][1].append(label)
+    train_plan = _crop_plan(sizes, splits["train"][0], patch)
+    test_plan = _crop_plan(sizes, splits["test"][0], patch)
+    return (images, train_plan, torch.tensor(splits["train"][1]), test_plan, torch.tensor(splits["test"][1]),
+            [Path(n).stem for n in names])
+
+
+def faces(patch: int):
+    """The LFW subset of scikit-image: 200 grayscale 25x25 crops, first 100 faces, last 100 not."""
+    array = np.load(bundled_photos()[0].parent / "lfw_subset.npy")
+    gray = torch.from_numpy((np.clip(array, 0, 1) * 255).round().astype(np.uint8))
+    images = [img[..., None].expand(-1, -1, 3).contiguous() for img in gray]
+    labels = torch.tensor([1] * 100 + [0] * 100)
+    sizes = [tuple(img.shape[:2]) for img in images]
+    rows = [(i, patch, patch, 0, 0) for i in range(len(images))]  # resize each 25x25 crop to the patch size
+    train = list(range(0, 200, 2))
+    test = list(range(1, 200, 2))
+    plan_train = _crop_plan(sizes, [rows[i] for i in train], patch)
+    plan_test = _crop_plan(sizes, [rows[i] for i in test], patch)
+    return images, plan_train, labels[train], plan_test, labels[test], ["not face", "face"]
+
+
+@torch.no_grad()
+def features(tower, images, plan: Plan, layer: str, device, batch: int = 128, desc: str = "features") -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    patches = extract_patches(images, plan, color="none", channels_last=True)
+    chunks = []
+    for start in tqdm(range(0, patches.shape[0], batch), desc=desc, leave=False, disable=None):
+        chunks.append(tower.pooled(patches[start : start + batch].to(device), layer).float().cpu())
+    return torch.cat(chunks)
+
+
+def load_towers(checkpoint: str | os.PathLike, device, random_seed: int = 12345):
+    state = load_checkpoint(checkpoint)
+    args = state["args"]
+    model = build_model(args["arch"], args["width"], args["patch"])
+    model.load_state_dict(state["model"])
+    torch.manual_seed(random_seed)
+    random_tower = build_tower(args["arch"], args["width"], args["patch"])
+    return state, model.to(device).eval(), model.tower.to(device).eval(), random_tower.to(device).eval()
+
+
+def run_eval(checkpoint: str, out: str, layer: str = "conv5", seeds: int = 3, per_class: int = 60, k: int = 5,
+             device: str = "auto", retrieval_data: str | None = None, queries: int = 6) -> dict:
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device == "auto" else device))
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state, model, pretrained, random_tower = load_towers(checkpoint, device)
+    patch = state["args"]["patch"]
+    results = {"checkpoint": str(checkpoint), "step": state["step"], "layer": layer, "seeds": seeds, "tasks": {}}
+    for task in ("photo-regions", "faces"):
+        rows = {}
+        for name, tower in (("pretrained", pretrained), ("random", random_tower)):
+            probe_scores, knn_scores = [], []
+            for seed in range(seeds):
+                if task == "photo-regions":
+                    images, p_train, y_train, p_test, y_test, classes = photo_regions(patch, per_class, seed)
+                elif seed == 0:
+                    images, p_train, y_train, p_test, y_test, classes = faces(patch)
+                if task == "photo-regions" or seed == 0:
+                    x_train = features(tower, images, p_train, layer, device, desc=f"{task} {name} train")
+                    x_test = features(tower, images, p_test, layer, device, desc=f"{task} {name} test")
+                probe_scores.append(linear_probe(x_train, y_train, x_test, y_test, len(classes), seed=seed))
+                knn_scores.append(knn_accuracy(x_train, y_train, x_test, y_test, len(classes), k=k))
+            rows[name] = {"linear_probe": float(np.mean(probe_scores)), "linear_probe_std": float(np.std(probe_scores)),
+                          "knn": float(np.mean(knn_scores)), "classes": len(classes), "test_items": int(len(y_test))}
+        results["tasks"][task] = rows
+    results["pretext"] = _pretext(state, model, device, out_dir)
+    _pictures(state, pretrained, random_tower, device, out_dir, retrieval_data, queries, layer)
+    (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _pretext(state, model, device, out_dir: Path) -> dict:
+    from .data import list_images, split_holdout
+    from .training import TrainConfig, evaluate
+
+    args = state["args"]
+    config = TrainConfig(**{k: v for k, v in args.items() if k in TrainConfig.__dataclass_fields__})
+    paths = list_images(args["data"]) if args.get("data") else bundled_photos()
+    _, held = split_holdout(paths, args["holdout"] if args["holdout"] > 0 else 0.2)
+    images = []
+    for path in held:
+        try:
+            images.append(load_rgb(path))
+        except ValueError:
+            continue
+    accuracy, confusion = evaluate(model, images, config, device, None, plans=8)
+    _plot_confusion(confusion, out_dir / "confusion.png", accuracy)
+    return {"held_out_images": len(images), "accuracy": accuracy, "confusion": confusion.tolist()}
+
+
+def _plot_confusion(confusion: torch.Tensor, path: Path, accuracy: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .show import LABEL_NAMES, save_atomically
+
+    rates = confusion.double() / confusion.sum(1, keepdim=True).clamp_min(1)
+    figure, axis = plt.subplots(figsize=(6.5, 5.5))
+    image = axis.imshow(rates.numpy(), cmap="viridis", vmin=0, vmax=1)
+    axis.set_xticks(range(8), LABEL_NAMES, rotation=45, ha="right")
+    axis.set_yticks(range(8), LABEL_NAMES)
+    axis.set_xlabel("predicted position")
+    axis.set_ylabel("true position")
+    for i in range(8):
+        for j in range(8):
+            axis.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                      color="white" if rates[i, j] < 0.5 else "black")
+    figure.colorbar(image, ax=axis)
+    axis.set_title(f"held-out pretext accuracy {accuracy:.3f} (chance 0.125)")
+    save_atomically(figure, str(path))
+
+
+def _pictures(state, pretrained, random_tower, device, out_dir: Path, data: str | None, queries: int, layer: str):
+    from .data import list_images
+    from .sampler import sample_plan
+    from .show import draw_grids, draw_pairs
+    from .training import TrainConfig
+
+    args = state["args"]
+    config = TrainConfig(**{k: v for k, v in args.items() if k in TrainConfig.__dataclass_fields__}).patch_config()
+    paths = list_images(data) if data else bundled_photos()
+    images = []
+    for path in paths:
+        try:
+            images.append(load_rgb(path))
+        except ValueError:
+            continue
+    first = images[0]
+    plan = sample_plan([first.shape[:2]], config, seed=0)
+    if plan.num_pairs:
+        draw_grids(first, plan, 0, str(out_dir / "grids.png"))
+        draw_pairs(extract_patches([first], plan, color=args["color"]), plan, str(out_dir / "pairs.png"))
+    retrieval(images, config, pretrained, random_tower, device, out_dir / "neighbours.png", queries, layer)
+
+
+@torch.no_grad()
+def retrieval(images, config, pretrained, random_tower, device, path: Path, queries: int = 6, layer: str = "conv5",
+              k: int = 4, seed: int = 0) -> None:
+    """Query patches and their nearest neighbours (other images only) for the pretrained and the random tower."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .sampler import sample_plan
+    from .show import _display, save_atomically
+
+    sizes = [tuple(img.shape[:2]) for img in images]
+    plan = sample_plan(sizes, config, seed=seed)
+    plan.patches[:, 6] = 0  # no down-sampling: show the patches as they are
+    patches = extract_patches(images, plan, color="none", channels_last=True)
+    owner = plan.patches[:, 0]
+    chosen = torch.randperm(plan.num_patches, generator=torch.Generator().manual_seed(seed))[:queries]
+    neighbours = {}
+    for name, tower in (("pretrained", pretrained), ("random", random_tower)):
+        feats = torch.cat([tower.pooled(patches[s : s + 128].to(device), layer).float().cpu()
+                           for s in range(0, plan.num_patches, 128)])
+        feats = torch.nn.functional.normalize(feats - feats.mean(0), dim=1)
+        similarity = feats[chosen] @ feats.T
+        similarity[owner[chosen][:, None] == owner[None, :]] = -2  # only other photographs
+        neighbours[name] = similarity.topk(k, dim=1).indices
+    columns = 1 + 2 * k
+    figure, axes = plt.subplots(len(chosen), columns, figsize=(1.3 * columns, 1.4 * len(chosen)), squeeze=False)
+    for r, query in enumerate(chosen.tolist()):
+        tiles = [query] + neighbours["pretrained"][r].tolist() + neighbours["random"][r].tolist()
+        for c, index in enumerate(tiles):
+            axis = axes[r, c]
+            axis.imshow(_display(patches[index]).numpy())
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if r == 0:
+                axis.set_title("query" if c == 0 else ("pretrained" if c <= k else "random"), fontsize=8)
+    figure.suptitle("nearest neighbours in feature space (other photographs only)")
+    save_atomically(figure, str(path))
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{'task':<15}{'tower':<12}{'linear probe':>16}{'k-NN':>8}"]
+    for task, rows in results["tasks"].items():
+        for name, row in rows.items():
+            probe = f"{row['linear_probe']:.3f}±{row['linear_probe_std']:.3f}"
+            lines.append(f"{task:<15}{name:<12}{probe:>16}{row['knn']:>8.3f}")
+    pretext = results["pretext"]
+    lines.append(f"held-out pretext accuracy {pretext['accuracy']:.3f} on {pretext['held_out_images']} images "
+                 "(chance 0.125)")
+    return "\n".join(lines)
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "eval", help="linear probe, k-NN, pretext accuracy and pictures for a checkpoint",
+        description="Freeze the tower of CHECKPOINT and measure it (linear probe over several seeds, k-NN) on "
+        "labelled sets that ship with scikit-image, beside a randomly initialised tower of the same "
+        "architecture; also held-out pretext accuracy with its confusion matrix, and pictures.",
+        formatter_class=__import__("argparse").ArgumentDefaultsHelpFormatter)
+    parser.add_argument("checkpoint", help="training checkpoint (OUT/checkpoint.pt)")
+    parser.add_argument("--out", default="eval", help="output folder (eval.json and PNGs)")
+    parser.add_argument("--layer", default="conv5", help="pooled layer: conv1..conv5 or fc6 (caffenet)")
+    parser.add_argument("--seeds", type=int, default=3, help="linear-probe seeds")
+    parser.add_argument("--per-class", type=int, default=60, help="crops per class and split (photo-regions)")
+    parser.add_argument("--k", type=int, default=5, help="neighbours for k-NN")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--data", default=None, help="folder for the nearest-neighbour figure (default: bundled)")
+    parser.add_argument("--queries", type=int, default=6, help="query patches in the nearest-neighbour figure")
+    parser.set_defaults(run=_run)
+
+
+def _run(args) -> int:
+    results = run_eval(args.checkpoint, args.out, args.layer, args.seeds, args.per_class, args.k, args.device,
+                       args.data, args.queries)
+    print(format_table(results))
+    print(f"wrote {Path(args.out) / 'eval.json'}, confusion.png, neighbours.png, grids.png, pairs.png")
+    return 0

@@ -1,0 +1,49 @@
+"""`relpos eval` end to end on a tiny checkpoint: table, JSON, confusion matrix and pictures."""
+
+import json
+
+import pytest
+import torch
+
+from relpos.cli import main
+from relpos.evaluation import faces, photo_regions
+from relpos.training import train
+
+from training_helpers import small_photo_folder, tiny_config
+
+
+def test_labelled_sets_are_real_and_disjoint():
+    images, plan_train, y_train, plan_test, y_test, classes = photo_regions(96, per_class=5, seed=0)
+    assert len(classes) >= 6 and len(images) == len(classes)
+    assert torch.equal(torch.bincount(y_train), torch.full((len(classes),), 5))
+    # train crops lie in the top half of each photo, test crops in the bottom half: no shared pixels
+    half = plan_train.patches[:, 1] // 2
+    assert bool((plan_train.patches[:, 3] + 96 <= half).all()) and bool((plan_test.patches[:, 3] >= half).all())
+    images, plan_train, y_train, plan_test, y_test, classes = faces(96)
+    assert len(images) == 200 and int(y_train.sum()) == 50 and int(y_test.sum()) == 50
+
+
+def test_eval_writes_table_json_and_pictures(tmp_path, capsys):
+    photos = small_photo_folder(tmp_path / "photos", count=6)
+    run = tmp_path / "run"
+    train(tiny_config(photos, run, steps=2, patch=96, gap=48, jitter=7, min_pixels=150_000, max_pixels=200_000,
+                      batch=64))
+    out = tmp_path / "eval"
+    assert main(["eval", str(run / "checkpoint.pt"), "--out", str(out), "--seeds", "2", "--per-class", "6",
+                 "--data", str(photos), "--queries", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "photo-regions" in text and "random" in text and "pretext" in text
+    results = json.loads((out / "eval.json").read_text())
+    for task in ("photo-regions", "faces"):
+        for tower in ("pretrained", "random"):
+            assert 0.0 <= results["tasks"][task][tower]["linear_probe"] <= 1.0
+    assert len(results["pretext"]["confusion"]) == 8
+    for picture in ("confusion.png", "neighbours.png", "grids.png", "pairs.png"):
+        assert (out / picture).stat().st_size > 10_000
+
+
+def test_eval_rejects_a_foreign_checkpoint(tmp_path, capsys):
+    bogus = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(3)}, bogus)
+    assert main(["eval", str(bogus), "--out", str(tmp_path / "e")]) == 1
+    assert "not a relpos checkpoint" in capsys.readouterr().err
