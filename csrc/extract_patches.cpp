@@ -103,29 +103,128 @@ at::Tensor empty_patches(int64_t num_patches, int64_t patch_size, at::ScalarType
 
 namespace {
 
+// The CPU computes each patch in stages with per-thread buffers: the crop (resize taps computed once per row
+// and column), then, if asked, the down- and up-sampled versions. Every value is the same float as the
+// nested per-pixel evaluation of relpos_math.h (same taps, same blend order), just not recomputed.
+struct PatchBuffers {
+  std::vector<Taps> crop_y, crop_x, down_y, down_x, up_y, up_x;
+  std::vector<float> crop, small, values;
+};
+
+void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, float* out) {
+  const int P = g.patch;
+  for (int py = 0; py < P; ++py) {
+    const Taps& ty = b.crop_y[py];
+    const uint8_t* row0 = g.image.base + c * g.image.stride_c + ty.i0 * g.image.stride_y;
+    const uint8_t* row1 = g.image.base + c * g.image.stride_c + ty.i1 * g.image.stride_y;
+    float* dst = g.down > 0 ? &b.crop[py * P] : &out[py * P];
+    for (int px = 0; px < P; ++px) {
+      const Taps& tx = b.crop_x[px];
+      const int64_t x0 = tx.i0 * g.image.stride_x, x1 = tx.i1 * g.image.stride_x;
+      dst[px] = blend(ty, tx, row0[x0], row0[x1], row1[x0], row1[x1]);
+    }
+  }
+  if (g.down <= 0) return;
+  const int D = g.down;
+  for (int sy = 0; sy < D; ++sy) {
+    const Taps& ty = b.down_y[sy];
+    for (int sx = 0; sx < D; ++sx) {
+      const Taps& tx = b.down_x[sx];
+      b.small[sy * D + sx] = blend(ty, tx, b.crop[ty.i0 * P + tx.i0], b.crop[ty.i0 * P + tx.i1],
+                                   b.crop[ty.i1 * P + tx.i0], b.crop[ty.i1 * P + tx.i1]);
+    }
+  }
+  for (int py = 0; py < P; ++py) {
+    const Taps& ty = b.up_y[py];
+    for (int px = 0; px < P; ++px) {
+      const Taps& tx = b.up_x[px];
+      out[py * P + px] = blend(ty, tx, b.small[ty.i0 * D + tx.i0], b.small[ty.i0 * D + tx.i1],
+                               b.small[ty.i1 * D + tx.i0], b.small[ty.i1 * D + tx.i1]);
+    }
+  }
+}
+
+// Noise of elements [first, first + count) of patch n into out: the same values as centered_noise, computed
+// kLanes Philox blocks at a time in plain arrays so the compiler vectorises the rounds.
+void fill_noise(uint64_t seed, uint32_t patch_index, uint32_t first, int count, float* out) {
+  constexpr int kLanes = 16;
+  const uint32_t k0_start = static_cast<uint32_t>(seed), k1_start = static_cast<uint32_t>(seed >> 32);
+  const uint32_t first_block = first >> 2, last_block = (first + count - 1) >> 2;
+  for (uint32_t block = first_block; block <= last_block; block += kLanes) {
+    uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+    for (int j = 0; j < kLanes; ++j) c0[j] = block + j, c1[j] = patch_index, c2[j] = 0, c3[j] = 0;
+    uint32_t k0 = k0_start, k1 = k1_start;
+    for (int round = 0; round < 10; ++round) {
+      for (int j = 0; j < kLanes; ++j) {
+        const uint64_t product_b = static_cast<uint64_t>(0xCD9E8D57u) * c2[j];
+        const uint64_t product_a = static_cast<uint64_t>(0xD2511F53u) * c0[j];
+        c0[j] = static_cast<uint32_t>(product_b >> 32) ^ c1[j] ^ k0;
+        c2[j] = static_cast<uint32_t>(product_a >> 32) ^ c3[j] ^ k1;
+        c1[j] = static_cast<uint32_t>(product_b);
+        c3[j] = static_cast<uint32_t>(product_a);
+      }
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    for (int j = 0; j < kLanes && block + j <= last_block; ++j) {
+      const uint32_t words[4] = {c0[j], c1[j], c2[j], c3[j]};
+      for (int k = 0; k < 4; ++k) {
+        const int64_t element = (int64_t{block} + j) * 4 + k - first;
+        if (element >= 0 && element < count) out[element] = word_to_noise(words[k]);
+      }
+    }
+  }
+}
+
 template <typename out_t>
 void extract_cpu_kernel(const uint8_t* data, const int64_t* meta, const int32_t* plan, int64_t num_patches,
                         int patch, uint64_t seed, int color, out_t* out, const int64_t* out_strides) {
   const int pixels = patch * patch;
   at::parallel_for(0, num_patches, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> values(3 * static_cast<size_t>(pixels));  // the patch, computed once, then normalised
+    PatchBuffers b;
+    b.crop_y.resize(patch), b.crop_x.resize(patch), b.up_y.resize(patch), b.up_x.resize(patch);
+    b.down_y.resize(patch), b.down_x.resize(patch);
+    b.crop.resize(pixels), b.small.resize(pixels), b.values.resize(3 * static_cast<size_t>(pixels));
     for (int64_t n = begin; n < end; ++n) {
       const int32_t* row = plan + n * kPlanColumns;
       const int64_t* m = meta + int64_t{row[kImage]} * kMetaColumns;
       const ImageView image{data + m[kOffset], m[kRows], m[kCols], m[kStrideC], m[kStrideY], m[kStrideX]};
       const PatchGeometry g = make_geometry(image, row, patch);
       const int kept = row[kChannel];
-      PatchStats stats = {};
-      for (int py = 0; py < patch; ++py) {
-        for (int px = 0; px < patch; ++px) {
-          float v[3];
-          pixel_values(g, color, kept, seed, static_cast<uint32_t>(n), py, px, v);
-          for (int c = 0; c < 3; ++c) {
-            values[c * pixels + py * patch + px] = v[c];
-            stats.sum[c] += v[c];
-            stats.sum_sq[c] += static_cast<double>(v[c]) * v[c];
-          }
+      for (int i = 0; i < patch; ++i) {
+        b.crop_y[i] = linear_taps(g.top + i, static_cast<int>(image.rows), g.resized_rows);
+        b.crop_x[i] = linear_taps(g.left + i, static_cast<int>(image.cols), g.resized_cols);
+        if (g.down > 0) {
+          b.up_y[i] = b.up_x[i] = linear_taps(i, g.down, patch);
+          if (i < g.down) b.down_y[i] = b.down_x[i] = linear_taps(i, patch, g.down);
         }
+      }
+      float* values = b.values.data();
+      for (int c = 0; c < 3; ++c) {
+        float* plane = values + c * pixels;
+        if (keeps_channel(color, kept, c)) {
+          render_channel(g, c, b, plane);
+        } else {
+          fill_noise(seed, static_cast<uint32_t>(n), static_cast<uint32_t>(c * pixels), pixels, plane);
+        }
+      }
+      if (color == kColorProject) {
+        for (int i = 0; i < pixels; ++i) {
+          float v[3] = {values[i], values[pixels + i], values[2 * pixels + i]};
+          project_green_magenta(v);
+          values[i] = v[0], values[pixels + i] = v[1], values[2 * pixels + i] = v[2];
+        }
+      }
+      PatchStats stats = {};
+      for (int c = 0; c < 3; ++c) {
+        double sum = 0.0, sum_sq = 0.0;
+        for (int i = 0; i < pixels; ++i) {
+          const double v = values[c * pixels + i];
+          sum += v;
+          sum_sq += v * v;
+        }
+        stats.sum[c] = sum;
+        stats.sum_sq[c] = sum_sq;
       }
       float mean[3], scale;
       finish_stats(stats, color, kept, pixels, mean, &scale);

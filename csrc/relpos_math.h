@@ -28,10 +28,10 @@ RELPOS_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
   return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
 }
 
-// Philox4x32-10, first output word, with the same constants and counter layout as Triton's tl.randint:
-// counter = (pixel, patch, 0, 0), key = (seed low word, seed high word).
-RELPOS_HD uint32_t philox_first_word(uint64_t seed, uint32_t pixel, uint32_t patch) {
-  uint32_t c0 = pixel, c1 = patch, c2 = 0, c3 = 0;
+// Philox4x32-10 with the constants and counter layout of Triton's tl.randint4x: counter (c0, c1, 0, 0),
+// key (seed low word, seed high word); all four output words.
+RELPOS_HD void philox4x32_10(uint64_t seed, uint32_t c0, uint32_t c1, uint32_t out[4]) {
+  uint32_t c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round) {
     const uint32_t prev_c0 = c0, prev_c2 = c2;
@@ -42,12 +42,20 @@ RELPOS_HD uint32_t philox_first_word(uint64_t seed, uint32_t pixel, uint32_t pat
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  return c0;
+  out[0] = c0, out[1] = c1, out[2] = c2, out[3] = c3;
 }
 
-// Noise in [-0.5, 0.5): the top 24 bits of the Philox word, exact in float32 on every backend.
+// Noise in [-0.5, 0.5) from a Philox word: its top 24 bits, exact in float32 on every backend.
+RELPOS_HD float word_to_noise(uint32_t word) {
+  return static_cast<float>(word >> 8) * (1.0f / 16777216.0f) - 0.5f;
+}
+
+// The noise of element `pixel` (c * P * P + y * P + x) of patch `patch`: word (pixel % 4) of the Philox block
+// at counter (pixel / 4, patch). One Philox evaluation serves four consecutive elements.
 RELPOS_HD float centered_noise(uint64_t seed, uint32_t pixel, uint32_t patch) {
-  return static_cast<float>(philox_first_word(seed, pixel, patch) >> 8) * (1.0f / 16777216.0f) - 0.5f;
+  uint32_t words[4];
+  philox4x32_10(seed, pixel >> 2, patch, words);
+  return word_to_noise(words[pixel & 3]);
 }
 
 // One axis of a bilinear resize with align_corners=False (torch's convention): output index dst of out_size
@@ -132,6 +140,14 @@ RELPOS_HD float patch_pixel(const PatchGeometry& g, int c, int py, int px) {
                small_pixel(g, c, ty.i1, tx.i1));
 }
 
+// Colour projection: remove the green-magenta axis (-1, 2, -1) / sqrt(6) from an RGB value.
+RELPOS_HD void project_green_magenta(float v[3]) {
+  const float d = (2.0f * v[1] - v[0] - v[2]) / 6.0f;
+  v[0] = v[0] + d;
+  v[1] = v[1] - 2.0f * d;
+  v[2] = v[2] + d;
+}
+
 // The three channels of one pixel before normalisation: image content (projected if asked) or, for the
 // channels that colour dropping replaces, noise. Dropping reads only the kept channel from the image.
 RELPOS_HD void pixel_values(const PatchGeometry& g, int color, int kept, uint64_t seed, uint32_t patch_index, int py,
@@ -144,12 +160,7 @@ RELPOS_HD void pixel_values(const PatchGeometry& g, int color, int kept, uint64_
     return;
   }
   for (int c = 0; c < 3; ++c) v[c] = patch_pixel(g, c, py, px);
-  if (color == kColorProject) {
-    const float d = (2.0f * v[1] - v[0] - v[2]) / 6.0f;
-    v[0] = v[0] + d;
-    v[1] = v[1] - 2.0f * d;
-    v[2] = v[2] + d;
-  }
+  if (color == kColorProject) project_green_magenta(v);
 }
 
 // Whether channel c of a patch is mean-centred image content (true) or replaced by noise (false).

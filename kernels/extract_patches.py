@@ -75,9 +75,12 @@ def _channel(image, stride_y, stride_x, rows, cols, resized_rows, resized_cols, 
 
 
 @triton.jit
-def _noise(seed, patch_index, pixel):
-    """Uniform noise in [-0.5, 0.5): top 24 bits of Philox4x32-10 at counter (pixel, patch, 0, 0)."""
-    word = tl.randint(seed, (patch_index.to(tl.int64) << 32) | pixel.to(tl.int64))
+def _noise(seed, patch_index, element):
+    """Uniform noise in [-0.5, 0.5): word (element % 4) of Philox4x32-10 at counter (element // 4, patch),
+    top 24 bits."""
+    w0, w1, w2, w3 = tl.randint4x(seed, (patch_index.to(tl.int64) << 32) | (element >> 2).to(tl.int64))
+    k = element & 3
+    word = tl.where(k == 0, w0, tl.where(k == 1, w1, tl.where(k == 2, w2, w3)))
     return (word >> 8).to(tl.float32) * (1.0 / 16777216.0) - 0.5
 
 

@@ -27,12 +27,12 @@ _PHILOX_KEY_A, _PHILOX_KEY_B = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
 
-def philox_first_word(seed: int, pixel: np.ndarray, patch: int) -> np.ndarray:
-    """Philox4x32-10 of counter (pixel, patch, 0, 0) under key (seed low, seed high): first word.
+def philox4x32_10(seed: int, counter: np.ndarray, patch: int) -> list[np.ndarray]:
+    """Philox4x32-10 of counters (counter, patch, 0, 0) under key (seed low, seed high): the four words.
 
-    Same function as Triton's ``tl.randint(seed, (patch << 32) | pixel)``.
+    Same function as Triton's ``tl.randint4x(seed, (patch << 32) | counter)``.
     """
-    c0 = pixel.astype(np.uint64) & _MASK32
+    c0 = counter.astype(np.uint64) & _MASK32
     c1 = np.full_like(c0, patch & 0xFFFFFFFF)
     c2 = np.zeros_like(c0)
     c3 = np.zeros_like(c0)
@@ -46,13 +46,18 @@ def philox_first_word(seed: int, pixel: np.ndarray, patch: int) -> np.ndarray:
         c3 = (_PHILOX_ROUND_A * prev_c0) & _MASK32
         k0 = (k0 + _PHILOX_KEY_A) & _MASK32
         k1 = (k1 + _PHILOX_KEY_B) & _MASK32
-    return c0
+    return [c0, c1, c2, c3]
 
 
 def patch_noise(seed: int, patch_index: int, patch_size: int) -> torch.Tensor:
-    """The [3, P, P] noise of one patch in [-0.5, 0.5): top 24 bits of the Philox word, exact in float32."""
-    pixel = np.arange(3 * patch_size * patch_size, dtype=np.uint64)
-    word = philox_first_word(seed, pixel, patch_index)
+    """The [3, P, P] noise of one patch in [-0.5, 0.5).
+
+    Element e (= c*P*P + y*P + x) takes word e % 4 of the Philox block at counter (e // 4, patch), and keeps
+    its top 24 bits, which float32 holds exactly.
+    """
+    element = np.arange(3 * patch_size * patch_size, dtype=np.uint64)
+    words = np.stack(philox4x32_10(seed, element >> np.uint64(2), patch_index))
+    word = words[(element & np.uint64(3)).astype(np.int64), np.arange(element.size)]
     uniform = (word >> np.uint64(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
     return torch.from_numpy(uniform - np.float32(0.5)).reshape(3, patch_size, patch_size)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import relpos
 from relpos.plan import CHANNEL, DOWN, HEIGHT, LEFT, TOP, WIDTH
-from relpos.reference import linear_taps, patch_noise, philox_first_word, resize_bilinear
+from relpos.reference import linear_taps, patch_noise, philox4x32_10, resize_bilinear
 
 from conftest import SMALL, random_images
 
@@ -32,8 +32,9 @@ def test_resize_is_torch_bilinear(size, generator):
 
 
 def test_philox_known_answer():
-    # Random123's known-answer test for philox4x32_10: counter 0, key 0 -> first word 0x6627e8d5.
-    assert int(philox_first_word(0, np.array([0], dtype=np.uint64), 0)[0]) == 0x6627E8D5
+    # Random123's known-answer test for philox4x32_10, counter 0 and key 0.
+    words = [int(w[0]) for w in philox4x32_10(0, np.array([0], dtype=np.uint64), 0)]
+    assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
 
 
 def test_noise_is_uniform_in_half_interval():
