@@ -1,0 +1,57 @@
+"""pytest-benchmark suite of the data step: every backend and baseline on the same inputs, side by side.
+
+    python -m pytest benchmarks                       # timings (compare with --benchmark-compare)
+    python -m pytest benchmarks --benchmark-disable   # quick check that every case still runs (CI)
+"""
+
+import pytest
+import torch
+
+from relpos import backends, extract_patches
+from relpos.baselines import batched_torch, numpy_pil_pipeline, per_sample_torch
+from relpos.bench import make_inputs
+from relpos.config import PatchConfig
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+CONFIG = PatchConfig()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return make_inputs(1, 4, CONFIG, DEVICE, seed=0)[0]
+
+
+def _available(backend):
+    try:
+        backends.resolve(backend, DEVICE)
+    except (ValueError, RuntimeError):
+        return False
+    return not (backend == "triton" and DEVICE.type == "cpu")  # the interpreter is for correctness only
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "triton"])
+def test_fused(benchmark, batch, backend):
+    if not _available(backend):
+        pytest.skip(f"backend {backend} not available on {DEVICE}")
+    benchmark.group = "data step"
+    out = benchmark(lambda: (extract_patches(batch["packed"], batch["plan"], backend=backend),
+                             torch.cuda.synchronize() if DEVICE.type == "cuda" else None)[0])
+    assert out.shape[0] == batch["plan"].num_patches
+
+
+def test_baseline_numpy_pil(benchmark, batch):
+    benchmark.group = "data step"
+    out = benchmark(numpy_pil_pipeline, batch["numpy"], batch["plan"])
+    assert out.shape[0] == batch["plan"].num_patches
+
+
+def test_baseline_per_sample_torch(benchmark, batch):
+    benchmark.group = "data step"
+    out = benchmark(per_sample_torch, batch["packed"], batch["plan"])
+    assert out.shape[0] == batch["plan"].num_patches
+
+
+def test_baseline_batched_torch(benchmark, batch):
+    benchmark.group = "data step"
+    out = benchmark(batched_torch, batch["packed"], batch["plan"])
+    assert out.shape[0] == batch["plan"].num_patches
