@@ -53,6 +53,9 @@ void check_extract_args(const at::Tensor& data, const at::Tensor& meta, const at
       TORCH_CHECK_VALUE(row[kOffset] >= 0 && row[kRows] >= 1 && row[kCols] >= 1 && row[kStrideC] >= 0 &&
                             row[kStrideY] >= 0 && row[kStrideX] >= 0,
                         "meta row ", b, " has a negative offset or stride, or an empty image");
+      TORCH_CHECK_VALUE(row[kOffset] <= data.numel() && row[kStrideC] <= data.numel() &&
+                            row[kStrideY] <= data.numel() && row[kStrideX] <= data.numel(),
+                        "meta row ", b, " has an offset or stride larger than data (", data.numel(), " bytes)");
       TORCH_CHECK_VALUE(row[kRows] <= kMaxSide && row[kCols] <= kMaxSide, "meta row ", b, " is a ", row[kRows], "x",
                         row[kCols], " image; sides up to ", kMaxSide, " pixels are supported");
       const int64_t last = row[kOffset] + 2 * row[kStrideC] + (row[kRows] - 1) * row[kStrideY] +

@@ -14,6 +14,8 @@ BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 @functools.cache
 def extension_error() -> str | None:
     """None when the compiled extension relpos._C loaded, else the reason it did not."""
+    if os.environ.get("RELPOS_DISABLE_EXTENSION") == "1":  # to test (and debug) the fallback path
+        return "relpos._C disabled by RELPOS_DISABLE_EXTENSION=1"
     try:
         importlib.import_module("relpos._C")
     except ImportError as error:  # not built, or built against another torch
@@ -46,6 +48,14 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.cache
+def _warn_fallback(reason: str) -> None:
+    import warnings
+
+    warnings.warn(f"relpos: falling back to the slow pure-PyTorch reference backend: {reason}", RuntimeWarning,
+                  stacklevel=3)
+
+
 def resolve(backend: str, device: torch.device) -> str:
     """The concrete backend for `backend` on `device`, or a ValueError/RuntimeError saying what to do."""
     if backend not in BACKENDS:
@@ -58,8 +68,12 @@ def resolve(backend: str, device: torch.device) -> str:
                 return "cuda"
             if triton_runs_on(device):
                 return "triton"
+            _warn_fallback(f"neither the CUDA extension nor Triton is usable ({triton_error()})")
             return "reference"
-        return "cpu" if has_cpu_extension() else "reference"
+        if has_cpu_extension():
+            return "cpu"
+        _warn_fallback(extension_error())
+        return "reference"
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError(f"backend='cpu' needs images on the CPU, got {device}; use backend='auto'")

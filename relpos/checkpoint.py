@@ -22,6 +22,14 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(temporary, "wb") as handle:
+        delay = float(os.environ.get("RELPOS_FAULT_CHECKPOINT_DELAY", "0"))
+        if delay > 0:  # fault-injection hook for the kill tests: a long window in the middle of a write
+            handle.write(payload[: len(payload) // 2])
+            handle.flush()
+            import time
+
+            time.sleep(delay)
+            payload = payload[len(payload) // 2 :]
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())

@@ -68,6 +68,8 @@ def check_packed(data: torch.Tensor, meta: torch.Tensor) -> None:
     offset, rows, cols, sc, sy, sx = meta.T
     if bool((rows < 1).any() | (cols < 1).any() | (offset < 0).any() | (sc < 0).any() | (sy < 0).any() | (sx < 0).any()):
         raise ValueError("PackedImages.meta has a negative offset or stride, or an empty image")
+    if bool((meta[:, [OFFSET, STRIDE_C, STRIDE_Y, STRIDE_X]] > data.numel()).any()):
+        raise ValueError(f"PackedImages.meta has an offset or stride larger than data ({data.numel()} bytes)")
     if bool((rows > MAX_SIDE).any() | (cols > MAX_SIDE).any()):
         raise ValueError(f"PackedImages holds an image with a side over {MAX_SIDE} pixels; downscale it first")
     last = offset + 2 * sc + (rows - 1) * sy + (cols - 1) * sx

@@ -251,6 +251,9 @@ def _train(config: TrainConfig) -> dict:
 
     start_step = 0
     checkpoint_path = out / CHECKPOINT_NAME
+    if is_main:
+        for leftover in out.glob(f".{CHECKPOINT_NAME}.tmp-*"):  # a write cut short by a kill: never renamed, unused
+            leftover.unlink(missing_ok=True)
     if config.resume:
         if not checkpoint_path.exists():
             raise CheckpointError(f"--resume: no checkpoint at {checkpoint_path}")
@@ -349,7 +352,12 @@ def _train(config: TrainConfig) -> dict:
                                           dtype=autocast_dtype or torch.float32)
                 pairs = plan.pairs.to(device, non_blocking=True)
                 labels = plan.labels.to(device, non_blocking=True)
-                loss, correct, _ = loss_fn(training_model, patches, pairs, labels, autocast_dtype)
+                try:
+                    loss, correct, _ = loss_fn(training_model, patches, pairs, labels, autocast_dtype)
+                except torch.OutOfMemoryError as error:
+                    raise RuntimeError(f"out of device memory at step {step} with {plan.num_patches} patches and "
+                                       f"{plan.num_pairs} pairs: lower --batch (now {config.batch}) or --width, "
+                                       f"or use --precision bf16. The last checkpoint is {checkpoint_path}.") from error
                 if step == config.inject_nan_at:
                     loss = loss * float("nan")
                 optimizer.zero_grad(set_to_none=True)

@@ -57,7 +57,9 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tor
                 array = _to_rgb_array(image)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{path}: too large, refused as a decompression bomb ({error})") from error
+    except UnidentifiedImageError as error:
         raise ImageError(f"{path}: {error}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
         raise ImageError(f"{path}: cannot decode ({error})") from error

@@ -1,0 +1,242 @@
+"""Faults, end to end: kills, signals, bad files, NaN, missing extension, corrupt checkpoints.
+
+Each test reproduces a fault for real (a subprocess killed with SIGKILL, a real SIGTERM, real broken files)
+and checks the outcome. The counts are summarised in README's reliability section.
+"""
+
+import json
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from relpos.checkpoint import CheckpointError, load_checkpoint
+from relpos.data import ImageError, load_rgb
+from relpos.training import NonFiniteLoss, train
+
+from training_helpers import small_photo_folder, tiny_config
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return small_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+def _train_command(photos, out, steps, extra=()):
+    return [sys.executable, "-m", "relpos.cli", "train", "--data", str(photos), "--out", str(out), "--steps", str(steps),
+            "--batch", "48", "--width", "0.125", "--workers", "0", "--patch", "48", "--gap", "24", "--jitter", "3",
+            "--min-pixels", "30000", "--max-pixels", "50000", "--eval-every", "100", "--eval-plans", "1",
+            "--checkpoint-every", "1", "--log-every", "1", "--seed", "3", "--lr", "2e-3", "--warmup", "2",
+            "--no-progress", "--device", "cpu", *extra]
+
+
+def _steps_logged(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+    return max(steps, default=0)
+
+
+def _start(command, env=None):
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _wait_for_step(process, out, step, timeout=240):
+    deadline = time.time() + timeout
+    while _steps_logged(out) < step:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.time() < deadline, "training did not reach the step in time"
+        time.sleep(0.05)
+
+
+def _final_weights(out):
+    return load_checkpoint(out / "checkpoint.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    result = subprocess.run(_train_command(photos, out, 8), capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return _final_weights(out)
+
+
+@pytest.mark.parametrize("during_checkpoint_write", [False, True], ids=["between-steps", "mid-checkpoint-write"])
+def test_sigkill_then_resume_reaches_the_same_weights(photos, tmp_path, uninterrupted, during_checkpoint_write):
+    out = tmp_path / "killed"
+    kill_at = random.randint(2, 6)
+    env = {"RELPOS_FAULT_CHECKPOINT_DELAY": "3"} if during_checkpoint_write else {}
+    process = _start(_train_command(photos, out, 8), env)
+    _wait_for_step(process, out, kill_at)
+    if during_checkpoint_write:  # the step is logged, then its checkpoint written: kill inside the 3 s window
+        deadline = time.time() + 30
+        while not list(out.glob(".checkpoint.pt.tmp-*")):
+            assert time.time() < deadline and process.poll() is None
+            time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    state = load_checkpoint(out / "checkpoint.pt")  # whatever is there is complete and readable
+    assert 1 <= state["step"] <= 8
+    resumed = subprocess.run(_train_command(photos, out, 8, ["--resume"]), capture_output=True, text=True,
+                             timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not list(out.glob(".checkpoint.pt.tmp-*"))
+    final = _final_weights(out)
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(final[name], tensor), name
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_and_sigint_save_and_exit_zero(photos, tmp_path, signal_number):
+    out = tmp_path / "signalled"
+    process = _start(_train_command(photos, out, 200))
+    _wait_for_step(process, out, 2)
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "checkpoint saved" in stdout and "--resume" in stdout
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert 2 <= state["step"] < 200
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height (a decompression bomb) with no real pixel data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 10))
+                     + chunk(b"IEND", b""))
+
+
+def _odd_images(folder: Path, source: Path) -> dict:
+    """Every kind of odd file; returns name -> expected ('ok' or 'skip')."""
+    base = Image.open(source).convert("RGB").resize((200, 160))
+    expected = {}
+
+    def save(name, image, ok=True, **kwargs):
+        image.save(folder / name, **kwargs)
+        expected[name] = "ok" if ok else "skip"
+
+    save("gray.png", base.convert("L"))
+    save("rgba.png", base.convert("RGBA"))
+    save("palette.png", base.convert("P"))
+    save("cmyk.jpg", base.convert("CMYK"))
+    save("sixteen_bit.png", base.convert("L").point(lambda v: v * 256, "I").convert("I;16"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    save("exif_rotated.jpg", base, exif=exif.tobytes())
+    save("thin.png", base.resize((400, 10)), ok=False)  # too thin for one pair at any scale
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("hello, I am not an image")
+    good = (folder / "gray.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    jpeg = folder / "corrupt.jpg"
+    base.save(jpeg, quality=90)
+    data = bytearray(jpeg.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 400] = os.urandom(400)
+    jpeg.write_bytes(bytes(data[: len(data) * 2 // 3]))
+    _png_header_only(folder / "bomb.png", 40_000, 30_000)
+    expected.update({"zero.jpg": "skip", "text.jpg": "skip", "truncated.png": "skip", "corrupt.jpg": "skip",
+                     "bomb.png": "skip"})
+    return expected
+
+
+def test_odd_files_are_converted_or_skipped_with_reasons(photos, tmp_path):
+    data = small_photo_folder(tmp_path / "data", count=4)
+    expected = _odd_images(data, next(photos.rglob("*.png")))
+    out = tmp_path / "out"
+    summary = train(tiny_config(data, out, steps=10, holdout=0.0, batch=400))
+    skipped = {Path(json.loads(line)["path"]).name: json.loads(line)["reason"]
+               for line in (out / "skipped.jsonl").read_text().splitlines()}
+    should_skip = {name for name, outcome in expected.items() if outcome == "skip"}
+    assert set(skipped) == should_skip, skipped
+    assert "too large" in skipped["bomb.png"] and "too small" in skipped["thin.png"]
+    assert summary["skipped_files"] == len(should_skip)
+
+
+def test_odd_modes_decode_to_rgb(tmp_path, photos):
+    expected = _odd_images(tmp_path, next(photos.rglob("*.png")))
+    for name, outcome in expected.items():
+        if outcome == "ok":
+            image = load_rgb(tmp_path / name)
+            assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[2] == 3, name
+    assert tuple(load_rgb(tmp_path / "exif_rotated.jpg").shape[:2]) == (200, 160)  # rotated upright
+    assert tuple(load_rgb(tmp_path / "gray.png").shape[:2]) == (160, 200)
+    sixteen = load_rgb(tmp_path / "sixteen_bit.png")
+    assert int(sixteen.max()) > 100  # rescaled from 16 bits, not clipped to white or black
+    for name in ("zero.jpg", "text.jpg", "truncated.png", "corrupt.jpg", "bomb.png"):
+        with pytest.raises(ImageError, match=name):
+            load_rgb(tmp_path / name)
+
+
+def test_nan_loss_is_skipped_then_training_continues(photos, tmp_path, caplog):
+    summary = train(tiny_config(photos, tmp_path / "nan", steps=5, inject_nan_at=2))
+    assert "skipping the update" in caplog.text
+    state = load_checkpoint(tmp_path / "nan" / "checkpoint.pt")
+    assert summary["step"] == 5 and all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_repeated_nan_stops_without_a_poisoned_checkpoint(photos, tmp_path):
+    out = tmp_path / "nan"
+    train(tiny_config(photos, out, steps=3))
+    before = (out / "checkpoint.pt").read_bytes()
+    with pytest.raises(NonFiniteLoss, match="not finite"):
+        train(tiny_config(photos, out / "second", steps=6, max_nonfinite=1, inject_nan_at=1))
+    assert (out / "checkpoint.pt").read_bytes() == before
+    state = load_checkpoint(out / "second" / "checkpoint.pt") if (out / "second" / "checkpoint.pt").exists() else None
+    assert state is None or all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_missing_extension_falls_back_with_a_clear_message(tmp_path):
+    code = (
+        "import warnings, torch, relpos\n"
+        "img=[torch.randint(0,256,(300,400,3),dtype=torch.uint8)]\n"
+        "plan=relpos.sample_plan([[300,400]], seed=0)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out=relpos.extract_patches(img, plan)\n"
+        "print('fallback-ok', out.shape[0]==plan.num_patches, any('reference' in str(x.message) for x in w))\n"
+        "try:\n"
+        "    relpos.extract_patches(img, plan, backend='cpu')\n"
+        "except RuntimeError as e:\n"
+        "    print('error:', e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "RELPOS_DISABLE_EXTENSION": "1"})
+    assert "fallback-ok True True" in result.stdout, result.stderr[-2000:]
+    assert "pip install --no-build-isolation" in result.stdout or "RELPOS_DISABLE_EXTENSION" in result.stdout
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random-bytes", "foreign-dict", "empty"])
+def test_corrupt_or_foreign_checkpoints_give_a_clear_error(photos, tmp_path, damage, capsys):
+    out = tmp_path / "run"
+    train(tiny_config(photos, out, steps=2))
+    path = out / "checkpoint.pt"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:2000])
+    elif damage == "random-bytes":
+        path.write_bytes(os.urandom(5000))
+    elif damage == "foreign-dict":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="checkpoint"):
+        train(tiny_config(photos, out, steps=4, resume=True))
+    from relpos.cli import main
+
+    assert main(["eval", str(path), "--out", str(tmp_path / "eval")]) == 1
+    assert "checkpoint" in capsys.readouterr().err
