@@ -113,8 +113,10 @@ def test_raw_op_argument_checks(batch):
         op(packed.data, packed.meta, plan.patches, 0, "sepia", 12, torch.float32, False)
     with pytest.raises(TypeError, match="dtype must be float32, bfloat16 or float16"):
         op(packed.data, packed.meta, plan.patches, 0, "drop", 12, torch.int32, False)
-    with pytest.raises(ValueError, match="past the end of data"):
+    with pytest.raises(ValueError, match="larger than data|past the end of data"):
         op(packed.data[:100], packed.meta, plan.patches, 0, "drop", 12, torch.float32, False)
+    with pytest.raises(ValueError, match="past the end of data"):
+        op(packed.data[: packed.data.numel() - 1], packed.meta, plan.patches, 0, "drop", 12, torch.float32, False)
 
 
 def test_bad_options(batch):
