@@ -8,6 +8,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 extern "C" {
@@ -106,25 +107,44 @@ at::Tensor empty_patches(int64_t num_patches, int64_t patch_size, at::ScalarType
 
 namespace {
 
+// Hot loops are compiled twice, for AVX2 and for the baseline ISA, and picked at load time (GCC/Clang
+// function multiversioning); FMA stays off in both, so the rounding is the same as everywhere else.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define RELPOS_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define RELPOS_HOT
+#endif
+
 // The CPU computes each patch in stages with per-thread buffers: the crop (resize taps computed once per row
 // and column), then, if asked, the down- and up-sampled versions. Every value is the same float as the
 // nested per-pixel evaluation of relpos_math.h (same taps, same blend order), just not recomputed.
 struct PatchBuffers {
   std::vector<Taps> crop_y, crop_x, down_y, down_x, up_y, up_x;
-  std::vector<float> crop, small, values;
+  std::vector<int64_t> x0, x1;
+  std::vector<float> wx0, wx1, crop, small, values;
 };
 
-void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, float* out) {
+RELPOS_HOT void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, float* out) {
   const int P = g.patch;
+  int64_t* x0 = b.x0.data();
+  int64_t* x1 = b.x1.data();
+  float* wx0 = b.wx0.data();
+  float* wx1 = b.wx1.data();
+  for (int px = 0; px < P; ++px) {  // column taps as byte offsets and weights, in plain arrays
+    x0[px] = b.crop_x[px].i0 * g.image.stride_x;
+    x1[px] = b.crop_x[px].i1 * g.image.stride_x;
+    wx0[px] = b.crop_x[px].w0;
+    wx1[px] = b.crop_x[px].w1;
+  }
   for (int py = 0; py < P; ++py) {
     const Taps& ty = b.crop_y[py];
     const uint8_t* row0 = g.image.base + c * g.image.stride_c + ty.i0 * g.image.stride_y;
     const uint8_t* row1 = g.image.base + c * g.image.stride_c + ty.i1 * g.image.stride_y;
     float* dst = g.down > 0 ? &b.crop[py * P] : &out[py * P];
-    for (int px = 0; px < P; ++px) {
-      const Taps& tx = b.crop_x[px];
-      const int64_t x0 = tx.i0 * g.image.stride_x, x1 = tx.i1 * g.image.stride_x;
-      dst[px] = blend(ty, tx, row0[x0], row0[x1], row1[x0], row1[x1]);
+    const float wy0 = ty.w0, wy1 = ty.w1;
+    for (int px = 0; px < P; ++px) {  // the expression of blend(), written out
+      const float v00 = row0[x0[px]], v01 = row0[x1[px]], v10 = row1[x0[px]], v11 = row1[x1[px]];
+      dst[px] = wy0 * (wx0[px] * v00 + wx1[px] * v01) + wy1 * (wx0[px] * v10 + wx1[px] * v11);
     }
   }
   if (g.down <= 0) return;
@@ -149,7 +169,7 @@ void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, float* out) 
 
 // Noise of elements [first, first + count) of patch n into out: the same values as centered_noise, computed
 // kLanes Philox blocks at a time in plain arrays so the compiler vectorises the rounds.
-void fill_noise(uint64_t seed, uint32_t patch_index, uint32_t first, int count, float* out) {
+RELPOS_HOT void fill_noise(uint64_t seed, uint32_t patch_index, uint32_t first, int count, float* out) {
   constexpr int kLanes = 16;
   const uint32_t k0_start = static_cast<uint32_t>(seed), k1_start = static_cast<uint32_t>(seed >> 32);
   const uint32_t first_block = first >> 2, last_block = (first + count - 1) >> 2;
@@ -179,6 +199,33 @@ void fill_noise(uint64_t seed, uint32_t patch_index, uint32_t first, int count, 
   }
 }
 
+// Sum and sum of squares in double, over eight interleaved partial sums (vectorisable, no long dependency chain).
+RELPOS_HOT void channel_sums(const float* values, int count, double* sum, double* sum_sq) {
+  constexpr int kParts = 8;
+  double s[kParts] = {}, q[kParts] = {};
+  int i = 0;
+  for (; i + kParts <= count; i += kParts) {
+    for (int k = 0; k < kParts; ++k) {
+      const double v = values[i + k];
+      s[k] += v;
+      q[k] += v * v;
+    }
+  }
+  for (; i < count; ++i) {
+    const double v = values[i];
+    s[0] += v;
+    q[0] += v * v;
+  }
+  double total = 0.0, total_sq = 0.0;
+  for (int k = 0; k < kParts; ++k) total += s[k], total_sq += q[k];
+  *sum = total;
+  *sum_sq = total_sq;
+}
+
+RELPOS_HOT void normalise_plane(const float* values, int count, float mean, float scale, float* out) {
+  for (int i = 0; i < count; ++i) out[i] = (values[i] - mean) * scale;
+}
+
 template <typename out_t>
 void extract_cpu_kernel(const uint8_t* data, const int64_t* meta, const int32_t* plan, int64_t num_patches,
                         int patch, uint64_t seed, int color, out_t* out, const int64_t* out_strides) {
@@ -188,6 +235,7 @@ void extract_cpu_kernel(const uint8_t* data, const int64_t* meta, const int32_t*
     b.crop_y.resize(patch), b.crop_x.resize(patch), b.up_y.resize(patch), b.up_x.resize(patch);
     b.down_y.resize(patch), b.down_x.resize(patch);
     b.crop.resize(pixels), b.small.resize(pixels), b.values.resize(3 * static_cast<size_t>(pixels));
+    b.x0.resize(patch), b.x1.resize(patch), b.wx0.resize(patch), b.wx1.resize(patch);
     for (int64_t n = begin; n < end; ++n) {
       const int32_t* row = plan + n * kPlanColumns;
       const int64_t* m = meta + int64_t{row[kImage]} * kMetaColumns;
@@ -219,24 +267,22 @@ void extract_cpu_kernel(const uint8_t* data, const int64_t* meta, const int32_t*
         }
       }
       PatchStats stats = {};
-      for (int c = 0; c < 3; ++c) {
-        double sum = 0.0, sum_sq = 0.0;
-        for (int i = 0; i < pixels; ++i) {
-          const double v = values[c * pixels + i];
-          sum += v;
-          sum_sq += v * v;
-        }
-        stats.sum[c] = sum;
-        stats.sum_sq[c] = sum_sq;
-      }
+      for (int c = 0; c < 3; ++c) channel_sums(values + c * pixels, pixels, &stats.sum[c], &stats.sum_sq[c]);
       float mean[3], scale;
       finish_stats(stats, color, kept, pixels, mean, &scale);
       out_t* base = out + n * out_strides[0];
-      for (int c = 0; c < 3; ++c)
+      for (int c = 0; c < 3; ++c) {
+        if constexpr (std::is_same_v<out_t, float>) {
+          if (out_strides[3] == 1 && out_strides[2] == patch) {  // NCHW float32: one contiguous plane
+            normalise_plane(values + c * pixels, pixels, mean[c], scale, base + c * out_strides[1]);
+            continue;
+          }
+        }
         for (int py = 0; py < patch; ++py)
           for (int px = 0; px < patch; ++px)
             base[c * out_strides[1] + py * out_strides[2] + px * out_strides[3]] =
                 static_cast<out_t>((values[c * pixels + py * patch + px] - mean[c]) * scale);
+      }
     }
   });
 }
