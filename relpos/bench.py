@@ -17,7 +17,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import backends, extract_patches, pack_images, sample_plan

@@ -131,19 +131,14 @@ def run_eval(checkpoint: str, out: str, layer: str = "conv5", seeds: int = 3, pe
 
 
 def _pretext(state, model, device, out_dir: Path) -> dict:
-    from .data import list_images, split_holdout
+    from .data import decodable_images, list_images, split_holdout
     from .training import TrainConfig, evaluate
 
     args = state["args"]
-    config = TrainConfig(**{k: v for k, v in args.items() if k in TrainConfig.__dataclass_fields__})
+    config = TrainConfig.from_dict(args)
     paths = list_images(args["data"]) if args.get("data") else bundled_photos()
     _, held = split_holdout(paths, args["holdout"] if args["holdout"] > 0 else 0.2)
-    images = []
-    for path in held:
-        try:
-            images.append(load_rgb(path))
-        except ValueError:
-            continue
+    images = decodable_images(held)
     accuracy, confusion = evaluate(model, images, config, device, None, plans=8)
     _plot_confusion(confusion, out_dir / "confusion.png", accuracy)
     return {"held_out_images": len(images), "accuracy": accuracy, "confusion": confusion.tolist()}
@@ -174,20 +169,14 @@ def _plot_confusion(confusion: torch.Tensor, path: Path, accuracy: float) -> Non
 
 
 def _pictures(state, pretrained, random_tower, device, out_dir: Path, data: str | None, queries: int, layer: str):
-    from .data import list_images
+    from .data import decodable_images, list_images
     from .sampler import sample_plan
     from .show import draw_grids, draw_pairs
     from .training import TrainConfig
 
     args = state["args"]
-    config = TrainConfig(**{k: v for k, v in args.items() if k in TrainConfig.__dataclass_fields__}).patch_config()
-    paths = list_images(data) if data else bundled_photos()
-    images = []
-    for path in paths:
-        try:
-            images.append(load_rgb(path))
-        except ValueError:
-            continue
+    config = TrainConfig.from_dict(args).patch_config()
+    images = decodable_images(list_images(data) if data else bundled_photos())
     first = images[0]
     plan = sample_plan([first.shape[:2]], config, seed=0)
     if plan.num_pairs:

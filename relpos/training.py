@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from . import backends
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import PatchConfig
-from .data import ImageBatch, ResidentImages, bundled_photos, list_images, make_loader, split_holdout
-from .data.dataset import collate_images, ImageFiles, images_per_step
+from .data import ImageBatch, ResidentImages, bundled_photos, decodable_images, list_images, make_loader, split_holdout
+from .data.dataset import images_per_step
 from .metrics import MetricsLog, plot_curves
 from .models import ARCHS, build_model
 from .ops import extract_patches
@@ -76,6 +76,11 @@ class TrainConfig:
     progress: bool = True
     stop_after: int = -1  # stop (as if interrupted) after this many steps, checkpoint saved
     inject_nan_at: int = -1  # testing hook: poison the loss at this step
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """The configuration saved in a checkpoint (keys this version does not know are ignored)."""
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
     def patch_config(self) -> PatchConfig:
         # the paper's down-sampling range, 10..95 px of 96, scaled to the patch size
@@ -238,8 +243,7 @@ def _train(config: TrainConfig) -> dict:
 
     paths = list_images(config.data) if config.data else bundled_photos()
     train_paths, held_paths = split_holdout(paths, config.holdout)
-    held_images = [img for _, img in (ImageFiles(held_paths)[i] for i in range(len(held_paths)))
-                   if isinstance(img, torch.Tensor)]
+    held_images = decodable_images(held_paths)
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)

@@ -8,7 +8,6 @@ reliability section reports the default run).
 import dataclasses
 import os
 
-import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st

@@ -10,9 +10,10 @@ from .dataset import (  # noqa: E402
     ImageFiles,
     ResidentImages,
     StepBatches,
+    decodable_images,
     list_images,
     make_loader,
     split_holdout,
 )
 
-__all__ += ["ImageBatch", "ImageFiles", "ResidentImages", "StepBatches", "list_images", "make_loader", "split_holdout"]
+__all__ += ["ImageBatch", "ImageFiles", "ResidentImages", "StepBatches", "decodable_images", "list_images", "make_loader", "split_holdout"]

@@ -80,6 +80,12 @@ class ImageFiles(torch.utils.data.Dataset):
             return path, f"{path}: {type(error).__name__}: {error}"
 
 
+def decodable_images(paths: Sequence[Path]) -> list[torch.Tensor]:
+    """The images among `paths` that decode (bad files are left out; training reports them, eval needs none)."""
+    items = (ImageFiles(paths)[i] for i in range(len(paths)))
+    return [image for _, image in items if isinstance(image, torch.Tensor)]
+
+
 def collate_images(items) -> ImageBatch:
     good = [(path, image) for path, image in items if isinstance(image, torch.Tensor)]
     failures = [(path, reason) for path, reason in items if not isinstance(reason, torch.Tensor)]
