@@ -28,6 +28,8 @@ HELP = {
     "seed": "random seed (model init, batches, plans, noise)",
     "workers": "DataLoader worker processes decoding images",
     "resident": "decode every image once and keep them on the device (no host work per step)",
+    "decode": "pil: decode in DataLoader workers; gpu: workers read bytes, JPEGs are decoded on the GPU in "
+              "batches (torchvision + nvJPEG; other formats fall back to PIL)",
     "holdout": "fraction of images held out for pretext accuracy",
     "eval_every": "evaluate held-out pretext accuracy every N steps",
     "eval_plans": "random grids per held-out image per evaluation",

@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     resident: bool = False  # decode every image once and keep them packed on the device
+    decode: str = "pil"  # pil (DataLoader workers) | gpu (workers read bytes, nvJPEG decodes on the device)
     holdout: float = 0.2
     eval_every: int = 100
     eval_plans: int = 4  # plans (random grids) per held-out image per evaluation
@@ -100,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"--schedule must be cosine or constant, got {self.schedule!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.decode not in ("pil", "gpu"):
+            raise ValueError(f"--decode must be pil or gpu, got {self.decode!r}")
         for name in ("compile", "deterministic"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise ValueError(f"--{name} must be auto, on or off, got {getattr(self, name)!r}")
@@ -292,10 +295,17 @@ def _train(config: TrainConfig) -> dict:
                    for indices in _step_indices(len(resident), per_step, config, start_step, rank, world))
         initial_failures = resident.failures
     else:
+        gpu_decode = config.decode == "gpu"
+        if gpu_decode:
+            from .data.gpu_decode import decode_on_device, gpu_decode_error
+
+            if gpu_decode_error(device):
+                raise RuntimeError(f"--decode gpu: {gpu_decode_error(device)}")
         loader = make_loader(train_paths, per_step, config.seed, start_step, config.steps, config.workers,
-                             pin_memory=device.type == "cuda", rank=rank, world_size=world)
+                             pin_memory=device.type == "cuda" and not gpu_decode, rank=rank, world_size=world,
+                             raw=gpu_decode)
         loader.worker_init_fn = _ignore_sigint_in_worker
-        batches = iter(loader)
+        batches = (decode_on_device(items, device) for items in loader) if gpu_decode else iter(loader)
         initial_failures = []
 
     metrics = MetricsLog(out / "metrics.jsonl", truncate_after_step=start_step if config.resume else None) \

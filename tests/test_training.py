@@ -125,3 +125,14 @@ def test_weights_digest_sees_one_bit():
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] += 1e-6
     assert weights_digest(model) != before
+
+
+def test_resident_images_train_like_the_loader(photos, tmp_path):
+    """--resident keeps the decoded images packed on the device; same batches, same plans, same weights."""
+    loader = tiny_config(photos, tmp_path / "loader", steps=3)
+    resident = dataclasses.replace(loader, out=str(tmp_path / "resident"), resident=True)
+    train(loader)
+    train(resident)
+    a, b = _weights(tmp_path / "loader"), _weights(tmp_path / "resident")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

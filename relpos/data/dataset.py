@@ -125,10 +125,17 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 def make_loader(paths: Sequence[Path], per_step: int, seed: int, start_step: int, steps: int, workers: int,
-                pin_memory: bool, rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
+                pin_memory: bool, rank: int = 0, world_size: int = 1, raw: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of decoded images (or, with raw=True, of file bytes for decoding on the GPU), per step."""
     sampler = StepBatches(len(paths), per_step, seed, start_step, steps, rank, world_size)
+    if raw:
+        from .gpu_decode import RawFiles, collate_raw
+
+        dataset, collate = RawFiles(paths), collate_raw
+    else:
+        dataset, collate = ImageFiles(paths), collate_images
     return torch.utils.data.DataLoader(
-        ImageFiles(paths), batch_sampler=sampler, num_workers=workers, collate_fn=collate_images,
+        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=pin_memory, persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -37,20 +38,22 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGB
 
 
-def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None
+             ) -> torch.Tensor:
     """Decode `path` into a contiguous uint8 [H, W, 3] tensor.
 
     EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and alpha images are converted to RGB.
     Raises ImageError (a ValueError) naming the file for corrupt, truncated, non-image or huge files.
     """
-    path = os.fspath(path)
+    path = path if isinstance(path, io.BytesIO) else os.fspath(path)
+    label = name or str(path)  # how errors name the file (bytes in memory have no path of their own)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > max_pixels or max(width, height) > MAX_SIDE:
-                    raise ImageError(f"{path}: {width}x{height} is too large (limit {max_pixels} pixels)")
+                    raise ImageError(f"{label}: {width}x{height} is too large (limit {max_pixels} pixels)")
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
                 image.load()
                 image = ImageOps.exif_transpose(image)
@@ -58,11 +61,11 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tor
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"{path}: too large, refused as a decompression bomb ({error})") from error
+        raise ImageError(f"{label}: too large, refused as a decompression bomb ({error})") from error
     except UnidentifiedImageError as error:
-        raise ImageError(f"{path}: {error}") from error
+        raise ImageError(f"{label}: {error}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
-        raise ImageError(f"{path}: cannot decode ({error})") from error
+        raise ImageError(f"{label}: cannot decode ({error})") from error
     if array.ndim != 3 or array.shape[2] != 3 or array.size == 0:
-        raise ImageError(f"{path}: decoded to an unexpected shape {array.shape}")
+        raise ImageError(f"{label}: decoded to an unexpected shape {array.shape}")
     return torch.from_numpy(np.array(array, dtype=np.uint8, order="C", copy=True))

@@ -1,0 +1,118 @@
+"""JPEG decoding on the GPU (torchvision + nvJPEG): workers only read bytes, the device decodes the batch.
+
+Files that are not JPEG, or that nvJPEG refuses, are decoded on the host with PIL instead (and still skipped
+with a reason if PIL cannot read them either). EXIF orientation, which nvJPEG ignores, is read from the
+header on the host and applied on the device.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..images import pack_images
+from .dataset import ImageBatch
+from .decode import ImageError, load_rgb
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def gpu_decode_error(device: torch.device) -> str | None:
+    """None when batched GPU JPEG decoding is available on `device`, else why not."""
+    if device.type != "cuda":
+        return f"GPU decoding needs a CUDA device, got {device}"
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except ImportError as error:
+        return f"GPU decoding needs torchvision ({error}); use --decode pil"
+    return None
+
+
+class RawFiles(torch.utils.data.Dataset):
+    """Reads each file's bytes (in a worker); decoding happens later, on the device."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = [str(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as error:
+            return path, f"{path}: cannot read ({error})"
+        if not data:
+            return path, f"{path}: empty file"
+        return path, torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def collate_raw(items):
+    return list(items)
+
+
+def _orientation(data: torch.Tensor) -> int:
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+            return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a header PIL cannot parse: decode as stored
+        return 1
+
+
+def _orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation (1..8) to a CHW image, as PIL's ImageOps.exif_transpose does."""
+    if orientation == 2:
+        image = image.flip(-1)
+    elif orientation == 3:
+        image = image.flip(-1).flip(-2)
+    elif orientation == 4:
+        image = image.flip(-2)
+    elif orientation == 5:
+        image = image.transpose(-1, -2)
+    elif orientation == 6:
+        image = image.rot90(-1, (1, 2))
+    elif orientation == 7:
+        image = image.transpose(-1, -2).flip(-1).flip(-2)
+    elif orientation == 8:
+        image = image.rot90(1, (1, 2))
+    return image.contiguous()
+
+
+def decode_on_device(items, device: torch.device) -> ImageBatch:
+    """Decode a list of (path, bytes or failure reason) into a packed batch on `device`."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    failures = [(path, data) for path, data in items if isinstance(data, str)]
+    raw = [(path, data) for path, data in items if not isinstance(data, str)]
+    is_jpeg = [len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8 for _, data in raw]
+    decoded: dict[str, torch.Tensor] = {}
+    jpegs = [(path, data) for (path, data), jpeg in zip(raw, is_jpeg) if jpeg]
+    if jpegs:
+        try:
+            images = decode_jpeg([data for _, data in jpegs], mode=ImageReadMode.RGB, device=device)
+            for (path, data), image in zip(jpegs, images):
+                decoded[path] = _orient(image, _orientation(data))
+        except RuntimeError:  # one bad file fails the batch call: decode one by one to find it
+            for path, data in jpegs:
+                try:
+                    image = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+                    decoded[path] = _orient(image, _orientation(data))
+                except RuntimeError:
+                    pass  # left to PIL below, which reports the reason
+    for path, data in raw:
+        if path in decoded:
+            continue
+        try:
+            image = load_rgb(io.BytesIO(data.numpy().tobytes()), name=path)
+            decoded[path] = image.permute(2, 0, 1).contiguous().to(device)
+        except ImageError as error:
+            failures.append((path, str(error)))
+    good = [path for path, _ in raw if path in decoded]
+    packed = pack_images([decoded[path] for path in good]) if good else None
+    return ImageBatch(packed, good, failures)
