@@ -45,6 +45,16 @@ HELP = {
     "stop_after": "stop after this many steps, checkpoint saved, as if interrupted (-1: never)",
 }
 _HIDDEN = {"progress", "inject_nan_at"}
+CHOICES = {
+    "schedule": ("cosine", "constant"),
+    "arch": ("caffenet", "resnet18"),
+    "color": ("drop", "project", "none"),
+    "backend": ("auto", "cpu", "cuda", "triton", "reference"),
+    "precision": ("auto", "bf16", "fp32"),
+    "compile": ("auto", "on", "off"),
+    "deterministic": ("auto", "on", "off"),
+    "decode": ("pil", "gpu"),
+}
 
 
 def add_parser(commands) -> None:
@@ -65,7 +75,7 @@ def add_parser(commands) -> None:
             parser.add_argument(flag, action="store_true", help=HELP[field.name])
         else:
             kind = {int: int, float: float}.get(type(value), str)
-            parser.add_argument(flag, type=kind, default=value, help=HELP[field.name])
+            parser.add_argument(flag, type=kind, default=value, choices=CHOICES.get(field.name), help=HELP[field.name])
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--inject-nan-at", type=int, default=-1, help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
