@@ -31,6 +31,19 @@ def has_cuda_extension() -> bool:
     return has_cpu_extension() and torch._C._dispatch_has_kernel_for_dispatch_key("relpos::extract_patches_out", "CUDA")
 
 
+# setup.py builds the CUDA kernel for sm_80 and sm_90 (+ PTX for newer parts); older GPUs cannot run it.
+MIN_CUDA_CAPABILITY = (8, 0)
+
+
+def cuda_unsupported_reason(device: torch.device) -> str | None:
+    """Why the compiled CUDA kernel cannot run on `device`, or None when it can."""
+    capability = tuple(torch.cuda.get_device_capability(device))
+    if capability < MIN_CUDA_CAPABILITY:
+        return (f"the CUDA kernel is built for compute capability {MIN_CUDA_CAPABILITY[0]}.{MIN_CUDA_CAPABILITY[1]}+ "
+                f"and this GPU is {capability[0]}.{capability[1]}; rebuild with TORCH_CUDA_ARCH_LIST set to it")
+    return None
+
+
 @functools.cache
 def triton_error() -> str | None:
     """None when the Triton op is registered, else the reason it is not."""
@@ -49,11 +62,15 @@ def triton_runs_on(device: torch.device) -> bool:
 
 
 @functools.cache
-def _warn_fallback(reason: str) -> None:
+def _warn_fallback_to(backend: str, reason: str) -> None:
     import warnings
 
-    warnings.warn(f"relpos: falling back to the slow pure-PyTorch reference backend: {reason}", RuntimeWarning,
-                  stacklevel=3)
+    what = "the slow pure-PyTorch reference backend" if backend == "reference" else f"the {backend} backend"
+    warnings.warn(f"relpos: falling back to {what}: {reason}", RuntimeWarning, stacklevel=3)
+
+
+def _warn_fallback(reason: str) -> None:
+    _warn_fallback_to("reference", reason)
 
 
 def resolve(backend: str, device: torch.device) -> str:
@@ -64,8 +81,11 @@ def resolve(backend: str, device: torch.device) -> str:
         raise ValueError(f"images must be on the CPU or a CUDA device, got {device}")
     if backend == "auto":
         if device.type == "cuda":
-            if has_cuda_extension():
+            unsupported = cuda_unsupported_reason(device) if has_cuda_extension() else "not built"
+            if unsupported is None:
                 return "cuda"
+            if unsupported != "not built":
+                _warn_fallback_to("triton" if triton_runs_on(device) else "reference", unsupported)
             if triton_runs_on(device):
                 return "triton"
             _warn_fallback(f"neither the CUDA extension nor Triton is usable ({triton_error()})")
@@ -87,6 +107,9 @@ def resolve(backend: str, device: torch.device) -> str:
                 "backend='cuda' needs relpos._C built with CUDA (a CUDA build of torch and nvcc at install time; "
                 "force it with RELPOS_USE_CUDA=1). backend='triton' or 'auto' works without it."
             )
+        if cuda_unsupported_reason(device):
+            raise RuntimeError(f"backend='cuda': {cuda_unsupported_reason(device)}; backend='auto' falls back to "
+                               "Triton")
     if backend == "triton" and not triton_runs_on(device):
         reason = triton_error() or f"Triton runs on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 (got {device})"
         raise RuntimeError(f"backend='triton' is not available: {reason}")

@@ -241,3 +241,17 @@ def test_corrupt_or_foreign_checkpoints_give_a_clear_error(photos, tmp_path, dam
 
     assert main(["eval", str(path), "--out", str(tmp_path / "eval")]) == 1
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_unsupported_gpu_falls_back_with_a_clear_message(monkeypatch):
+    """A GPU older than the kernel's build targets: auto falls back (with a warning), explicit cuda explains."""
+    from relpos import backends
+
+    monkeypatch.setattr(backends, "has_cuda_extension", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))
+    backends._warn_fallback_to.cache_clear()
+    device = torch.device("cuda", 0)
+    with pytest.warns(RuntimeWarning, match="compute capability 8.0"):
+        assert backends.resolve("auto", device) in ("triton", "reference")
+    with pytest.raises(RuntimeError, match="TORCH_CUDA_ARCH_LIST"):
+        backends.resolve("cuda", device)
