@@ -69,10 +69,6 @@ def _warn_fallback_to(backend: str, reason: str) -> None:
     warnings.warn(f"relpos: falling back to {what}: {reason}", RuntimeWarning, stacklevel=3)
 
 
-def _warn_fallback(reason: str) -> None:
-    _warn_fallback_to("reference", reason)
-
-
 def resolve(backend: str, device: torch.device) -> str:
     """The concrete backend for `backend` on `device`, or a ValueError/RuntimeError saying what to do."""
     if backend not in BACKENDS:
@@ -81,18 +77,18 @@ def resolve(backend: str, device: torch.device) -> str:
         raise ValueError(f"images must be on the CPU or a CUDA device, got {device}")
     if backend == "auto":
         if device.type == "cuda":
-            unsupported = cuda_unsupported_reason(device) if has_cuda_extension() else "not built"
-            if unsupported is None:
-                return "cuda"
-            if unsupported != "not built":
-                _warn_fallback_to("triton" if triton_runs_on(device) else "reference", unsupported)
-            if triton_runs_on(device):
-                return "triton"
-            _warn_fallback(f"neither the CUDA extension nor Triton is usable ({triton_error()})")
-            return "reference"
+            fallback = "triton" if triton_runs_on(device) else "reference"
+            if has_cuda_extension():
+                unsupported = cuda_unsupported_reason(device)
+                if unsupported is None:
+                    return "cuda"
+                _warn_fallback_to(fallback, unsupported)
+            elif fallback == "reference":
+                _warn_fallback_to(fallback, f"neither the CUDA extension nor Triton is usable ({triton_error()})")
+            return fallback
         if has_cpu_extension():
             return "cpu"
-        _warn_fallback(extension_error())
+        _warn_fallback_to("reference", extension_error())
         return "reference"
     if backend == "cpu":
         if device.type != "cpu":
@@ -107,9 +103,9 @@ def resolve(backend: str, device: torch.device) -> str:
                 "backend='cuda' needs relpos._C built with CUDA (a CUDA build of torch and nvcc at install time; "
                 "force it with RELPOS_USE_CUDA=1). backend='triton' or 'auto' works without it."
             )
-        if cuda_unsupported_reason(device):
-            raise RuntimeError(f"backend='cuda': {cuda_unsupported_reason(device)}; backend='auto' falls back to "
-                               "Triton")
+        unsupported = cuda_unsupported_reason(device)
+        if unsupported:
+            raise RuntimeError(f"backend='cuda': {unsupported}; backend='auto' falls back to Triton")
     if backend == "triton" and not triton_runs_on(device):
         reason = triton_error() or f"Triton runs on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 (got {device})"
         raise RuntimeError(f"backend='triton' is not available: {reason}")

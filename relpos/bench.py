@@ -8,6 +8,7 @@ times depend on the machine: compare the ratios, measured in one run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -106,8 +107,6 @@ class _PatchDataset(torch.utils.data.Dataset):
         return len(self.numpy)
 
     def __getitem__(self, index):
-        import dataclasses
-
         rows = self.plan.patches[:, 0] == index
         sub = dataclasses.replace(self.plan, patches=self.plan.patches[rows])
         return numpy_pil_pipeline(self.numpy, sub)
@@ -202,8 +201,6 @@ def bench_batch_sizes(config: PatchConfig, device: torch.device, rounds: int, si
         images = max(1, patches // 50)
         inputs = make_inputs(3, images, config, device, seed=patches)
         for batch in inputs:  # trim every plan to exactly `patches` patches (repeat rows if short)
-            import dataclasses
-
             rows = torch.arange(patches) % batch["plan"].num_patches
             batch["plan"] = dataclasses.replace(batch["plan"], patches=batch["plan"].patches[rows].contiguous())
         for backend in ("cuda", "triton"):

@@ -28,7 +28,16 @@ import torch.nn.functional as F
 from . import backends
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import PatchConfig
-from .data import ImageBatch, ResidentImages, bundled_photos, decodable_images, list_images, make_loader, split_holdout
+from .data import (
+    ImageBatch,
+    ResidentImages,
+    StepBatches,
+    bundled_photos,
+    decodable_images,
+    list_images,
+    make_loader,
+    split_holdout,
+)
 from .data.dataset import images_per_step
 from .metrics import MetricsLog, plot_curves
 from .models import ARCHS, build_model
@@ -291,8 +300,8 @@ def _train(config: TrainConfig) -> dict:
     per_step = images_per_step(config.batch, expected_patches_per_image(patch_config))
     if config.resident:
         resident = ResidentImages(train_paths, device)
-        batches = (resident.batch([i % len(resident) for i in indices])
-                   for indices in _step_indices(len(resident), per_step, config, start_step, rank, world))
+        batches = (resident.batch(indices) for indices in
+                   StepBatches(len(resident), per_step, config.seed, start_step, config.steps, rank, world))
         initial_failures = resident.failures
     else:
         gpu_decode = config.decode == "gpu"
@@ -443,13 +452,6 @@ def _train(config: TrainConfig) -> dict:
             log.warning("%d files were skipped; see %s", len(skipped_files), skipped_path)
     _finish_distributed(world)
     return summary
-
-
-def _step_indices(count, per_step, config, start_step, rank, world):
-    from .data import StepBatches
-
-    sampler = StepBatches(count, per_step, config.seed, start_step, config.steps, rank, world)
-    return iter(sampler)
 
 
 def weights_digest(model) -> str:

@@ -12,13 +12,9 @@ from __future__ import annotations
 import torch
 
 from .kernels import extract_patches as _kernel
+from .ops import empty_patches
 
 _COLOR_CODES = {"none": _kernel.COLOR_NONE, "drop": _kernel.COLOR_DROP, "project": _kernel.COLOR_PROJECT}
-
-
-def empty_patches(num_patches, patch_size, dtype, channels_last, device) -> torch.Tensor:
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty((num_patches, 3, patch_size, patch_size), dtype=dtype, device=device, memory_format=memory_format)
 
 
 @torch.library.custom_op("relpos::extract_patches_triton_out", mutates_args=("out",))
