@@ -14,8 +14,6 @@ BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 @functools.cache
 def extension_error() -> str | None:
     """None when the compiled extension relpos._C loaded, else the reason it did not."""
-    if os.environ.get("RELPOS_DISABLE_EXTENSION") == "1":  # to test (and debug) the fallback path
-        return "relpos._C disabled by RELPOS_DISABLE_EXTENSION=1"
     try:
         importlib.import_module("relpos._C")
     except ImportError as error:  # not built, or built against another torch
@@ -69,6 +67,7 @@ def _warn_fallback_to(backend: str, reason: str) -> None:
     warnings.warn(f"relpos: falling back to {what}: {reason}", RuntimeWarning, stacklevel=3)
 
 
+@torch.compiler.assume_constant_result  # decided once at trace time: it imports and probes, nothing to trace
 def resolve(backend: str, device: torch.device) -> str:
     """The concrete backend for `backend` on `device`, or a ValueError/RuntimeError saying what to do."""
     if backend not in BACKENDS:

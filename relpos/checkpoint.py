@@ -1,16 +1,22 @@
-"""Checkpoints that are never half-written: write a temp file, fsync it, rename over the target, fsync the dir."""
+"""Checkpoints that are never half-written and never run code when read.
+
+Writes go to a temp file that is fsynced, renamed over the target, then the folder is fsynced. Reads use
+`torch.load(weights_only=True)`: a checkpoint is data (tensors, numbers, strings, lists, dicts), so a crafted
+pickle cannot execute anything; RNG states are stored as tensors and plain types for that reason.
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 
 FORMAT = "relpos-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: loadable with weights_only=True (no pickled numpy objects)
 
 
 class CheckpointError(ValueError):
@@ -21,24 +27,24 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        delay = float(os.environ.get("RELPOS_FAULT_CHECKPOINT_DELAY", "0"))
-        if delay > 0:  # fault-injection hook for the kill tests: a long window in the middle of a write
-            handle.write(payload[: len(payload) // 2])
+    try:
+        with open(temporary, "wb") as handle:
+            _write_all(handle, payload)
             handle.flush()
-            import time
-
-            time.sleep(delay)
-            payload = payload[len(payload) // 2 :]
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
+            os.fsync(handle.fileno())
+    except BaseException:  # disk full, kill signal turned into an exception, ...: leave no partial temp file
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def _write_all(handle, payload: bytes) -> None:
+    handle.write(payload)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -53,7 +59,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:  # what weights_only raises for anything that is not plain data
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain data, so relpos will not load it "
+            "(loading it could run code). It is not a relpos checkpoint, or was written by relpos 0.1 before "
+            f"checkpoint version {VERSION}: retrain, or load it yourself only if you trust its origin."
+        ) from error
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError,
             ModuleNotFoundError, TypeError) as error:
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupted?): {error}") from error
@@ -67,3 +79,33 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         if key not in state:
             raise CheckpointError(f"checkpoint {path} lacks '{key}'")
     return state
+
+
+def numpy_rng_state() -> dict:
+    """numpy's global RNG state as a tensor and plain numbers (a pickled ndarray would need weights_only=False)."""
+    import numpy as np
+
+    name, key, position, has_gauss, cached = np.random.get_state()
+    return {"name": name, "key": torch.from_numpy(key.astype("int64")), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def set_numpy_rng_state(state: dict) -> None:
+    import numpy as np
+
+    np.random.set_state((state["name"], state["key"].numpy().astype("uint32"), state["position"],
+                         state["has_gauss"], state["cached_gaussian"]))
+
+
+def python_rng_state() -> list:
+    import random
+
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def set_python_rng_state(state: list) -> None:
+    import random
+
+    version, internal, gauss = state
+    random.setstate((version, tuple(internal), gauss))

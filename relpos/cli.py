@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"relpos {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_show(commands)
     for module in ("train_cli", "evaluation", "bench", "export"):
         try:
@@ -83,11 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    command = f"relpos {args.command}" if getattr(args, "command", None) else "relpos"
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
-        print(f"relpos {sys.argv[1] if len(sys.argv) > 1 else ''}: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, RuntimeError) as error:
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # disk full, read-only or missing folder, permissions: one line, no traceback
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"{command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

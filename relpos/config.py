@@ -6,6 +6,11 @@ import dataclasses
 import math
 
 COLOR_MODES = ("drop", "project", "none")
+# Bounds that keep one plan small and fast to draw: a resize target beyond any real photograph, and a number
+# of grids per image that no recipe needs, would otherwise hang sample_plan or allocate absurdly.
+MAX_RESIZE_PIXELS = 100_000_000
+MAX_GRIDS_PER_IMAGE = 256
+MAX_PATCH = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +33,13 @@ class PatchConfig:
         for name in ("gap", "jitter"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PatchConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_pixels > MAX_RESIZE_PIXELS:
+            raise ValueError(f"PatchConfig.max_pixels must be <= {MAX_RESIZE_PIXELS}, got {self.max_pixels}")
+        if self.grids_per_image > MAX_GRIDS_PER_IMAGE:
+            raise ValueError(f"PatchConfig.grids_per_image must be <= {MAX_GRIDS_PER_IMAGE}, got {self.grids_per_image}")
+        if self.patch > MAX_PATCH or self.gap > MAX_PATCH * 4 or self.jitter > MAX_PATCH * 4:
+            raise ValueError(f"PatchConfig: patch must be <= {MAX_PATCH} and gap, jitter <= {MAX_PATCH * 4}, got "
+                             f"patch={self.patch}, gap={self.gap}, jitter={self.jitter}")
         if self.max_pixels < self.min_pixels:
             raise ValueError(f"PatchConfig.max_pixels ({self.max_pixels}) must be >= min_pixels ({self.min_pixels})")
         if not 0.0 <= self.downsample_prob <= 1.0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -20,7 +21,54 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(strict_json(record) + "\n")
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def strict_json(value, **kwargs) -> str:
+    """JSON that any parser reads: NaN and infinities (a step with no pairs, a diverged loss) become null."""
+    return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
+
+
+def pretext_summary(confusion) -> dict:
+    """Pretext accuracy beside the honest baselines of the same evaluation pairs.
+
+    The relative-position labels are not balanced (edge neighbours occur more often than diagonals), so the
+    baseline is always answering the most frequent true label, not 1/classes. Balanced accuracy is the mean
+    recall over the classes present; the standard error is the binomial one of the accuracy.
+    """
+    import torch
+
+    confusion = torch.as_tensor(confusion, dtype=torch.float64)
+    total = float(confusion.sum())
+    if total == 0:
+        return {"pairs": 0, "accuracy": None, "stderr": None, "majority": None, "balanced_accuracy": None}
+    per_class = confusion.sum(dim=1)
+    present = per_class > 0
+    accuracy = float(confusion.diag().sum()) / total
+    return {
+        "pairs": int(total),
+        "accuracy": accuracy,
+        "stderr": math.sqrt(accuracy * (1 - accuracy) / total),
+        "majority": float(per_class.max()) / total,
+        "balanced_accuracy": float((confusion.diag()[present] / per_class[present]).mean()),
+    }
+
+
+def describe_pretext(numbers: dict) -> str:
+    if not numbers.get("pairs"):
+        return "no evaluation pairs"
+    return (f"accuracy {numbers['accuracy']:.3f} ± {numbers['stderr']:.3f} (majority label {numbers['majority']:.3f}), "
+            f"balanced accuracy {numbers['balanced_accuracy']:.3f}, {numbers['pairs']} pairs")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

@@ -20,14 +20,26 @@ def empty_patches(num_patches: int, patch_size: int, dtype: torch.dtype, channel
     return torch.empty((num_patches, 3, patch_size, patch_size), dtype=dtype, device=device, memory_format=memory_format)
 
 
+def check_op_devices(data: torch.Tensor, meta: torch.Tensor, plan: torch.Tensor, out: torch.Tensor | None = None):
+    """The raw ops' device rule, also enforced by their fake kernels: a `meta`-device table would otherwise route
+    the call to the fake kernel and hand back uninitialised memory with no error."""
+    tables_ok = all(t.device == data.device or t.device.type == "cpu" for t in (meta, plan))
+    if not tables_ok or (out is not None and out.device != data.device):
+        where = f"data {data.device}, meta {meta.device}, plan {plan.device}" + (f", out {out.device}" if out is not None else "")
+        raise ValueError(f"relpos op: mixed devices ({where}); meta and plan must be on data's device or the CPU, "
+                         "out on data's device")
+
+
 if backends.has_cpu_extension():
     # Fake (meta) kernels: shapes only, so torch.compile(fullgraph=True) traces through the C++/CUDA ops.
     @torch.library.register_fake("relpos::extract_patches")
     def _extract_patches_fake(data, meta, plan, seed, color, patch_size, dtype, channels_last):
+        check_op_devices(data, meta, plan)
         return empty_patches(plan.shape[0], patch_size, dtype, channels_last, data.device)
 
     @torch.library.register_fake("relpos::extract_patches_out")
     def _extract_patches_out_fake(data, meta, plan, seed, color, out):
+        check_op_devices(data, meta, plan, out)
         return None
 
 
@@ -42,12 +54,16 @@ def check_plan(plan: object, images: PackedImages) -> None:
         raise ValueError(f"plan.patches is on {patches.device} but the images are on {images.device}")
     if not isinstance(plan.patch_size, int) or plan.patch_size < 1:
         raise ValueError(f"plan.patch_size must be a positive int, got {plan.patch_size!r}")
+    if torch.compiler.is_compiling():  # only shape checks trace; the op itself checks values as it runs
+        if len(plan.image_sizes) != len(images):
+            raise ValueError(f"plan was drawn for {len(plan.image_sizes)} images but the batch has {len(images)}")
+        return
     if not torch.equal(torch.as_tensor(plan.image_sizes).cpu(), images.sizes):
         raise ValueError(
             f"plan was drawn for images of sizes {torch.as_tensor(plan.image_sizes).tolist()} but the batch has "
             f"{images.sizes.tolist()}: draw the plan from this batch (relpos.sample_plan(images.sizes))"
         )
-    if patches.device.type != "cpu" or torch.compiler.is_compiling():
+    if patches.device.type != "cpu":
         return  # value checks would synchronise the device; the plan was checked when drawn
     size = plan.patch_size
     bad = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from .metrics import describe_pretext
 from .training import TrainConfig
 
 HELP = {
@@ -35,7 +36,9 @@ HELP = {
     "eval_plans": "random grids per held-out image per evaluation",
     "checkpoint_every": "write the checkpoint every N steps (atomically)",
     "log_every": "log metrics every N steps",
-    "resume": "continue from OUT/checkpoint.pt",
+    "resume": "continue the run in OUT from OUT/checkpoint.pt (every option that changes what is computed must "
+              "match the checkpoint)",
+    "overwrite": "replace an earlier run's files in OUT (without it, a non-empty OUT is refused)",
     "max_nonfinite": "stop after this many non-finite losses in a row",
     "patch": "patch side in pixels",
     "gap": "gap between grid cells in pixels",
@@ -44,7 +47,7 @@ HELP = {
     "max_pixels": "upper end of the resize range",
     "stop_after": "stop after this many steps, checkpoint saved, as if interrupted (-1: never)",
 }
-_HIDDEN = {"progress", "inject_nan_at"}
+_HIDDEN = {"progress"}
 CHOICES = {
     "schedule": ("cosine", "constant"),
     "arch": ("caffenet", "resnet18"),
@@ -77,7 +80,6 @@ def add_parser(commands) -> None:
             kind = {int: int, float: float}.get(type(value), str)
             parser.add_argument(flag, type=kind, default=value, choices=CHOICES.get(field.name), help=HELP[field.name])
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    parser.add_argument("--inject-nan-at", type=int, default=-1, help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
 
 
@@ -87,7 +89,6 @@ def run(args) -> int:
     names = {field.name for field in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     summary = train(config)
-    if not summary.get("interrupted") and summary.get("held_out_accuracy") is not None:
-        print(f"held-out pretext accuracy {summary['held_out_accuracy']:.3f} (chance 0.125) after "
-              f"{summary['step']} steps; outputs in {config.out}")
+    if not summary.get("interrupted") and summary.get("held_out"):
+        print(f"held-out pretext {describe_pretext(summary['held_out'])} after {summary['step']} steps")
     return 0

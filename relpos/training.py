@@ -11,6 +11,7 @@ the backward with it. bf16 autocast on GPU, channels-last activations, fused Ada
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,22 +27,31 @@ import torch
 import torch.nn.functional as F
 
 from . import backends
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    numpy_rng_state,
+    python_rng_state,
+    save_checkpoint,
+    set_numpy_rng_state,
+    set_python_rng_state,
+)
 from .config import PatchConfig
 from .data import (
     ImageBatch,
     ResidentImages,
     StepBatches,
     bundled_photos,
-    decodable_images,
+    iter_decodable_images,
     list_images,
     make_loader,
     split_holdout,
 )
 from .data.dataset import images_per_step
-from .metrics import MetricsLog, plot_curves
+from .metrics import MetricsLog, describe_pretext, plot_curves, pretext_summary, strict_json
 from .models import ARCHS, build_model
-from .ops import extract_patches
+from .ops import empty_patches, extract_patches
+from .run_folder import claim_run_folder
 from .sampler import sample_plan
 
 log = logging.getLogger("relpos.train")
@@ -77,6 +87,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 10
     resume: bool = False
+    overwrite: bool = False  # replace the run files of an earlier run in --out
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
     patch: int = 96
     gap: int = 48
@@ -85,7 +96,6 @@ class TrainConfig:
     max_pixels: int = 450_000
     progress: bool = True
     stop_after: int = -1  # stop (as if interrupted) after this many steps, checkpoint saved
-    inject_nan_at: int = -1  # testing hook: poison the loss at this step
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -101,11 +111,10 @@ class TrainConfig:
     def check(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"--arch must be one of {ARCHS}, got {self.arch!r}")
-        for name in ("steps", "batch", "eval_every", "checkpoint_every", "log_every", "eval_plans"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.width <= 0:
-            raise ValueError("--lr and --width must be positive")
+        for name, low, high in _BOUNDS:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"--{name.replace('_', '-')} must lie in [{low}, {high}], got {value}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"--schedule must be cosine or constant, got {self.schedule!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -118,9 +127,20 @@ class TrainConfig:
         self.patch_config()
 
 
-# Fields that must match when resuming (the rest, like --steps or --workers, may change).
-_RESUME_FIXED = ("arch", "width", "patch", "gap", "jitter", "min_pixels", "max_pixels", "color", "seed", "batch",
-                 "holdout", "steps", "schedule", "warmup", "lr")
+# (field, lowest, highest) for every numeric option: zero, negative, inf, NaN or absurd values are refused.
+_BOUNDS = (
+    ("steps", 1, 10**9), ("batch", 1, 1_000_000), ("lr", 1e-9, 10.0), ("weight_decay", 0.0, 10.0),
+    ("warmup", 0, 10**9), ("width", 0.01, 16.0), ("seed", 0, 2**62), ("workers", 0, 256), ("holdout", 0.0, 0.9),
+    ("eval_every", 1, 10**9), ("eval_plans", 1, 1000), ("checkpoint_every", 1, 10**9), ("log_every", 1, 10**9),
+    ("max_nonfinite", 1, 10**6), ("patch", 8, 1024), ("gap", 0, 4096), ("jitter", 0, 4096),
+    ("min_pixels", 1_000, 100_000_000), ("max_pixels", 1_000, 100_000_000), ("stop_after", -1, 10**9),
+)
+
+# Options that may change on --resume: how the run is executed and logged, not what it computes. Every other
+# option must match the checkpoint, or the resumed run would silently differ from the one it continues.
+_RESUME_MAY_CHANGE = frozenset({"out", "resume", "overwrite", "workers", "progress", "log_every", "eval_every",
+                                "eval_plans", "checkpoint_every", "stop_after", "max_nonfinite", "backend", "device",
+                                "compile", "decode", "resident"})
 
 
 class NonFiniteLoss(RuntimeError):
@@ -148,6 +168,27 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+# A run whose first steps draw no pair at all (images too small for the patch layout) stops instead of training on
+# nothing; later pair-less steps (a batch of only small images) are skipped.
+_PAIRLESS_STEPS_BEFORE_GIVING_UP = 3
+
+
+@contextlib.contextmanager
+def _logs_above(progress):
+    """Route log lines above the progress bar instead of gluing them onto it."""
+    if progress is None:
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():
+        yield
+
+
+def _short(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _ignore_sigint_in_worker(_):
@@ -202,8 +243,9 @@ def compute_loss(model, patches, pairs, labels, autocast_dtype):
 
 
 @torch.no_grad()
-def evaluate(model, images: list[torch.Tensor], config: TrainConfig, device, autocast_dtype, plans: int | None = None):
-    """Pretext accuracy and 8x8 confusion matrix on held-out images, fixed plans (same every evaluation)."""
+def evaluate(model, images, config: TrainConfig, device, autocast_dtype, plans: int | None = None):
+    """Pretext accuracy and 8x8 confusion matrix on held-out images (any iterable, so they can stream from disk),
+    fixed plans (the same every evaluation)."""
     was_training = model.training
     model.eval()
     confusion = torch.zeros((8, 8), dtype=torch.int64)
@@ -219,7 +261,7 @@ def evaluate(model, images: list[torch.Tensor], config: TrainConfig, device, aut
             confusion += torch.bincount(plan.labels * 8 + predicted, minlength=64).reshape(8, 8)
     model.train(was_training)
     total = int(confusion.sum())
-    return (float(confusion.diag().sum()) / total if total else float("nan")), confusion
+    return (float(confusion.diag().sum()) / total if total else None), confusion
 
 
 def _unwrap(model):
@@ -239,12 +281,36 @@ def train(config: TrainConfig) -> dict:
 
 def _train(config: TrainConfig) -> dict:
     config.check()
+    if config.data:  # absolute, so the checkpoint's record of it works from any directory (relpos eval)
+        config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()))
     rank, world, local_rank = _distributed()
     device = _device(config, local_rank)
     out = Path(config.out)
     is_main = rank == 0
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    run_folder = claim_run_folder(out, resume=config.resume, overwrite=config.overwrite) if is_main else None
+    try:
+        return _train_in(config, rank, world, local_rank, device, out, is_main)
+    finally:
+        if run_folder is not None:
+            run_folder.release()
+
+
+def _ignored_options(config: TrainConfig) -> list[str]:
+    """Options that the chosen mode does not use, so the user is told rather than left guessing."""
+    ignored = []
+    if config.resident and config.decode != "pil":
+        ignored.append("--decode (with --resident every image is decoded once by PIL up front)")
+    if config.resident and config.workers != TrainConfig.workers:
+        ignored.append("--workers (with --resident no worker decodes per step)")
+    if config.holdout == 0 and config.eval_plans != TrainConfig.eval_plans:
+        ignored.append("--eval-plans (--holdout 0 holds out no image to evaluate)")
+    return ignored
+
+
+def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, device: torch.device, out: Path,
+              is_main: bool) -> dict:
+    for option in _ignored_options(config):
+        log.warning("ignored: %s", option)
     backend = backends.resolve(config.backend, device)
     autocast_dtype = torch.bfloat16 if (config.precision == "bf16" or (config.precision == "auto" and
                                                                         device.type == "cuda")) else None
@@ -255,7 +321,8 @@ def _train(config: TrainConfig) -> dict:
 
     paths = list_images(config.data) if config.data else bundled_photos()
     train_paths, held_paths = split_holdout(paths, config.holdout)
-    held_images = decodable_images(held_paths)
+    if not train_paths:
+        raise ValueError(f"--holdout {config.holdout} leaves no training image out of {len(paths)}")
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -274,17 +341,21 @@ def _train(config: TrainConfig) -> dict:
         if not checkpoint_path.exists():
             raise CheckpointError(f"--resume: no checkpoint at {checkpoint_path}")
         state = load_checkpoint(checkpoint_path, map_location=device)
-        for key in _RESUME_FIXED:
-            if state["args"].get(key) != getattr(config, key):
-                raise CheckpointError(f"--resume: the checkpoint was trained with {key}={state['args'].get(key)!r}, "
-                                      f"this run asks for {getattr(config, key)!r}")
+        changed = [f"--{key.replace('_', '-')} (checkpoint: {state['args'].get(key)!r}, now: {value!r})"
+                   for key, value in dataclasses.asdict(config).items()
+                   if key not in _RESUME_MAY_CHANGE and state["args"].get(key) != value]
+        if changed:
+            raise CheckpointError("--resume continues a run with its own settings; these differ: " + "; ".join(changed)
+                                  + ". Use the checkpoint's values, or start a new run with another --out.")
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, ValueError) as error:
             raise CheckpointError(f"--resume: {checkpoint_path} does not fit this model: {error}") from error
-        torch.set_rng_state(state["rng"]["torch"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        set_numpy_rng_state(state["rng"]["numpy"])
+        set_python_rng_state(state["rng"]["python"])
         start_step = int(state["step"])
         log.info("resumed from %s at step %d", checkpoint_path, start_step)
 
@@ -336,6 +407,12 @@ def _train(config: TrainConfig) -> dict:
                         handle.write(json.dumps({"path": path, "reason": reason}) + "\n")
 
     note_skipped(initial_failures)
+    if is_main:
+        print(f"relpos train: {device}, backend {backend}, {'bf16' if autocast_dtype else 'fp32'}"
+              f"{', compiled' if use_compile else ''}; {len(train_paths)} training images, {len(held_paths)} held out"
+              f"{f', {len(skipped_files)} skipped so far' if skipped_files else ''}; steps {start_step}->{config.steps}"
+              f" of ~{config.batch} patches; writing to {out}", flush=True)
+    patch_buffer = None  # reused across steps (out=), so no step pays for freshly faulted-in pages
 
     def save(step: int) -> None:
         if not is_main:
@@ -346,7 +423,7 @@ def _train(config: TrainConfig) -> dict:
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "step": step, "args": dataclasses.asdict(config),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": python_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         })
 
@@ -360,19 +437,33 @@ def _train(config: TrainConfig) -> dict:
     window_start, window_patches, window_pairs = time.perf_counter(), 0, 0
     last_eval = None
     step = start_step
-    with _StopFlag() as stop:
+    steps_without_pairs, pairs_seen = 0, False
+    with _StopFlag() as stop, _logs_above(progress):
         for step in range(start_step, config.steps):
             batch: ImageBatch = next(batches)
             note_skipped(batch.failures)
-            loss_value, accuracy = float("nan"), float("nan")
+            loss_value, accuracy = None, None
             if batch.images is not None:
                 images = batch.images.to(device, non_blocking=True)
                 plan = sample_plan(images.sizes, patch_config, generator=_step_generator(config.seed, step, rank))
                 note_skipped([(batch.paths[i], f"{batch.paths[i]}: too small for one pair of "
                                f"{patch_config.patch}-px patches") for i in plan.skipped])
-            if batch.images is not None and plan.num_pairs > 0:
-                patches = extract_patches(images, plan, color=config.color, channels_last=True, backend=backend,
-                                          dtype=autocast_dtype or torch.float32)
+            if batch.images is None or plan.num_pairs == 0:
+                steps_without_pairs += 1
+                if not pairs_seen and steps_without_pairs >= _PAIRLESS_STEPS_BEFORE_GIVING_UP:
+                    raise ValueError(
+                        f"no pair of {patch_config.patch}-px patches could be drawn in the first "
+                        f"{steps_without_pairs} steps: the images (resized to {config.min_pixels}-{config.max_pixels} "
+                        f"pixels) are too small for two patches and a {config.gap}-px gap. Lower --patch/--gap/--jitter "
+                        "or raise --min-pixels/--max-pixels.")
+            else:
+                steps_without_pairs, pairs_seen = 0, True
+                patch_dtype = autocast_dtype or torch.float32
+                if patch_buffer is None or patch_buffer.shape[0] < plan.num_patches:
+                    patch_buffer = empty_patches(max(plan.num_patches, config.batch * 5 // 4), patch_config.patch,
+                                                 patch_dtype, True, device)
+                patches = extract_patches(images, plan, color=config.color, backend=backend,
+                                          out=patch_buffer[: plan.num_patches])
                 pairs = plan.pairs.to(device, non_blocking=True)
                 labels = plan.labels.to(device, non_blocking=True)
                 try:
@@ -381,8 +472,6 @@ def _train(config: TrainConfig) -> dict:
                     raise RuntimeError(f"out of device memory at step {step} with {plan.num_patches} patches and "
                                        f"{plan.num_pairs} pairs: lower --batch (now {config.batch}) or --width, "
                                        f"or use --precision bf16. The last checkpoint is {checkpoint_path}.") from error
-                if step == config.inject_nan_at:
-                    loss = loss * float("nan")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 # The norm is taken after DDP's all-reduce, so every rank takes the same decision.
@@ -412,18 +501,18 @@ def _train(config: TrainConfig) -> dict:
                           "pairs_per_s": window_pairs * world / elapsed}
                 metrics.write(record)
                 if progress is not None:
-                    progress.set_postfix(loss=f"{loss_value:.3f}", acc=f"{accuracy:.3f}",
+                    progress.set_postfix(loss=_short(loss_value), acc=_short(accuracy),
                                          patches_s=f"{record['patches_per_s']:.0f}",
                                          pairs_s=f"{record['pairs_per_s']:.0f}")
                 window_start, window_patches, window_pairs = time.perf_counter(), 0, 0
             if progress is not None:
                 progress.update(1)
-            if is_main and held_images and (done % config.eval_every == 0 or done == config.steps):
-                accuracy_held, confusion = evaluate(model, held_images, config, device, autocast_dtype)
-                last_eval = accuracy_held
-                metrics.write({"kind": "eval", "step": done, "accuracy": accuracy_held,
-                               "confusion": confusion.tolist()})
-                log.info("step %d: held-out pretext accuracy %.3f (chance 0.125)", done, accuracy_held)
+            if is_main and held_paths and (done % config.eval_every == 0 or done == config.steps):
+                accuracy_held, confusion = evaluate(model, iter_decodable_images(held_paths), config, device,
+                                                    autocast_dtype)
+                last_eval = pretext_summary(confusion)
+                metrics.write({"kind": "eval", "step": done, **last_eval, "confusion": confusion.tolist()})
+                log.info("step %d: held-out pretext %s", done, describe_pretext(last_eval))
             if done % config.checkpoint_every == 0 or done == config.steps:
                 save(done)
             if done == config.stop_after and done < config.steps:
@@ -440,16 +529,22 @@ def _train(config: TrainConfig) -> dict:
     if progress is not None:
         progress.close()
     ranks_agree = _ranks_agree(model) if world > 1 else None
-    summary = {"interrupted": False, "step": config.steps, "held_out_accuracy": last_eval,
-               "held_out_images": len(held_images), "train_images": len(train_paths),
+    if not pairs_seen and start_step < config.steps:
+        raise ValueError(f"no pair of {patch_config.patch}-px patches could be drawn in any step: the images are "
+                         "too small for this --patch/--gap/--jitter and --min-pixels/--max-pixels")
+    summary = {"interrupted": False, "step": config.steps,
+               "held_out_accuracy": last_eval["accuracy"] if last_eval else None, "held_out": last_eval,
+               "held_out_images": len(held_paths), "train_images": len(train_paths),
                "skipped_files": len(skipped_files), "backend": backend, "device": str(device),
                "compiled": use_compile, "precision": "bf16" if autocast_dtype else "fp32", "world_size": world,
                "ranks_agree": ranks_agree}
     if is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out / "summary.json").write_text(strict_json(summary, indent=2))
         plot_curves(out / "metrics.jsonl", out / "curves.png")
         if skipped_files:
             log.warning("%d files were skipped; see %s", len(skipped_files), skipped_path)
+        print(f"wrote {checkpoint_path}, {out / 'metrics.jsonl'}, {out / 'curves.png'} and {out / 'summary.json'}. "
+              f"Next: relpos eval {checkpoint_path} --out {out / 'eval'}", flush=True)
     _finish_distributed(world)
     return summary
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .kernels import extract_patches as _kernel
-from .ops import empty_patches
+from .ops import check_op_devices, empty_patches
 
 _COLOR_CODES = {"none": _kernel.COLOR_NONE, "drop": _kernel.COLOR_DROP, "project": _kernel.COLOR_PROJECT}
 
@@ -23,6 +23,7 @@ def extract_patches_triton_out(
 ) -> None:
     if color not in _COLOR_CODES:
         raise ValueError(f"color must be 'drop', 'project' or 'none', got {color!r}")
+    check_op_devices(data, meta, plan, out)
     meta = meta.to(data.device, non_blocking=True)
     plan = plan.to(data.device, non_blocking=True)
     _kernel.launch(data, meta, plan, out, seed, _COLOR_CODES[color], out.shape[2])
@@ -30,6 +31,7 @@ def extract_patches_triton_out(
 
 @extract_patches_triton_out.register_fake
 def _(data, meta, plan, seed, color, out):
+    check_op_devices(data, meta, plan, out)
     return None
 
 
@@ -51,4 +53,5 @@ def extract_patches_triton(
 
 @extract_patches_triton.register_fake
 def _(data, meta, plan, seed, color, patch_size, dtype, channels_last):
+    check_op_devices(data, meta, plan)
     return empty_patches(plan.shape[0], patch_size, dtype, channels_last, data.device)

@@ -54,3 +54,56 @@ def test_fake_kernel_gives_shape_dtype_and_layout(generator):
         out = torch.ops.relpos.extract_patches(packed.data, packed.meta, plan.patches, 0, "drop", 12, torch.bfloat16, True)
     assert out.shape == (plan.num_patches, 3, 12, 12) and out.dtype == torch.bfloat16
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("given", ["list", "packed"])
+def test_public_extract_patches_compiles_whole(generator, given):
+    """relpos.extract_patches itself (checks included) traces with fullgraph=True and matches eager."""
+    images = random_images(generator, 3)
+    packed = relpos.pack_images(images)
+    plan = relpos.sample_plan(packed.sizes, SMALL, generator=generator)
+    batch = images if given == "list" else packed
+
+    def step(batch):
+        x = relpos.extract_patches(batch, plan, color="drop", channels_last=True)
+        return (x * x).mean(dim=(1, 2, 3))
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(batch), step(batch), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", ["extract_patches", "extract_patches_out", "extract_patches_triton",
+                                "extract_patches_triton_out"])
+@pytest.mark.parametrize("on_meta", ["plan", "meta", "out"])
+def test_raw_ops_reject_a_meta_device_table(generator, op, on_meta):
+    """A `meta` tensor routes the call to the fake kernel: it must raise, not return uninitialised memory."""
+    if "triton" in op and backends.triton_error() is not None:
+        pytest.skip("triton unavailable")
+    packed, plan = _batch(generator, rows=2)
+    tensors = {"meta": packed.meta, "plan": plan.patches,
+               "out": torch.empty((2, 3, plan.patch_size, plan.patch_size))}
+    if on_meta == "out" and not op.endswith("_out"):
+        pytest.skip("the functional op has no out")
+    tensors[on_meta] = tensors[on_meta].to("meta")
+    args = (packed.data, tensors["meta"], tensors["plan"], plan.seed, "drop")
+    call = getattr(torch.ops.relpos, op)
+    with pytest.raises((ValueError, RuntimeError), match="mixed devices|device"):
+        if op.endswith("_out"):
+            call(*args, tensors["out"])
+        else:
+            call(*args, plan.patch_size, torch.float32, False)
+
+
+@pytest.mark.parametrize("op", ["extract_patches", "extract_patches_triton"])
+def test_opcheck(generator, op):
+    """torch.library.opcheck: schema, fake kernel, autograd registration and dispatch are consistent."""
+    if "triton" in op and not backends.triton_runs_on(torch.device("cpu")):
+        pytest.skip("triton unavailable")
+    packed, plan = _batch(generator, rows=2)
+    functional = getattr(torch.ops.relpos, op)
+    torch.library.opcheck(functional, (packed.data, packed.meta, plan.patches, plan.seed, "drop", plan.patch_size,
+                                       torch.float32, True))
+    out = torch.full((2, 3, plan.patch_size, plan.patch_size), float("nan"))
+    torch.library.opcheck(getattr(torch.ops.relpos, op + "_out"),
+                          (packed.data, packed.meta, plan.patches, plan.seed, "drop", out))

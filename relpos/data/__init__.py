@@ -11,9 +11,10 @@ from .dataset import (  # noqa: E402
     ResidentImages,
     StepBatches,
     decodable_images,
+    iter_decodable_images,
     list_images,
     make_loader,
     split_holdout,
 )
 
-__all__ += ["ImageBatch", "ImageFiles", "ResidentImages", "StepBatches", "decodable_images", "list_images", "make_loader", "split_holdout"]
+__all__ += ["ImageBatch", "ImageFiles", "ResidentImages", "StepBatches", "decodable_images", "iter_decodable_images", "list_images", "make_loader", "split_holdout"]

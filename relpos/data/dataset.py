@@ -40,7 +40,8 @@ def split_holdout(paths: Sequence[Path], fraction: float) -> tuple[list[Path], l
         raise ValueError(f"holdout fraction must lie in [0, 1), got {fraction}")
     if fraction == 0.0 or len(paths) < 2:
         return list(paths), []
-    score = lambda p: int(hashlib.sha1(p.name.encode()).hexdigest()[:8], 16)  # noqa: E731
+    # os.fsencode: a name that is not valid UTF-8 (undecodable bytes kept as surrogates) still hashes
+    score = lambda p: int(hashlib.sha1(os.fsencode(p.name)).hexdigest()[:8], 16)  # noqa: E731
     ranked = sorted(paths, key=score)
     count = max(1, int(round(len(paths) * fraction)))
     held = set(ranked[:count])
@@ -80,10 +81,17 @@ class ImageFiles(torch.utils.data.Dataset):
             return path, f"{path}: {type(error).__name__}: {error}"
 
 
+def iter_decodable_images(paths: Sequence[Path]) -> Iterator[torch.Tensor]:
+    """The images among `paths` that decode, one at a time (bad files are left out; training reports them)."""
+    files = ImageFiles(paths)
+    for index in range(len(files)):
+        _, image = files[index]
+        if isinstance(image, torch.Tensor):
+            yield image
+
+
 def decodable_images(paths: Sequence[Path]) -> list[torch.Tensor]:
-    """The images among `paths` that decode (bad files are left out; training reports them, eval needs none)."""
-    items = (ImageFiles(paths)[i] for i in range(len(paths)))
-    return [image for _, image in items if isinstance(image, torch.Tensor)]
+    return list(iter_decodable_images(paths))
 
 
 def collate_images(items) -> ImageBatch:

@@ -13,6 +13,8 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 # Refuse decompression bombs outright (PIL only warns between 89M and 179M pixels by default).
 MAX_IMAGE_PIXELS = 120_000_000
 MAX_SIDE = 32767
+# No photograph needs more bytes than this; a larger file is refused before it is read (both decode paths).
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 class ImageError(ValueError):
@@ -47,6 +49,13 @@ def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_P
     """
     path = path if isinstance(path, io.BytesIO) else os.fspath(path)
     label = name or str(path)  # how errors name the file (bytes in memory have no path of their own)
+    if not isinstance(path, io.BytesIO):
+        try:
+            size = os.path.getsize(path)
+        except OSError as error:
+            raise ImageError(f"{label}: cannot read ({error.strerror or error})") from error
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"{label}: {size} bytes is too large a file (limit {MAX_FILE_BYTES})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..images import pack_images
 from .dataset import ImageBatch
-from .decode import ImageError, load_rgb
+from .decode import MAX_FILE_BYTES, ImageError, load_rgb
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -45,9 +45,11 @@ class RawFiles(torch.utils.data.Dataset):
         path = self.paths[index]
         try:
             with open(path, "rb") as handle:
-                data = handle.read()
+                data = handle.read(MAX_FILE_BYTES + 1)  # bounded: a huge file costs no more than the limit
         except OSError as error:
             return path, f"{path}: cannot read ({error})"
+        if len(data) > MAX_FILE_BYTES:
+            return path, f"{path}: too large a file (limit {MAX_FILE_BYTES} bytes, as for PIL decoding)"
         if not data:
             return path, f"{path}: empty file"
         return path, torch.frombuffer(bytearray(data), dtype=torch.uint8)

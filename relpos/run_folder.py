@@ -1,0 +1,62 @@
+"""A run folder that belongs to one run at a time and is never silently overwritten.
+
+`claim_run_folder` takes an exclusive lock (held until the process exits or `release()`), then refuses a
+folder that already holds files unless the run resumes it or the user said --overwrite, in which case only
+relpos's own run files are removed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+LOCK_NAME = ".relpos.lock"
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "skipped.jsonl", "summary.json", "curves.png")
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked (taken by another run, holds an earlier run, not a folder...)."""
+
+
+class RunFolder:
+    def __init__(self, path: Path, lock_fd: int):
+        self.path, self._lock_fd = path, lock_fd
+
+    def release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = -1
+
+
+def claim_run_folder(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> RunFolder:
+    path = Path(path)
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite contradict each other: choose one")
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"--out {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise RunFolderError(f"--out {path} cannot be used: {error.strerror or error}") from error
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(lock_fd)
+        raise RunFolderError(f"--out {path} is in use by another relpos run (it holds {path / LOCK_NAME}); "
+                             "wait for it to finish or choose another --out") from error
+    folder = RunFolder(path, lock_fd)
+    existing = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
+    if existing and not resume:
+        if not overwrite:
+            folder.release()
+            shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+            raise RunFolderError(f"--out {path} already holds files ({shown}): pass --resume to continue that run, "
+                                 "--overwrite to replace it, or choose another --out")
+        for name in RUN_FILES:
+            (path / name).unlink(missing_ok=True)
+    if not os.access(path, os.W_OK):
+        folder.release()
+        raise RunFolderError(f"--out {path} is not writable")
+    return folder

@@ -1,0 +1,245 @@
+"""Users' files are data and earlier runs are never destroyed: checkpoints cannot run code, run folders are
+locked and not overwritten, bad option values and environment failures give one clear line."""
+
+import dataclasses
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from relpos.checkpoint import CheckpointError, load_checkpoint
+from relpos.cli import main
+from relpos.run_folder import RunFolderError, claim_run_folder
+from relpos.training import train
+
+from training_helpers import small_photo_folder, tiny_config
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return small_photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+class _Payload:
+    """Unpickling this runs `touch MARKER`: what a crafted checkpoint would do with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "resume"])
+def test_a_crafted_checkpoint_does_not_run_code(photos, tmp_path, command, capsys):
+    marker = tmp_path / "payload-ran"
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "checkpoint.pt"
+    torch.save({"format": "relpos-checkpoint", "version": 2, "model": {}, "step": 0, "args": {},
+                "evil": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(path)
+    if command == "resume":
+        with pytest.raises(CheckpointError):
+            train(tiny_config(photos, run, resume=True))
+    else:
+        target = tmp_path / ("eval" if command == "eval" else "tower.safetensors")
+        assert main([command, str(path), "--out", str(target)]) == 1
+        assert "could run code" in capsys.readouterr().err
+    assert not marker.exists()
+    # the payload is real: loading the same file the unsafe way does run it
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_checkpoints_hold_only_plain_data_and_resume_restores_every_rng(photos, tmp_path):
+    import random
+
+    import numpy as np
+
+    config = tiny_config(photos, tmp_path / "run", steps=2)
+    train(config)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")  # weights_only=True inside
+    assert isinstance(state["rng"]["numpy"]["key"], torch.Tensor)
+    from relpos.checkpoint import set_numpy_rng_state, set_python_rng_state
+
+    set_numpy_rng_state(state["rng"]["numpy"])
+    set_python_rng_state(state["rng"]["python"])
+    first = (np.random.rand(), random.random())
+    set_numpy_rng_state(state["rng"]["numpy"])
+    set_python_rng_state(state["rng"]["python"])
+    assert (np.random.rand(), random.random()) == first
+
+
+def test_an_earlier_run_is_never_overwritten(photos, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(photos, out, steps=2))
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "metrics.jsonl")}
+    with pytest.raises(RunFolderError, match="--resume.*--overwrite"):
+        train(tiny_config(photos, out, steps=2, seed=4))
+    assert {name: (out / name).read_bytes() for name in before} == before
+    summary = train(tiny_config(photos, out, steps=2, seed=4, overwrite=True))
+    assert summary["step"] == 2 and load_checkpoint(out / "checkpoint.pt")["args"]["seed"] == 4
+    with pytest.raises(RunFolderError, match="contradict"):
+        train(tiny_config(photos, out, steps=2, resume=True, overwrite=True))
+
+
+def test_any_folder_with_files_is_refused_too(photos, tmp_path):
+    out = tmp_path / "papers"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("my own file\n")
+    with pytest.raises(RunFolderError, match="already holds files"):
+        train(tiny_config(photos, out, steps=1))
+    assert (out / "metrics.jsonl").read_text() == "my own file\n"
+
+
+def test_a_second_run_on_the_same_folder_fails_at_once(tmp_path):
+    code = ("import sys, time; from relpos.run_folder import claim_run_folder; "
+            "claim_run_folder(sys.argv[1], resume=False, overwrite=False); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderError, match="in use by another relpos run"):
+            claim_run_folder(tmp_path / "run", resume=True, overwrite=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    claim_run_folder(tmp_path / "run", resume=True, overwrite=False).release()  # free again once it died
+
+
+def test_no_drawable_pair_stops_with_a_clear_error_and_json_stays_strict(photos, tmp_path):
+    with pytest.raises(ValueError, match="no pair of 200-px patches"):
+        train(tiny_config(photos, tmp_path / "big", patch=200))
+    from relpos.metrics import strict_json
+
+    assert json.loads(strict_json({"loss": float("nan"), "x": [float("inf")]})) == {"loss": None, "x": [None]}
+
+
+def test_a_file_name_that_is_not_utf8_is_used(photos, tmp_path):
+    data = small_photo_folder(tmp_path / "data", count=4)
+    source = next(data.glob("*.jpg"))
+    odd = os.fsdecode(bytes(data) + b"/caf\xe9-\xff.jpg")
+    os.rename(source, odd)
+    summary = train(tiny_config(data, tmp_path / "run", steps=2))
+    assert summary["train_images"] + summary["held_out_images"] == 4
+
+
+def test_the_data_path_is_stored_absolute(photos, tmp_path, monkeypatch):
+    monkeypatch.chdir(photos.parent)
+    train(tiny_config(Path(photos.name), tmp_path / "run", steps=1))
+    stored = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["args"]["data"]
+    assert Path(stored).is_absolute() and Path(stored) == photos.resolve()
+
+
+@pytest.mark.parametrize("change", [{"weight_decay": 0.5}, {"data": "OTHER"}, {"precision": "bf16"}])
+def test_resume_refuses_any_change_that_alters_the_run(photos, tmp_path, change):
+    config = tiny_config(photos, tmp_path / "run", steps=3, stop_after=1)
+    train(config)
+    if change.get("data") == "OTHER":
+        change = {"data": str(small_photo_folder(tmp_path / "other", count=3))}
+    with pytest.raises(CheckpointError, match=f"--{next(iter(change)).replace('_', '-')}"):
+        train(dataclasses.replace(config, resume=True, stop_after=-1, **change))
+    # what may change (how the run executes) is accepted
+    train(dataclasses.replace(config, resume=True, stop_after=-1, log_every=2, workers=1))
+
+
+def _train_args(photos, out):
+    return ["train", "--data", str(photos), "--out", str(out), "--steps", "1", "--batch", "48", "--width", "0.125",
+            "--workers", "0", "--patch", "48", "--gap", "24", "--jitter", "3", "--min-pixels", "30000",
+            "--max-pixels", "50000", "--no-progress", "--device", "cpu"]
+
+
+BAD_TRAIN_OPTIONS = [
+    ("--steps", "0"), ("--steps", "-3"), ("--batch", "0"), ("--lr", "0"), ("--lr", "inf"), ("--lr", "nan"),
+    ("--lr", "-1e-3"), ("--weight-decay", "-1"), ("--width", "0"), ("--width", "1e9"), ("--holdout", "1.5"),
+    ("--holdout", "-0.1"), ("--eval-every", "0"), ("--checkpoint-every", "0"), ("--log-every", "-1"),
+    ("--eval-plans", "0"), ("--patch", "0"), ("--patch", "100000"), ("--gap", "-1"), ("--jitter", "-5"),
+    ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--max-nonfinite", "0"), ("--workers", "-1"),
+    ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"),
+]
+
+
+@pytest.mark.parametrize("option,value", BAD_TRAIN_OPTIONS, ids=[f"{o}={v}" for o, v in BAD_TRAIN_OPTIONS])
+def test_bad_train_values_give_one_line_and_a_nonzero_exit(photos, tmp_path, option, value, capsys):
+    args = _train_args(photos, tmp_path / "run") + [option, value]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse: a value of the wrong type
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code in (1, 2)
+    assert option in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("case", ["out-is-a-file", "out-inside-a-file", "data-missing"])
+def test_environment_failures_give_one_line(photos, tmp_path, case, capsys):
+    out = tmp_path / "run"
+    args = _train_args(photos, out)
+    if case == "out-is-a-file":
+        out.write_text("x")
+    elif case == "out-inside-a-file":  # cannot be created (as on a read-only or foreign mount)
+        (tmp_path / "file").write_text("x")
+        args[args.index("--out") + 1] = str(tmp_path / "file" / "run")
+    else:
+        args[args.index("--data") + 1] = str(tmp_path / "nowhere")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error" in err
+
+
+def test_disk_full_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
+    import relpos.checkpoint as checkpoint
+
+    def full(handle, payload):
+        handle.write(payload[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write_all", full)
+    with pytest.raises(OSError, match="No space"):
+        checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", {"model": {}, "step": 0, "args": {}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_options_the_mode_ignores_are_named(photos, tmp_path, caplog):
+    train(tiny_config(photos, tmp_path / "run", steps=1, resident=True, workers=3))
+    assert "ignored: --workers" in caplog.text
+
+
+def test_train_prints_a_start_line_and_what_it_wrote(photos, tmp_path, capsys):
+    assert main(_train_args(photos, tmp_path / "run")) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("relpos train: cpu, backend ")
+    assert "training images" in out and "held out" in out
+    assert f"Next: relpos eval {tmp_path / 'run' / 'checkpoint.pt'}" in out
+
+
+@pytest.mark.parametrize("overrides", [{"max_pixels": 10**10}, {"grids_per_image": 10**6}, {"patch": 5000},
+                                       {"gap": 10**7}])
+def test_absurd_plan_configurations_are_refused(overrides):
+    from relpos import PatchConfig
+
+    with pytest.raises(ValueError, match=next(iter(overrides))):
+        PatchConfig(**overrides)
+
+
+def test_both_decode_paths_refuse_huge_files_before_reading(tmp_path, monkeypatch):
+    import relpos.data.decode as decode
+    import relpos.data.gpu_decode as gpu_decode
+    from relpos.data import ImageError, load_rgb
+
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as handle:  # sparse: the size is real, the disk use is not
+        handle.truncate(decode.MAX_FILE_BYTES + 1)
+    with pytest.raises(ImageError, match="too large a file"):
+        load_rgb(huge)
+    monkeypatch.setattr(gpu_decode, "MAX_FILE_BYTES", 1000)  # the raw reader reads up to the limit: keep it small
+    (tmp_path / "big.jpg").write_bytes(b"\xff" * 1001)
+    path, reason = gpu_decode.RawFiles([tmp_path / "big.jpg"])[0]
+    assert isinstance(reason, str) and "too large a file" in reason
