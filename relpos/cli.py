@@ -7,6 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
+from .backends import BACKENDS
+from .cli_types import bounded_int
+
 EPILOG = "Run `relpos COMMAND --help` for the options of a command."
 
 
@@ -44,12 +47,12 @@ def _add_show(commands) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--color", default="drop", choices=("drop", "project", "none"),
                         help="colour handling (default: %(default)s)")
-    parser.add_argument("--backend", default="auto", help="auto, reference, cpu, cuda or triton (default: %(default)s)")
-    parser.add_argument("--pairs", type=int, default=16, help="pairs on the sheet (default: %(default)s)")
-    parser.add_argument("--patch", type=int, default=96, help="patch side in pixels (default: %(default)s)")
-    parser.add_argument("--gap", type=int, default=48, help="gap between grid cells (default: %(default)s)")
-    parser.add_argument("--jitter", type=int, default=7, help="max corner jitter (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="fused op backend (default: %(default)s)")
+    parser.add_argument("--pairs", type=bounded_int(1, 256), default=16, help="pairs on the sheet (default: %(default)s)")
+    parser.add_argument("--patch", type=bounded_int(8, 1024), default=96, help="patch side in pixels (default: %(default)s)")
+    parser.add_argument("--gap", type=bounded_int(0, 4096), default=48, help="gap between grid cells (default: %(default)s)")
+    parser.add_argument("--jitter", type=bounded_int(0, 4096), default=7, help="max corner jitter (default: %(default)s)")
+    parser.add_argument("--seed", type=bounded_int(0, 2**62), default=0, help="random seed (default: %(default)s)")
     parser.set_defaults(run=_show)
 
 

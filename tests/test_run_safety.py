@@ -243,3 +243,17 @@ def test_both_decode_paths_refuse_huge_files_before_reading(tmp_path, monkeypatc
     (tmp_path / "big.jpg").write_bytes(b"\xff" * 1001)
     path, reason = gpu_decode.RawFiles([tmp_path / "big.jpg"])[0]
     assert isinstance(reason, str) and "too large a file" in reason
+
+
+BAD_SHOW_OPTIONS = [("--pairs", "0"), ("--pairs", "-2"), ("--patch", "0"), ("--patch", "x"), ("--gap", "-1"),
+                    ("--jitter", "-3"), ("--seed", "-1"), ("--backend", "fast")]
+
+
+@pytest.mark.parametrize("option,value", BAD_SHOW_OPTIONS, ids=[f"{o}={v}" for o, v in BAD_SHOW_OPTIONS])
+def test_bad_show_values_give_one_line(tmp_path, option, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["show", "--out", str(tmp_path / "pairs.png"), option, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())

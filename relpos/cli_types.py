@@ -1,0 +1,34 @@
+"""argparse value types that refuse zero, negative, non-finite or absurd numbers with a one-line message."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def bounded_int(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must lie in [{low}, {high}], got {value}")
+        return value
+
+    parse.__name__ = "integer"  # what argparse names in its message
+    return parse
+
+
+def bounded_float(low: float, high: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be a finite number in [{low}, {high}], got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
