@@ -52,10 +52,10 @@ def _run(images, plan, color, dtype, channels_last, simd):
 def test_avx2_and_scalar_copies_agree_bit_for_bit(color, dtype, channels_last, generator):
     # Odd patch sizes put the noise planes at offsets that are not multiples of 4 (partial Philox blocks at both
     # ends) and leave vector tails; patch 1..3 has no full vector at all.
-    for patch in (1, 3, int(torch.randint(4, 40, (), generator=generator))):
+    for patch in (1, 3, int(torch.randint(4, 28, (), generator=generator))):
         images = random_images(generator, int(torch.randint(1, 4, (), generator=generator)), low=20, high=300)
-        config = relpos.PatchConfig(patch=patch, gap=patch // 2, jitter=1, min_pixels=20_000, max_pixels=60_000,
-                                    downsample_area=(1, patch**2), downsample_prob=0.5)
+        config = relpos.PatchConfig(patch=patch, gap=patch // 2, jitter=1, min_pixels=60 * patch**2,
+                                    max_pixels=200 * patch**2, downsample_area=(1, patch**2), downsample_prob=0.5)
         plan = relpos.sample_plan(relpos.pack_images(images).sizes, config, generator=generator)
         assert plan.num_patches > 0
         plan = subset(plan, torch.randperm(plan.num_patches, generator=generator)[:300])
@@ -63,7 +63,7 @@ def test_avx2_and_scalar_copies_agree_bit_for_bit(color, dtype, channels_last, g
         vector = _run(images, plan, color, dtype, channels_last, "avx2")
         assert torch.equal(scalar.view(torch.int16 if dtype != torch.float32 else torch.int32),
                            vector.view(torch.int16 if dtype != torch.float32 else torch.int32))
-        plan = subset(plan, slice(0, 8))  # and the scalar copy against the (slow) reference on a few
+        plan = subset(plan, slice(0, 2))  # and the scalar copy against the (slow) reference on a few
         scalar = _run(images, plan, color, dtype, channels_last, "scalar")
         expected = relpos.extract_patches(images, plan, color=color, backend="reference", dtype=dtype)
         torch.testing.assert_close(scalar.float(), expected.float(), atol=1e-2 if dtype != torch.float32 else 1e-4,
