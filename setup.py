@@ -6,6 +6,7 @@ Build with `pip install --no-build-isolation -e .` so the installed torch is use
 
 import glob
 import os
+import sys
 
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -27,14 +28,32 @@ def want_cuda() -> bool:
     return available
 
 
+def openmp_flags() -> tuple[list[str], list[str]]:
+    """Compile and link flags that make at::parallel_for parallel, as torch's own build does (-fopenmp with GCC;
+    the libgomp torch ships is the one loaded at run time, it has the same soname). Empty where torch itself has
+    no OpenMP or the compiler is not GCC-compatible on Linux (macOS clang has no -fopenmp): the op then runs on
+    one thread and build_info() says so."""
+    if not torch.backends.openmp.is_available() or not sys.platform.startswith("linux"):
+        return [], []
+    return ["-fopenmp"], ["-fopenmp"]
+
+
+def cuda_archs() -> str:
+    """The architectures the CUDA part is compiled for, recorded in the extension for build_info()."""
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    return archs.replace(" ", ";") if archs else "8.0;9.0;9.0+PTX"
+
+
 def extension():
     here = os.path.dirname(os.path.abspath(__file__))
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx = ["-O3"]  # the C++ standard is the one torch asks for
+    omp_compile, omp_link = openmp_flags()
+    cxx = ["-O3"] + omp_compile  # the C++ standard is the one torch asks for
     include_dirs = [os.path.join(here, "csrc")]
     if want_cuda():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        arch_define = f'-DRELPOS_CUDA_ARCHS="{cuda_archs()}"'
         nvcc = ["-O3", "-lineinfo", "--fmad=false", "-DRELPOS_WITH_CUDA"]
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
         if not archs:  # sm_80 (A100) and sm_90 (H100/H200) at least, plus PTX for newer parts
@@ -42,9 +61,11 @@ def extension():
                      "-gencode=arch=compute_90,code=compute_90"]
         return CUDAExtension(
             "relpos._C", sources, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx + ["-DRELPOS_WITH_CUDA"], "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx + ["-DRELPOS_WITH_CUDA", arch_define], "nvcc": nvcc},
+            extra_link_args=omp_link,
         )
-    return CppExtension("relpos._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+    return CppExtension("relpos._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                        extra_link_args=omp_link)
 
 
 setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from relpos import backends, extract_patches
-from relpos.baselines import batched_torch, numpy_pil_pipeline, per_sample_torch
+from relpos.baselines import batched_torch, has_opencv, numpy_pil_pipeline, opencv_pipeline, per_sample_torch
 from relpos.bench import make_inputs
 from relpos.config import PatchConfig
 
@@ -43,6 +43,15 @@ def test_baseline_numpy_pil(benchmark, batch):
     benchmark.group = "data step"
     out = benchmark(numpy_pil_pipeline, batch["numpy"], batch["plan"])
     assert out.shape[0] == batch["plan"].num_patches
+
+
+@pytest.mark.skipif(not has_opencv(), reason="needs opencv-python-headless (the bench extra)")
+def test_baseline_opencv(benchmark, batch):
+    benchmark.group = "data step"
+    out = benchmark(opencv_pipeline, batch["numpy"], batch["plan"])
+    assert out.shape[0] == batch["plan"].num_patches
+    # The right statistics: image channels centred, noise channels in [-0.5, 0.5) before scaling, RMS 50.
+    assert abs(float((out.astype("float64") ** 2).mean()) - 2500) < 1
 
 
 def test_baseline_per_sample_torch(benchmark, batch):

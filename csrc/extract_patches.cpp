@@ -8,8 +8,15 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
-#include <type_traits>
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <utility>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 extern "C" {
 // Importing relpos._C loads this library, which runs the TORCH_LIBRARY registrations below.
@@ -107,200 +114,113 @@ at::Tensor empty_patches(int64_t num_patches, int64_t patch_size, at::ScalarType
 
 namespace {
 
-// Hot loops are compiled twice, for AVX2 and for the baseline ISA, and picked at load time (GCC/Clang
-// function multiversioning); FMA stays off in both, so the rounding is the same as everywhere else.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
-#define RELPOS_HOT __attribute__((target_clones("avx2", "default")))
+// The hot loops, compiled once for AVX2 and once for the baseline ISA (see cpu_kernel_impl.h).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define RELPOS_HAVE_AVX2_COPY 1
+#pragma GCC push_options
+#pragma GCC target("avx2")
+namespace avx2 {
+#define RELPOS_AVX2 1
+#include "cpu_kernel_impl.h"
+#undef RELPOS_AVX2
+}  // namespace avx2
+#pragma GCC pop_options
 #else
-#define RELPOS_HOT
+#define RELPOS_HAVE_AVX2_COPY 0
 #endif
 
-// The CPU computes each patch in stages with per-thread buffers: the crop (resize taps computed once per row
-// and column), then, if asked, the down- and up-sampled versions. Every value is the same float as the
-// nested per-pixel evaluation of relpos_math.h (same taps, same blend order), just not recomputed.
-struct PatchBuffers {
-  std::vector<Taps> crop_y, crop_x, down_y, down_x, up_y, up_x;
-  std::vector<int64_t> x0, x1;
-  std::vector<float> wx0, wx1, crop, small, values;
-};
+namespace scalar {
+#define RELPOS_AVX2 0
+#include "cpu_kernel_impl.h"
+#undef RELPOS_AVX2
+}  // namespace scalar
 
-RELPOS_HOT void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, float* out) {
-  const int P = g.patch;
-  int64_t* x0 = b.x0.data();
-  int64_t* x1 = b.x1.data();
-  float* wx0 = b.wx0.data();
-  float* wx1 = b.wx1.data();
-  for (int px = 0; px < P; ++px) {  // column taps as byte offsets and weights, in plain arrays
-    x0[px] = b.crop_x[px].i0 * g.image.stride_x;
-    x1[px] = b.crop_x[px].i1 * g.image.stride_x;
-    wx0[px] = b.crop_x[px].w0;
-    wx1[px] = b.crop_x[px].w1;
-  }
-  for (int py = 0; py < P; ++py) {
-    const Taps& ty = b.crop_y[py];
-    const uint8_t* row0 = g.image.base + c * g.image.stride_c + ty.i0 * g.image.stride_y;
-    const uint8_t* row1 = g.image.base + c * g.image.stride_c + ty.i1 * g.image.stride_y;
-    float* dst = g.down > 0 ? &b.crop[py * P] : &out[py * P];
-    const float wy0 = ty.w0, wy1 = ty.w1;
-    for (int px = 0; px < P; ++px) {  // the expression of blend(), written out
-      const float v00 = row0[x0[px]], v01 = row0[x1[px]], v10 = row1[x0[px]], v11 = row1[x1[px]];
-      dst[px] = wy0 * (wx0[px] * v00 + wx1[px] * v01) + wy1 * (wx0[px] * v10 + wx1[px] * v11);
-    }
-  }
-  if (g.down <= 0) return;
-  const int D = g.down;
-  for (int sy = 0; sy < D; ++sy) {
-    const Taps& ty = b.down_y[sy];
-    for (int sx = 0; sx < D; ++sx) {
-      const Taps& tx = b.down_x[sx];
-      b.small[sy * D + sx] = blend(ty, tx, b.crop[ty.i0 * P + tx.i0], b.crop[ty.i0 * P + tx.i1],
-                                   b.crop[ty.i1 * P + tx.i0], b.crop[ty.i1 * P + tx.i1]);
-    }
-  }
-  for (int py = 0; py < P; ++py) {
-    const Taps& ty = b.up_y[py];
-    for (int px = 0; px < P; ++px) {
-      const Taps& tx = b.up_x[px];
-      out[py * P + px] = blend(ty, tx, b.small[ty.i0 * D + tx.i0], b.small[ty.i0 * D + tx.i1],
-                               b.small[ty.i1 * D + tx.i0], b.small[ty.i1 * D + tx.i1]);
-    }
-  }
+bool cpu_has_avx2() {
+#if RELPOS_HAVE_AVX2_COPY
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
 }
 
-// Noise of elements [first, first + count) of patch n into out: the same values as centered_noise, computed
-// kLanes Philox blocks at a time in plain arrays so the compiler vectorises the rounds.
-RELPOS_HOT void fill_noise(uint64_t seed, uint32_t patch_index, uint32_t first, int count, float* out) {
-  constexpr int kLanes = 16;
-  const uint32_t k0_start = static_cast<uint32_t>(seed), k1_start = static_cast<uint32_t>(seed >> 32);
-  const uint32_t first_block = first >> 2, last_block = (first + count - 1) >> 2;
-  for (uint32_t block = first_block; block <= last_block; block += kLanes) {
-    uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
-    for (int j = 0; j < kLanes; ++j) c0[j] = block + j, c1[j] = patch_index, c2[j] = 0, c3[j] = 0;
-    uint32_t k0 = k0_start, k1 = k1_start;
-    for (int round = 0; round < 10; ++round) {
-      for (int j = 0; j < kLanes; ++j) {
-        const uint64_t product_b = static_cast<uint64_t>(0xCD9E8D57u) * c2[j];
-        const uint64_t product_a = static_cast<uint64_t>(0xD2511F53u) * c0[j];
-        c0[j] = static_cast<uint32_t>(product_b >> 32) ^ c1[j] ^ k0;
-        c2[j] = static_cast<uint32_t>(product_a >> 32) ^ c3[j] ^ k1;
-        c1[j] = static_cast<uint32_t>(product_b);
-        c3[j] = static_cast<uint32_t>(product_a);
-      }
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    for (int j = 0; j < kLanes && block + j <= last_block; ++j) {
-      const uint32_t words[4] = {c0[j], c1[j], c2[j], c3[j]};
-      for (int k = 0; k < 4; ++k) {
-        const int64_t element = (int64_t{block} + j) * 4 + k - first;
-        if (element >= 0 && element < count) out[element] = word_to_noise(words[k]);
-      }
-    }
+// [lowest, highest) byte addresses a tensor's elements can touch.
+std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
+  const uintptr_t start = reinterpret_cast<uintptr_t>(t.data_ptr());
+  if (t.numel() == 0) return {start, start};
+  int64_t low = 0, high = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t reach = (t.size(d) - 1) * t.stride(d);
+    (reach < 0 ? low : high) += reach;
   }
+  return {start + low * t.element_size(), start + (high + 1) * t.element_size()};
 }
 
-// Sum and sum of squares in double, over eight interleaved partial sums (vectorisable, no long dependency chain).
-RELPOS_HOT void channel_sums(const float* values, int count, double* sum, double* sum_sq) {
-  constexpr int kParts = 8;
-  double s[kParts] = {}, q[kParts] = {};
-  int i = 0;
-  for (; i + kParts <= count; i += kParts) {
-    for (int k = 0; k < kParts; ++k) {
-      const double v = values[i + k];
-      s[k] += v;
-      q[k] += v * v;
-    }
-  }
-  for (; i < count; ++i) {
-    const double v = values[i];
-    s[0] += v;
-    q[0] += v * v;
-  }
-  double total = 0.0, total_sq = 0.0;
-  for (int k = 0; k < kParts; ++k) total += s[k], total_sq += q[k];
-  *sum = total;
-  *sum_sq = total_sq;
+void check_out_disjoint(const at::Tensor& out, const at::Tensor& input, const char* name) {
+  const auto [out_begin, out_end] = byte_span(out);
+  const auto [in_begin, in_end] = byte_span(input);
+  TORCH_CHECK_VALUE(out_end <= in_begin || in_end <= out_begin, "out shares memory with ", name,
+                    "; pass a separate output tensor");
 }
 
-RELPOS_HOT void normalise_plane(const float* values, int count, float mean, float scale, float* out) {
-  for (int i = 0; i < count; ++i) out[i] = (values[i] - mean) * scale;
-}
-
-template <typename out_t>
-void extract_cpu_kernel(const uint8_t* data, const int64_t* meta, const int32_t* plan, int64_t num_patches,
-                        int patch, uint64_t seed, int color, out_t* out, const int64_t* out_strides) {
-  const int pixels = patch * patch;
-  at::parallel_for(0, num_patches, 1, [&](int64_t begin, int64_t end) {
-    PatchBuffers b;
-    b.crop_y.resize(patch), b.crop_x.resize(patch), b.up_y.resize(patch), b.up_x.resize(patch);
-    b.down_y.resize(patch), b.down_x.resize(patch);
-    b.crop.resize(pixels), b.small.resize(pixels), b.values.resize(3 * static_cast<size_t>(pixels));
-    b.x0.resize(patch), b.x1.resize(patch), b.wx0.resize(patch), b.wx1.resize(patch);
-    for (int64_t n = begin; n < end; ++n) {
-      const int32_t* row = plan + n * kPlanColumns;
-      const int64_t* m = meta + int64_t{row[kImage]} * kMetaColumns;
-      const ImageView image{data + m[kOffset], m[kRows], m[kCols], m[kStrideC], m[kStrideY], m[kStrideX]};
-      const PatchGeometry g = make_geometry(image, row, patch);
-      const int kept = row[kChannel];
-      for (int i = 0; i < patch; ++i) {
-        b.crop_y[i] = linear_taps(g.top + i, static_cast<int>(image.rows), g.resized_rows);
-        b.crop_x[i] = linear_taps(g.left + i, static_cast<int>(image.cols), g.resized_cols);
-        if (g.down > 0) {
-          b.up_y[i] = b.up_x[i] = linear_taps(i, g.down, patch);
-          if (i < g.down) b.down_y[i] = b.down_x[i] = linear_taps(i, patch, g.down);
-        }
-      }
-      float* values = b.values.data();
-      for (int c = 0; c < 3; ++c) {
-        float* plane = values + c * pixels;
-        if (keeps_channel(color, kept, c)) {
-          render_channel(g, c, b, plane);
-        } else {
-          fill_noise(seed, static_cast<uint32_t>(n), static_cast<uint32_t>(c * pixels), pixels, plane);
-        }
-      }
-      if (color == kColorProject) {
-        for (int i = 0; i < pixels; ++i) {
-          float v[3] = {values[i], values[pixels + i], values[2 * pixels + i]};
-          project_green_magenta(v);
-          values[i] = v[0], values[pixels + i] = v[1], values[2 * pixels + i] = v[2];
-        }
-      }
-      PatchStats stats = {};
-      for (int c = 0; c < 3; ++c) channel_sums(values + c * pixels, pixels, &stats.sum[c], &stats.sum_sq[c]);
-      float mean[3], scale;
-      finish_stats(stats, color, kept, pixels, mean, &scale);
-      out_t* base = out + n * out_strides[0];
-      for (int c = 0; c < 3; ++c) {
-        if constexpr (std::is_same_v<out_t, float>) {
-          if (out_strides[3] == 1 && out_strides[2] == patch) {  // NCHW float32: one contiguous plane
-            normalise_plane(values + c * pixels, pixels, mean[c], scale, base + c * out_strides[1]);
-            continue;
-          }
-        }
-        for (int py = 0; py < patch; ++py)
-          for (int px = 0; px < patch; ++px)
-            base[c * out_strides[1] + py * out_strides[2] + px * out_strides[3]] =
-                static_cast<out_t>((values[c * pixels + py * patch + px] - mean[c]) * scale);
-      }
-    }
-  });
+// The out variant with the kernel copy chosen by `simd`: "auto" (AVX2 where the CPU has it), "avx2" or "scalar".
+// The public op uses "auto"; the internal op exposes the choice so tests can compare the two copies.
+void extract_patches_out_cpu_simd(const at::Tensor& data, const at::Tensor& meta, const at::Tensor& plan,
+                                  int64_t seed, c10::string_view color, const at::Tensor& out,
+                                  c10::string_view simd) {
+  TORCH_CHECK_VALUE(data.is_cpu() && meta.is_cpu() && plan.is_cpu() && out.is_cpu(),
+                    "the CPU op needs data, meta, plan and out on the CPU, got ", data.device(), ", ", meta.device(),
+                    ", ", plan.device(), ", ", out.device());
+  TORCH_CHECK_VALUE(simd == "auto" || simd == "avx2" || simd == "scalar",
+                    "simd must be 'auto', 'avx2' or 'scalar', got '", std::string(simd), "'");
+  const bool avx2 = simd == "avx2" || (simd == "auto" && cpu_has_avx2());
+  TORCH_CHECK(!avx2 || cpu_has_avx2(), "simd='avx2' but this CPU or build has no AVX2 kernel");
+  check_out(out, plan);
+  check_out_disjoint(out, data, "data");
+  check_out_disjoint(out, meta, "meta");
+  check_out_disjoint(out, plan, "plan");
+  // The tables are checked and then read while the GIL is released: work from private copies, so that nothing
+  // (another thread, or memory shared with another argument) can change them between the check and the use.
+  const at::Tensor meta_copy = meta.clone();
+  const at::Tensor plan_copy = plan.clone();
+  check_extract_args(data, meta_copy, plan_copy, out.size(2), out.scalar_type());
+  const int code = color_code(std::string(color));
+  const int64_t strides[4] = {out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
+  const uint8_t* bytes = data.data_ptr<uint8_t>();
+  const int64_t* m = meta_copy.data_ptr<int64_t>();
+  const int32_t* p = plan_copy.data_ptr<int32_t>();
+  const int patch = static_cast<int>(out.size(2));
+#if RELPOS_HAVE_AVX2_COPY
+  if (avx2) return avx2::run_kernel(bytes, m, p, plan.size(0), patch, static_cast<uint64_t>(seed), code, out, strides);
+#endif
+  scalar::run_kernel(bytes, m, p, plan.size(0), patch, static_cast<uint64_t>(seed), code, out, strides);
 }
 
 void extract_patches_out_cpu(const at::Tensor& data, const at::Tensor& meta, const at::Tensor& plan, int64_t seed,
                              c10::string_view color, const at::Tensor& out) {
-  TORCH_CHECK_VALUE(data.is_cpu() && meta.is_cpu() && plan.is_cpu() && out.is_cpu(),
-                    "the CPU op needs data, meta, plan and out on the CPU, got ", data.device(), ", ", meta.device(),
-                    ", ", plan.device(), ", ", out.device());
-  check_out(out, plan);
-  check_extract_args(data, meta, plan, out.size(2), out.scalar_type());
-  const int code = color_code(std::string(color));
-  const int64_t strides[4] = {out.stride(0), out.stride(1), out.stride(2), out.stride(3)};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "extract_patches_cpu", [&] {
-    extract_cpu_kernel<scalar_t>(data.data_ptr<uint8_t>(), meta.data_ptr<int64_t>(), plan.data_ptr<int32_t>(),
-                                 plan.size(0), static_cast<int>(out.size(2)), static_cast<uint64_t>(seed), code,
-                                 out.data_ptr<scalar_t>(), strides);
-  });
+  extract_patches_out_cpu_simd(data, meta, plan, seed, color, out, "auto");
+}
+
+#define RELPOS_STRINGIFY_(x) #x
+#define RELPOS_STRINGIFY(x) RELPOS_STRINGIFY_(x)
+
+// How this extension was built, as "key=value" pairs joined by ';' (relpos.backends.build_info parses it).
+std::string build_info() {
+  std::string info;
+#if defined(_OPENMP)
+  info += "openmp=" RELPOS_STRINGIFY(_OPENMP);
+#else
+  info += "openmp=off";
+#endif
+  info += RELPOS_HAVE_AVX2_COPY ? ";simd_compiled=avx2,scalar" : ";simd_compiled=scalar";
+  info += cpu_has_avx2() ? ";simd_used=avx2" : ";simd_used=scalar";
+#if defined(RELPOS_WITH_CUDA) && defined(RELPOS_CUDA_ARCHS)
+  info += ";cuda_archs=" RELPOS_CUDA_ARCHS;
+#elif defined(RELPOS_WITH_CUDA)
+  info += ";cuda_archs=unknown";
+#else
+  info += ";cuda_archs=";
+#endif
+  return info;
 }
 
 }  // namespace
@@ -326,10 +246,18 @@ TORCH_LIBRARY(relpos, m) {
       "extract_patches(Tensor data, Tensor meta, Tensor plan, int seed, str color, int patch_size, "
       "ScalarType dtype, bool channels_last) -> Tensor");
   m.def("extract_patches_out(Tensor data, Tensor meta, Tensor plan, int seed, str color, Tensor(a!) out) -> ()");
+  // The CPU out variant with an explicit kernel copy ('auto', 'avx2', 'scalar'), to compare the copies.
+  m.def(
+      "extract_patches_out_cpu_simd(Tensor data, Tensor meta, Tensor plan, int seed, str color, Tensor(a!) out, "
+      "str simd) -> ()");
+  m.def("build_info() -> str", &build_info);
 }
 
 TORCH_LIBRARY_IMPL(relpos, CompositeExplicitAutograd, m) { m.impl("extract_patches", &extract_patches); }
 
-TORCH_LIBRARY_IMPL(relpos, CPU, m) { m.impl("extract_patches_out", &extract_patches_out_cpu); }
+TORCH_LIBRARY_IMPL(relpos, CPU, m) {
+  m.impl("extract_patches_out", &extract_patches_out_cpu);
+  m.impl("extract_patches_out_cpu_simd", &extract_patches_out_cpu_simd);
+}
 
 }  // namespace relpos

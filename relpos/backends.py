@@ -25,6 +25,16 @@ def has_cpu_extension() -> bool:
     return extension_error() is None
 
 
+def build_info() -> dict[str, str] | None:
+    """How relpos._C was built, or None without it: `openmp` (the OpenMP version, or "off": then the CPU op runs
+    on one thread), `simd_compiled` (kernel copies in the build, e.g. "avx2,scalar"), `simd_used` (the copy this
+    CPU runs), `cuda_archs` (";"-separated TORCH_CUDA_ARCH_LIST entries of the CUDA part; empty without CUDA)."""
+    if not has_cpu_extension():
+        return None
+    pairs = (item.split("=", 1) for item in torch.ops.relpos.build_info().split(";"))
+    return {key: value for key, value in pairs}
+
+
 def has_cuda_extension() -> bool:
     return has_cpu_extension() and torch._C._dispatch_has_kernel_for_dispatch_key("relpos::extract_patches_out", "CUDA")
 

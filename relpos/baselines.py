@@ -2,6 +2,9 @@
 
 - `numpy_pil_pipeline`: the authors' approach (deepcontext): per image a PIL resize, per patch a numpy crop,
   PIL down/up-sampling, numpy colour dropping and normalisation. Runs on the host.
+- `opencv_pipeline`: what a speed-minded user writes with OpenCV: per image a `cv2.resize` (INTER_LINEAR, uint8),
+  per patch a numpy crop, `cv2.resize` down/up-sampling, numpy noise and RMS scaling. Needs
+  `opencv-python-headless` (the `bench` extra).
 - `per_sample_torch`: one patch at a time with PyTorch eager ops on the images' device.
 - `batched_torch`: batched but unfused PyTorch: per-image resize, one gather of every crop, down/up-sampling
   grouped by size, colour and normalisation as whole-batch tensor ops.
@@ -48,6 +51,35 @@ def numpy_pil_pipeline(images: list[np.ndarray], plan: Plan) -> np.ndarray:
             crop = np.asarray(small.resize((size, size), Image.BILINEAR))
         out[n] = _normalise_numpy(crop.astype(np.float32), row[CHANNEL], rng).transpose(2, 0, 1)
     return out
+
+
+def opencv_pipeline(images: list[np.ndarray], plan: Plan) -> np.ndarray:
+    """[N, 3, P, P] float32 patches with OpenCV resizes (HWC uint8 numpy images in)."""
+    import cv2
+
+    size = plan.patch_size
+    rows = plan.patches.tolist()
+    rng = np.random.default_rng(plan.seed)
+    resized: dict[tuple[int, int, int], np.ndarray] = {}
+    out = np.empty((len(rows), 3, size, size), dtype=np.float32)
+    for n, row in enumerate(rows):
+        key = (row[IMAGE], row[HEIGHT], row[WIDTH])
+        if key not in resized:
+            resized[key] = cv2.resize(images[row[IMAGE]], (row[WIDTH], row[HEIGHT]), interpolation=cv2.INTER_LINEAR)
+        crop = resized[key][row[TOP] : row[TOP] + size, row[LEFT] : row[LEFT] + size]
+        if row[DOWN] > 0:
+            small = cv2.resize(crop, (row[DOWN], row[DOWN]), interpolation=cv2.INTER_LINEAR)
+            crop = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
+        out[n] = _normalise_numpy(crop.astype(np.float32), row[CHANNEL], rng).transpose(2, 0, 1)
+    return out
+
+
+def has_opencv() -> bool:
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _colour_and_normalise(patches: torch.Tensor, kept: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

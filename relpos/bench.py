@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import backends, extract_patches, pack_images, sample_plan
-from .baselines import batched_torch, numpy_pil_pipeline, per_sample_torch
+from .baselines import batched_torch, has_opencv, numpy_pil_pipeline, opencv_pipeline, per_sample_torch
 from .config import PatchConfig
 
 
@@ -125,6 +125,8 @@ def data_step_cases(device: torch.device, include_reference: bool, workers: int)
             continue  # the Triton interpreter is a correctness tool, not a speed one
         cases[backend] = lambda b, backend=backend: extract_patches(b["packed"], b["plan"], backend=backend)
     cases["baseline: numpy/PIL per patch"] = lambda b: numpy_pil_pipeline(b["numpy"], b["plan"])
+    if has_opencv():
+        cases["baseline: OpenCV per patch"] = lambda b: opencv_pipeline(b["numpy"], b["plan"])
     if workers > 0:
         loaders = {}  # persistent workers per input set: worker start-up is not part of the measured step
 
