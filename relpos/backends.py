@@ -39,17 +39,38 @@ def has_cuda_extension() -> bool:
     return has_cpu_extension() and torch._C._dispatch_has_kernel_for_dispatch_key("relpos::extract_patches_out", "CUDA")
 
 
-# setup.py builds the CUDA kernel for sm_80 and sm_90 (+ PTX for newer parts); older GPUs cannot run it.
-MIN_CUDA_CAPABILITY = (8, 0)
+def _parse_archs(text: str) -> list[tuple[int, int, bool]] | None:
+    """TORCH_CUDA_ARCH_LIST entries ("8.0;9.0;9.0+PTX") as (major, minor, has_ptx); None when not numeric."""
+    parsed = []
+    for entry in text.replace(" ", ";").split(";"):
+        if not entry:
+            continue
+        version, _, ptx = entry.partition("+")
+        major, _, minor = version.partition(".")
+        minor = "".join(ch for ch in minor if ch.isdigit())  # 9.0a -> 9.0
+        if not (major.isdigit() and minor.isdigit()):
+            return None  # a named family ("Ampere"): cannot judge here, let the driver decide
+        parsed.append((int(major), int(minor), ptx.upper() == "PTX"))
+    return parsed
 
 
 def cuda_unsupported_reason(device: torch.device) -> str | None:
-    """Why the compiled CUDA kernel cannot run on `device`, or None when it can."""
-    capability = tuple(torch.cuda.get_device_capability(device))
-    if capability < MIN_CUDA_CAPABILITY:
-        return (f"the CUDA kernel is built for compute capability {MIN_CUDA_CAPABILITY[0]}.{MIN_CUDA_CAPABILITY[1]}+ "
-                f"and this GPU is {capability[0]}.{capability[1]}; rebuild with TORCH_CUDA_ARCH_LIST set to it")
-    return None
+    """Why the compiled CUDA kernel cannot run on `device`, or None when it can.
+
+    Asks the extension which architectures it was built for (so a TORCH_CUDA_ARCH_LIST build is honoured): a GPU
+    runs machine code built for its own major version and an equal or lower minor, or PTX for an equal or lower
+    version, which the driver compiles."""
+    info = build_info() or {}
+    archs = _parse_archs(info.get("cuda_archs", ""))
+    if not archs:
+        return None
+    major, minor = tuple(torch.cuda.get_device_capability(device))
+    runs = any((a_major == major and a_minor <= minor) or (ptx and (a_major, a_minor) <= (major, minor))
+               for a_major, a_minor, ptx in archs)
+    if runs:
+        return None
+    return (f"the CUDA kernel was built for compute capabilities {info['cuda_archs']} and this GPU is {major}.{minor}; "
+            f"rebuild with TORCH_CUDA_ARCH_LIST=\"{major}.{minor}\" pip install --no-build-isolation -e .")
 
 
 @functools.cache

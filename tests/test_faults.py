@@ -272,10 +272,26 @@ def test_unsupported_gpu_falls_back_with_a_clear_message(monkeypatch):
     from relpos import backends
 
     monkeypatch.setattr(backends, "has_cuda_extension", lambda: True)
+    monkeypatch.setattr(backends, "build_info", lambda: {"cuda_archs": "8.0;9.0;9.0+PTX"})  # setup.py's default
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))
     backends._warn_fallback_to.cache_clear()
     device = torch.device("cuda", 0)
-    with pytest.warns(RuntimeWarning, match="compute capability 8.0"):
+    with pytest.warns(RuntimeWarning, match="built for compute capabilities 8.0;9.0;9.0.PTX"):
         assert backends.resolve("auto", device) in ("triton", "reference")
-    with pytest.raises(RuntimeError, match="TORCH_CUDA_ARCH_LIST"):
+    with pytest.raises(RuntimeError, match='TORCH_CUDA_ARCH_LIST="6.1"'):
         backends.resolve("cuda", device)
+
+
+@pytest.mark.parametrize("archs,capability,runs", [
+    ("8.0;9.0;9.0+PTX", (8, 6), True),   # sm_80 machine code runs on 8.6
+    ("8.0;9.0;9.0+PTX", (10, 0), True),  # PTX of 9.0 is compiled by the driver for 10.0
+    ("8.0;9.0", (10, 0), False),         # no PTX: a newer major cannot run it
+    ("8.6", (8, 0), False),              # built for 8.6 only: an A100 cannot run it
+    ("7.5", (7, 5), True),               # a TORCH_CUDA_ARCH_LIST build for an older part is honoured
+])
+def test_cuda_capability_check_follows_the_build(monkeypatch, archs, capability, runs):
+    from relpos import backends
+
+    monkeypatch.setattr(backends, "build_info", lambda: {"cuda_archs": archs})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert (backends.cuda_unsupported_reason(torch.device("cuda", 0)) is None) == runs
