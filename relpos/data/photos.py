@@ -54,7 +54,8 @@ _OPENCV_PHOTOS = (
     "box_in_scene.png", "left.jpg", "right.jpg", "stuff.jpg", "tsukuba_l.png", "tsukuba_r.png", "lena_tmpl.jpg",
     "basketball1.png", "basketball2.png", "ela_original.jpg", "HappyFish.jpg", "sudoku.png", "smarties.png",
 )
-_OPENCV_NOT_PHOTOS = {"starry_night.jpg": "a painting (van Gogh)", "graf1.png": "a photographed painting",
+_OPENCV_NOT_PHOTOS = {"starry_night.jpg": "a painting (van Gogh)", "HappyFish.jpg": "a drawing",
+                      "graf1.png": "a photographed painting",
                       "graf3.png": "a photographed painting", "lena_tmpl.jpg": "a crop of lena.jpg",
                       "smarties.png": "a render"}
 APT_HINT = ("apt-get download gcompris-qt-data opencv-doc mate-backgrounds && "
