@@ -21,7 +21,7 @@ def add_parser(commands) -> None:
                         "`apt-get download PKG && dpkg-deb -x PKG.deb ROOT` extracted them")
     photos.add_argument("--sources", default="gcompris-qt-data,opencv-doc,mate-backgrounds",
                         help="comma-separated packages to read")
-    photos.add_argument("--min-side", type=int, default=192, help="skip pictures whose short side is smaller")
+    photos.add_argument("--min-side", type=int, default=160, help="skip pictures whose short side is smaller")
     photos.set_defaults(run=_photos)
     parser.set_defaults(run=lambda args: parser.print_help() or 2)
 

@@ -272,7 +272,7 @@ def difference_hash(image: Image.Image) -> int:
 
 
 def assemble(out: str | Path, root: str | Path = "/", sources: tuple[str, ...] = tuple(SOURCES),
-             min_side: int = 192) -> Report:
+             min_side: int = 160) -> Report:
     """Write the photographs of `sources` found under `root` into `out` (one folder per source, then per label)
     and `out`/manifest.csv; returns the report. Pictures smaller than `min_side` on their short side are skipped
     (too small for a grid of patches)."""
@@ -339,7 +339,7 @@ def summary(report: Report) -> str:
     lines += [f"  {source:<18}{label:<14}{n:>5}" for (source, label), n in sorted(counts.items())]
     reasons: dict[str, int] = {}
     for _, why in report.skipped:
-        reason = re.sub(r" \(.*| of \S+$", "", why)  # group by reason, without the per-file details
+        reason = re.sub(r" \(.*|(?<=near-duplicate) of .*", "", why)  # group by reason, without per-file details
         reasons[reason] = reasons.get(reason, 0) + 1
     lines.append(f"skipped {len(report.skipped)}:" + "".join(f"\n  {n:>4}  {why}" for why, n in sorted(reasons.items())))
     for package, why in report.missing:
