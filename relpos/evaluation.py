@@ -104,7 +104,7 @@ def load_towers(checkpoint: str | os.PathLike, device, random_seed: int = 12345)
 
 def run_eval(checkpoint: str, out: str, layer: str = "conv5", draws: int = 3, per_class: int = 60, k: int = 5,
              device: str = "auto", retrieval_data: str | None = None, queries: int = 6,
-             labelled: str | None = None, random_seeds: int = 3, folds: int = 5) -> dict:
+             labelled: str | None = None, random_seeds: int = 3, folds: int = 5, min_per_class: int = 15) -> dict:
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           ("cpu" if device == "auto" else device))
     out_dir = Path(out)
@@ -141,7 +141,8 @@ def run_eval(checkpoint: str, out: str, layer: str = "conv5", draws: int = 3, pe
     if labelled:
         from .labelled import evaluate_labelled
 
-        results["labelled"] = evaluate_labelled(labelled, state, device, random_seeds=random_seeds, folds=folds, k=k)
+        results["labelled"] = evaluate_labelled(labelled, state, device, random_seeds=random_seeds, folds=folds, k=k,
+                                                min_per_class=min_per_class)
     _pictures(state, pretrained, random_tower, device, out_dir, retrieval_data, queries, layer)
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
     return results
@@ -286,12 +287,15 @@ def add_parser(commands) -> None:
     parser.add_argument("--random-seeds", type=int, default=3,
                         help="random-init towers in the labelled evaluation (their spread is the noise floor)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds of the labelled evaluation")
+    parser.add_argument("--min-per-class", type=int, default=15,
+                        help="labelled evaluation: keep the classes with at least this many unseen photographs")
     parser.set_defaults(run=_run)
 
 
 def _run(args) -> int:
     results = run_eval(args.checkpoint, args.out, args.layer, args.draws, args.per_class, args.k, args.device,
-                       args.data, args.queries, args.labelled, args.random_seeds, args.folds)
+                       args.data, args.queries, args.labelled, args.random_seeds, args.folds,
+                       args.min_per_class)
     print(format_table(results))
     print(f"wrote {Path(args.out) / 'eval.json'}, confusion.png, neighbours.png, grids.png, pairs.png")
     return 0
