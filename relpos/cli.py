@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_show(commands)
-    for module in ("train_cli", "evaluation", "bench", "export"):
+    for module in ("train_cli", "evaluation", "bench", "export", "data_cli"):
         try:
             add = __import__(f"relpos.{module}", fromlist=["add_parser"]).add_parser
         except ModuleNotFoundError:

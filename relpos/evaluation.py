@@ -6,8 +6,11 @@ Two labelled sets that need no network (both built from images that ship inside 
   bottom half, so no test pixel was seen by the probe.
 - "faces": scikit-image's LFW subset, 100 face and 100 non-face 25x25 crops (label face / not face),
   upsampled to 96 px by the fused op; even items train, odd items test.
-Each is measured with a linear probe (several seeds) and k-NN, for the pretrained tower and for a randomly
-initialised tower of the same architecture.
+Each is measured with a linear probe and k-NN, for the pretrained tower and for a randomly initialised tower of
+the same architecture. photo-regions is repeated over several draws of its crops (a real source of spread); faces
+has one fixed split and a deterministic probe, so it is measured once (repeating it would show a spread of 0).
+With `--labelled DIR` (a folder made by `relpos data photos`), the cross-validated evaluation of
+`relpos.labelled` runs too.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .data import bundled_photos, load_rgb
+from .metrics import format_pretext, pretext_summary
 from .models import build_model, build_tower
 from .ops import extract_patches
 from .plan import Plan
@@ -98,33 +102,52 @@ def load_towers(checkpoint: str | os.PathLike, device, random_seed: int = 12345)
     return state, model.to(device).eval(), model.tower.to(device).eval(), random_tower.to(device).eval()
 
 
-def run_eval(checkpoint: str, out: str, layer: str = "conv5", seeds: int = 3, per_class: int = 60, k: int = 5,
-             device: str = "auto", retrieval_data: str | None = None, queries: int = 6) -> dict:
+def run_eval(checkpoint: str, out: str, layer: str = "conv5", draws: int = 3, per_class: int = 60, k: int = 5,
+             device: str = "auto", retrieval_data: str | None = None, queries: int = 6,
+             labelled: str | None = None, random_seeds: int = 3, folds: int = 5, min_per_class: int = 15) -> dict:
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           ("cpu" if device == "auto" else device))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     state, model, pretrained, random_tower = load_towers(checkpoint, device)
+    # every folder this evaluation will read is checked before the long probes run, not after them
+    for what, folder in (("the checkpoint's training data (for the held-out pretext accuracy)", state["args"].get("data")),
+                         ("--data", retrieval_data), ("--labelled", labelled)):
+        if folder and not Path(folder).exists():
+            raise FileNotFoundError(f"{what}: {folder} does not exist")
     patch = state["args"]["patch"]
-    results = {"checkpoint": str(checkpoint), "step": state["step"], "layer": layer, "seeds": seeds, "tasks": {}}
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    results = {"checkpoint": str(checkpoint), "step": state["step"], "layer": layer, "tasks": {}}
     for task in ("photo-regions", "faces"):
         rows = {}
+        # only photo-regions has something to repeat (fresh crops per draw); faces is one fixed split
+        repeats = draws if task == "photo-regions" else 1
         for name, tower in (("pretrained", pretrained), ("random", random_tower)):
             probe_scores, knn_scores = [], []
-            for seed in range(seeds):
+            for draw in range(repeats):
                 if task == "photo-regions":
-                    images, p_train, y_train, p_test, y_test, classes = photo_regions(patch, per_class, seed)
-                elif seed == 0:
+                    images, p_train, y_train, p_test, y_test, classes = photo_regions(patch, per_class, draw)
+                else:
                     images, p_train, y_train, p_test, y_test, classes = faces(patch)
-                if task == "photo-regions" or seed == 0:
-                    x_train = features(tower, images, p_train, layer, device, desc=f"{task} {name} train")
-                    x_test = features(tower, images, p_test, layer, device, desc=f"{task} {name} test")
-                probe_scores.append(linear_probe(x_train, y_train, x_test, y_test, len(classes), seed=seed))
+                x_train = features(tower, images, p_train, layer, device, desc=f"{task} {name} train")
+                x_test = features(tower, images, p_test, layer, device, desc=f"{task} {name} test")
+                probe_scores.append(linear_probe(x_train, y_train, x_test, y_test, len(classes)))
                 knn_scores.append(knn_accuracy(x_train, y_train, x_test, y_test, len(classes), k=k))
-            rows[name] = {"linear_probe": float(np.mean(probe_scores)), "linear_probe_std": float(np.std(probe_scores)),
-                          "knn": float(np.mean(knn_scores)), "classes": len(classes), "test_items": int(len(y_test))}
+            counts = torch.bincount(y_test, minlength=len(classes))
+            rows[name] = {"linear_probe": float(np.mean(probe_scores)), "knn": float(np.mean(knn_scores)),
+                          "draws": repeats, "classes": len(classes), "test_items": int(len(y_test)),
+                          "majority": float(counts.max()) / int(len(y_test))}
+            if repeats > 1:  # spread over independent crop draws (standard deviation, not a standard error)
+                rows[name]["linear_probe_std"] = float(np.std(probe_scores))
+                rows[name]["knn_std"] = float(np.std(knn_scores))
         results["tasks"][task] = rows
     results["pretext"] = _pretext(state, model, device, out_dir)
+    if labelled:
+        from .labelled import evaluate_labelled
+
+        results["labelled"] = evaluate_labelled(labelled, state, device, random_seeds=random_seeds, folds=folds, k=k,
+                                                min_per_class=min_per_class)
     _pictures(state, pretrained, random_tower, device, out_dir, retrieval_data, queries, layer)
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
     return results
@@ -139,12 +162,13 @@ def _pretext(state, model, device, out_dir: Path) -> dict:
     paths = list_images(args["data"]) if args.get("data") else bundled_photos()
     _, held = split_holdout(paths, args["holdout"] if args["holdout"] > 0 else 0.2)
     images = decodable_images(held)
-    accuracy, confusion = evaluate(model, images, config, device, None, plans=8)
-    _plot_confusion(confusion, out_dir / "confusion.png", accuracy)
-    return {"held_out_images": len(images), "accuracy": accuracy, "confusion": confusion.tolist()}
+    _, confusion = evaluate(model, images, config, device, None, plans=8)
+    summary = pretext_summary(confusion)
+    _plot_confusion(confusion, out_dir / "confusion.png", summary)
+    return {"held_out_images": len(images), **summary, "confusion": confusion.tolist()}
 
 
-def _plot_confusion(confusion: torch.Tensor, path: Path, accuracy: float) -> None:
+def _plot_confusion(confusion: torch.Tensor, path: Path, summary: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,7 +188,9 @@ def _plot_confusion(confusion: torch.Tensor, path: Path, accuracy: float) -> Non
             axis.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
                       color="white" if rates[i, j] < 0.5 else "black")
     figure.colorbar(image, ax=axis)
-    axis.set_title(f"held-out pretext accuracy {accuracy:.3f} (chance 0.125)")
+    axis.set_title(f"held-out pretext accuracy {summary['accuracy']:.3f} ± {summary['stderr']:.3f}\n"
+                   f"majority label {summary['majority']:.3f}, balanced accuracy {summary['balanced_accuracy']:.3f}",
+                   fontsize=10)
     save_atomically(figure, str(path))
 
 
@@ -227,39 +253,54 @@ def retrieval(images, config, pretrained, random_tower, device, path: Path, quer
 
 
 def format_table(results: dict) -> str:
-    lines = [f"{'task':<15}{'tower':<12}{'linear probe':>16}{'k-NN':>8}"]
+    lines = [f"{'task':<15}{'tower':<12}{'linear probe':>16}{'k-NN':>16}{'majority':>10}"]
     for task, rows in results["tasks"].items():
         for name, row in rows.items():
-            probe = f"{row['linear_probe']:.3f}±{row['linear_probe_std']:.3f}"
-            lines.append(f"{task:<15}{name:<12}{probe:>16}{row['knn']:>8.3f}")
+            spread = "linear_probe_std" in row
+            probe = f"{row['linear_probe']:.3f}" + (f"±{row['linear_probe_std']:.3f}" if spread else "")
+            knn = f"{row['knn']:.3f}" + (f"±{row['knn_std']:.3f}" if spread else "")
+            lines.append(f"{task:<15}{name:<12}{probe:>16}{knn:>16}{row['majority']:>10.3f}")
+    lines.append("(± on photo-regions: standard deviation over draws of crops; faces: one fixed split)")
     pretext = results["pretext"]
-    lines.append(f"held-out pretext accuracy {pretext['accuracy']:.3f} on {pretext['held_out_images']} images "
-                 "(chance 0.125)")
+    lines.append(f"held-out pretext on {pretext['held_out_images']} images: {format_pretext(pretext)}")
+    if "labelled" in results:
+        from .labelled import format_labelled
+
+        lines.append(format_labelled(results["labelled"]))
     return "\n".join(lines)
 
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "eval", help="linear probe, k-NN, pretext accuracy and pictures for a checkpoint",
-        description="Freeze the tower of CHECKPOINT and measure it (linear probe over several seeds, k-NN) on "
+        description="Freeze the tower of CHECKPOINT and measure it (linear probe, k-NN) on "
         "labelled sets that ship with scikit-image, beside a randomly initialised tower of the same "
         "architecture; also held-out pretext accuracy with its confusion matrix, and pictures.",
         formatter_class=__import__("argparse").ArgumentDefaultsHelpFormatter)
     parser.add_argument("checkpoint", help="training checkpoint (OUT/checkpoint.pt)")
     parser.add_argument("--out", default="eval", help="output folder (eval.json and PNGs)")
     parser.add_argument("--layer", default="conv5", help="pooled layer: conv1..conv5 or fc6 (caffenet)")
-    parser.add_argument("--seeds", type=int, default=3, help="linear-probe seeds")
+    parser.add_argument("--draws", "--seeds", dest="draws", type=int, default=3,
+                        help="independent draws of photo-regions crops (each gets a fresh probe and k-NN)")
     parser.add_argument("--per-class", type=int, default=60, help="crops per class and split (photo-regions)")
     parser.add_argument("--k", type=int, default=5, help="neighbours for k-NN")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--data", default=None, help="folder for the nearest-neighbour figure (default: bundled)")
     parser.add_argument("--queries", type=int, default=6, help="query patches in the nearest-neighbour figure")
+    parser.add_argument("--labelled", default=None, metavar="DIR",
+                        help="also run the cross-validated labelled evaluation on DIR (made by `relpos data photos`)")
+    parser.add_argument("--random-seeds", type=int, default=3,
+                        help="random-init towers in the labelled evaluation (their spread is the noise floor)")
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds of the labelled evaluation")
+    parser.add_argument("--min-per-class", type=int, default=15,
+                        help="labelled evaluation: keep the classes with at least this many unseen photographs")
     parser.set_defaults(run=_run)
 
 
 def _run(args) -> int:
-    results = run_eval(args.checkpoint, args.out, args.layer, args.seeds, args.per_class, args.k, args.device,
-                       args.data, args.queries)
+    results = run_eval(args.checkpoint, args.out, args.layer, args.draws, args.per_class, args.k, args.device,
+                       args.data, args.queries, args.labelled, args.random_seeds, args.folds,
+                       args.min_per_class)
     print(format_table(results))
     print(f"wrote {Path(args.out) / 'eval.json'}, confusion.png, neighbours.png, grids.png, pairs.png")
     return 0

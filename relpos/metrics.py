@@ -39,38 +39,6 @@ def strict_json(value, **kwargs) -> str:
     return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
 
 
-def pretext_summary(confusion) -> dict:
-    """Pretext accuracy beside the honest baselines of the same evaluation pairs.
-
-    The relative-position labels are not balanced (edge neighbours occur more often than diagonals), so the
-    baseline is always answering the most frequent true label, not 1/classes. Balanced accuracy is the mean
-    recall over the classes present; the standard error is the binomial one of the accuracy.
-    """
-    import torch
-
-    confusion = torch.as_tensor(confusion, dtype=torch.float64)
-    total = float(confusion.sum())
-    if total == 0:
-        return {"pairs": 0, "accuracy": None, "stderr": None, "majority": None, "balanced_accuracy": None}
-    per_class = confusion.sum(dim=1)
-    present = per_class > 0
-    accuracy = float(confusion.diag().sum()) / total
-    return {
-        "pairs": int(total),
-        "accuracy": accuracy,
-        "stderr": math.sqrt(accuracy * (1 - accuracy) / total),
-        "majority": float(per_class.max()) / total,
-        "balanced_accuracy": float((confusion.diag()[present] / per_class[present]).mean()),
-    }
-
-
-def describe_pretext(numbers: dict) -> str:
-    if not numbers.get("pairs"):
-        return "no evaluation pairs"
-    return (f"accuracy {numbers['accuracy']:.3f} ± {numbers['stderr']:.3f} (majority label {numbers['majority']:.3f}), "
-            f"balanced accuracy {numbers['balanced_accuracy']:.3f}, {numbers['pairs']} pairs")
-
-
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     records = []
     for line in Path(path).read_text().splitlines():
@@ -79,6 +47,33 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue  # a line cut by a kill
     return records
+
+
+def pretext_summary(confusion) -> dict:
+    """Honest numbers of a classification confusion matrix (rows: true label, columns: predicted).
+
+    accuracy beside the majority-label rate of the same items (what always answering the most common true label
+    scores; the labels of relative positions are not balanced, so this, not 1/8, is the baseline), balanced
+    accuracy (mean recall over the classes present) and the binomial standard error of the accuracy.
+    """
+    rows = [[int(v) for v in row] for row in (confusion.tolist() if hasattr(confusion, "tolist") else confusion)]
+    if not rows or any(len(row) != len(rows) for row in rows):
+        raise ValueError(f"confusion must be a non-empty square matrix, got {len(rows)} rows")
+    if any(v < 0 for row in rows for v in row):
+        raise ValueError("confusion must hold counts (no negative entries)")
+    totals = [sum(row) for row in rows]
+    items = sum(totals)
+    if items == 0:
+        raise ValueError("confusion is empty (no evaluated items)")
+    accuracy = sum(rows[i][i] for i in range(len(rows))) / items
+    recalls = [rows[i][i] / totals[i] for i in range(len(rows)) if totals[i]]
+    return {"accuracy": accuracy, "majority": max(totals) / items, "balanced_accuracy": sum(recalls) / len(recalls),
+            "stderr": math.sqrt(accuracy * (1 - accuracy) / items), "items": items}
+
+
+def format_pretext(summary: dict) -> str:
+    return (f"accuracy {summary['accuracy']:.3f} ± {summary['stderr']:.3f} (majority label {summary['majority']:.3f}, "
+            f"balanced accuracy {summary['balanced_accuracy']:.3f}, {summary['items']} pairs)")
 
 
 def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
@@ -93,13 +88,22 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
     train = [r for r in records if r.get("kind") == "train"]
     held = [r for r in records if r.get("kind") == "eval"]
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    gap = lambda value: math.nan if value is None else value  # noqa: E731 - a null (a step with no pairs) is a gap
     if train:
         steps = [r["step"] for r in train]
-        loss_axis.plot(steps, [r["loss"] for r in train], lw=0.8, label="train loss")
-        accuracy_axis.plot(steps, [r["accuracy"] for r in train], lw=0.8, alpha=0.6, label="train pretext accuracy")
+        loss_axis.plot(steps, [gap(r["loss"]) for r in train], lw=0.8, label="train loss")
+        accuracy_axis.plot(steps, [gap(r["accuracy"]) for r in train], lw=0.8, alpha=0.6,
+                           label="train pretext accuracy")
     if held:
-        accuracy_axis.plot([r["step"] for r in held], [r["accuracy"] for r in held], "o-", label="held-out accuracy")
-    accuracy_axis.axhline(1 / 8, color="gray", ls="--", lw=0.8, label="chance (12.5%)")
+        accuracy_axis.plot([r["step"] for r in held], [gap(r["accuracy"]) for r in held], "o-",
+                           label="held-out accuracy")
+        # the baseline is always answering the commonest label of the same held-out pairs (not 1/8: edge
+        # neighbours outnumber diagonals); the pairs are fixed, so any record's confusion gives it
+        majority = next((pretext_summary(r["confusion"])["majority"] for r in reversed(held) if r.get("confusion")),
+                        None)
+        if majority is not None:
+            accuracy_axis.axhline(majority, color="gray", ls="--", lw=0.8,
+                                  label=f"majority label ({100 * majority:.1f}%)")
     loss_axis.set_xlabel("step")
     loss_axis.set_ylabel("cross-entropy")
     accuracy_axis.set_xlabel("step")

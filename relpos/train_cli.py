@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .metrics import describe_pretext
+from .metrics import format_pretext
 from .training import TrainConfig
 
 HELP = {
@@ -90,5 +90,5 @@ def run(args) -> int:
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     summary = train(config)
     if not summary.get("interrupted") and summary.get("held_out"):
-        print(f"held-out pretext {describe_pretext(summary['held_out'])} after {summary['step']} steps")
+        print(f"held-out pretext {format_pretext(summary['held_out'])} after {summary['step']} steps")
     return 0

@@ -48,7 +48,7 @@ from .data import (
     split_holdout,
 )
 from .data.dataset import images_per_step
-from .metrics import MetricsLog, describe_pretext, plot_curves, pretext_summary, strict_json
+from .metrics import MetricsLog, format_pretext, plot_curves, pretext_summary, strict_json
 from .models import ARCHS, build_model
 from .ops import empty_patches, extract_patches
 from .run_folder import claim_run_folder
@@ -510,9 +510,12 @@ def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, devic
             if is_main and held_paths and (done % config.eval_every == 0 or done == config.steps):
                 accuracy_held, confusion = evaluate(model, iter_decodable_images(held_paths), config, device,
                                                     autocast_dtype)
-                last_eval = pretext_summary(confusion)
-                metrics.write({"kind": "eval", "step": done, **last_eval, "confusion": confusion.tolist()})
-                log.info("step %d: held-out pretext %s", done, describe_pretext(last_eval))
+                if int(confusion.sum()) == 0:
+                    log.warning("step %d: no held-out image gave a pair to evaluate", done)
+                else:
+                    last_eval = pretext_summary(confusion)
+                    metrics.write({"kind": "eval", "step": done, **last_eval, "confusion": confusion.tolist()})
+                    log.info("step %d: held-out pretext %s", done, format_pretext(last_eval))
             if done % config.checkpoint_every == 0 or done == config.steps:
                 save(done)
             if done == config.stop_after and done < config.steps:

@@ -8,6 +8,7 @@ from relpos.cli import main
 from relpos.evaluation import faces, photo_regions
 from relpos.training import train
 
+from test_labelled import _labelled_folder
 from training_helpers import small_photo_folder, tiny_config
 
 
@@ -22,21 +23,32 @@ def test_labelled_sets_are_real_and_disjoint():
     assert len(images) == 200 and int(y_train.sum()) == 50 and int(y_test.sum()) == 50
 
 
-def test_eval_writes_table_json_and_pictures(tmp_path, capsys):
+def test_eval_writes_table_json_and_pictures(tmp_path, capsys, generator):
     photos = small_photo_folder(tmp_path / "photos", count=6)
     run = tmp_path / "run"
     train(tiny_config(photos, run, steps=2, patch=96, gap=48, jitter=7, min_pixels=150_000, max_pixels=200_000,
                       batch=64))
     out = tmp_path / "eval"
-    assert main(["eval", str(run / "checkpoint.pt"), "--out", str(out), "--seeds", "2", "--per-class", "6",
-                 "--data", str(photos), "--queries", "3"]) == 0
+    assert main(["eval", str(run / "checkpoint.pt"), "--out", str(out), "--draws", "2", "--per-class", "6",
+                 "--data", str(photos), "--queries", "3", "--labelled", str(_labelled_folder(tmp_path / "lab", generator)),
+                 "--random-seeds", "2", "--folds", "2", "--min-per-class", "4"]) == 0
     text = capsys.readouterr().out
     assert "photo-regions" in text and "random" in text and "pretext" in text
+    assert "majority label" in text and "balanced accuracy" in text
+    assert "labelled photos (horizontal 8, vertical 8; 2-fold CV" in text and "fc6" in text
     results = json.loads((out / "eval.json").read_text())
     for task in ("photo-regions", "faces"):
         for tower in ("pretrained", "random"):
             assert 0.0 <= results["tasks"][task][tower]["linear_probe"] <= 1.0
-    assert len(results["pretext"]["confusion"]) == 8
+            assert 0.0 < results["tasks"][task][tower]["majority"] < 1.0
+    # faces is one fixed split: measured once, so no spread is claimed for it
+    assert results["tasks"]["faces"]["pretrained"]["draws"] == 1
+    assert "linear_probe_std" not in results["tasks"]["faces"]["pretrained"]
+    assert results["tasks"]["photo-regions"]["pretrained"]["draws"] == 2
+    pretext = results["pretext"]
+    assert len(pretext["confusion"]) == 8 and pretext["items"] == sum(map(sum, pretext["confusion"]))
+    assert 0.0 < pretext["majority"] < 1.0 and pretext["stderr"] > 0.0
+    assert set(results["labelled"]["towers"]) == {"pretrained", "random0", "random1"}
     for picture in ("confusion.png", "neighbours.png", "grids.png", "pairs.png"):
         assert (out / picture).stat().st_size > 10_000
 

@@ -257,3 +257,16 @@ def test_bad_show_values_give_one_line(tmp_path, option, value, capsys):
     err = capsys.readouterr().err
     assert option in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+def test_eval_checks_the_stored_data_folder_before_any_probe(photos, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(photos, data)
+    train(tiny_config(data, tmp_path / "run", steps=1))
+    shutil.rmtree(data)
+    assert main(["eval", str(tmp_path / "run" / "checkpoint.pt"), "--out", str(tmp_path / "eval")]) == 1
+    err = capsys.readouterr().err
+    assert "training data" in err and str(data) in err
+    assert not (tmp_path / "eval" / "eval.json").exists()

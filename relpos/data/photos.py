@@ -1,0 +1,349 @@
+"""`relpos data photos DIR`: real photographs that Debian packages ship, assembled offline with a manifest.
+
+Nothing is downloaded or installed here: the sources are read where they are installed (or under `--root`, a
+folder where `apt-get download` + `dpkg-deb -x` extracted them), and a missing source is reported with the
+apt-get commands that would provide it.
+
+- gcompris-qt-data: WebP photographs inside Qt resource files (/usr/share/gcompris-qt/rcc/*.rcc), labelled by
+  folder (categorization/resource/images/<label>/, explore_monuments -> monuments, explore_*_animals -> animals);
+  licences from /usr/share/doc/gcompris-qt-data/copyright (Debian machine-readable format).
+- opencv-doc: a fixed list of the photographs among examples/data/ (the rest are logos, renders, charts, text).
+- mate-backgrounds: backgrounds/mate/nature/ (the abstract/ and desktop/ folders are renders).
+Near-identical pictures (same 64-bit difference hash within a few bits) are kept once.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import gzip
+import hashlib
+import io
+import json
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MANIFEST = "manifest.csv"
+FIELDS = ("file", "label", "source", "version", "licence", "original", "sha256", "width", "height")
+DUPLICATE_BITS = 6  # dHash Hamming distance at or below which two pictures count as the same photograph
+
+_RCC_COMPRESSED, _RCC_DIRECTORY, _RCC_ZSTD = 0x01, 0x02, 0x04
+_PHOTO_SUFFIXES = (".webp", ".jpg", ".jpeg", ".png")
+# categorization folders that hold photographs (alphabets/ and numbers/ are drawings of glyphs)
+_GCOMPRIS_FOLDERS = {
+    "categorization/resource/images/fishes": "fishes",
+    "categorization/resource/images/monuments": "monuments",
+    "categorization/resource/images/renewable": "renewable",
+    "categorization/resource/images/tools": "tools",
+    "categorization/resource/images/others": "others",
+    "explore_monuments/resource": "monuments",
+    "explore_farm_animals/resource/animals": "animals",
+    "explore_world_animals/resource/animals": "animals",
+}
+# what the copyright file says of a picture that makes it not a photograph
+_NOT_PHOTO = re.compile(r"paint|drawing|drawn|illustrat|render|clipart|cartoon|vector|\.svg", re.IGNORECASE)
+_OPENCV_PHOTOS = (
+    "apple.jpg", "baboon.jpg", "building.jpg", "butterfly.jpg", "fruits.jpg", "home.jpg", "lena.jpg", "messi5.jpg",
+    "orange.jpg", "starry_night.jpg", "aero1.jpg", "aero3.jpg", "leuvenA.jpg", "leuvenB.jpg", "graf1.png", "graf3.png",
+    "box_in_scene.png", "left.jpg", "right.jpg", "stuff.jpg", "tsukuba_l.png", "tsukuba_r.png", "lena_tmpl.jpg",
+    "basketball1.png", "basketball2.png", "ela_original.jpg", "HappyFish.jpg", "sudoku.png", "smarties.png",
+)
+_OPENCV_NOT_PHOTOS = {"starry_night.jpg": "a painting (van Gogh)", "HappyFish.jpg": "a drawing",
+                      "graf1.png": "a photographed painting",
+                      "graf3.png": "a photographed painting", "lena_tmpl.jpg": "a crop of lena.jpg",
+                      "smarties.png": "a render"}
+APT_HINT = ("apt-get download gcompris-qt-data opencv-doc mate-backgrounds && "
+            "for f in *.deb; do dpkg-deb -x \"$f\" ROOT; done   (then pass --root ROOT)")
+
+
+class RccError(ValueError):
+    """A file that is not a Qt resource (.rcc) file or is damaged."""
+
+
+def read_rcc(data: bytes, name: str = "rcc") -> dict[str, bytes]:
+    """Every file in a Qt binary resource: {path inside the resource: uncompressed bytes}.
+
+    Layout (qtbase src/corelib/io/qresource.cpp): big-endian header 'qres', version, tree, data and names
+    offsets (version >= 3 adds flags); tree entries of 14 bytes (version 1) or 22 (version >= 2, with an 8-byte
+    modification time): name offset u32, flags u16, then a directory's child count u32 and first child u32, or a
+    file's country u16, language u16 and data offset u32. Names: u16 length, u32 hash, UTF-16BE. Data: u32 size
+    then the bytes; zlib-compressed data starts with the uncompressed length as u32 (qCompress format).
+    """
+    if len(data) < 20 or data[:4] != b"qres":
+        raise RccError(f"{name}: not a Qt resource file (no 'qres' magic)")
+    version, tree, payloads, names = struct.unpack_from(">IIII", data, 4)
+    if version not in (1, 2, 3):
+        raise RccError(f"{name}: unsupported rcc version {version}")
+    entry = 14 if version == 1 else 22
+
+    def unpack(fmt: str, offset: int):
+        if offset < 0 or offset + struct.calcsize(fmt) > len(data):
+            raise RccError(f"{name}: offset {offset} runs past the end of the file")
+        return struct.unpack_from(fmt, data, offset)
+
+    def read_name(offset: int) -> str:
+        (length,) = unpack(">H", names + offset)
+        start = names + offset + 6
+        if start + 2 * length > len(data):
+            raise RccError(f"{name}: a name runs past the end of the file")
+        return data[start : start + 2 * length].decode("utf-16-be")
+
+    files: dict[str, bytes] = {}
+    stack = [(0, "", 0)]
+    while stack:
+        index, prefix, depth = stack.pop()
+        if depth > 64:
+            raise RccError(f"{name}: directory tree too deep (a cycle?)")
+        base = tree + index * entry
+        name_offset, flags = unpack(">IH", base)
+        path = f"{prefix}/{read_name(name_offset)}" if index else ""
+        if flags & _RCC_DIRECTORY:
+            count, first = unpack(">II", base + 6)
+            stack.extend((child, path, depth + 1) for child in range(first, first + count))
+            continue
+        (offset,) = unpack(">I", base + 10)
+        (size,) = unpack(">I", payloads + offset)
+        blob = data[payloads + offset + 4 : payloads + offset + 4 + size]
+        if len(blob) != size:
+            raise RccError(f"{name}: {path} runs past the end of the file")
+        if flags & _RCC_ZSTD:
+            raise RccError(f"{name}: {path} is zstd-compressed, which is not supported")
+        if flags & _RCC_COMPRESSED:
+            try:
+                blob = zlib.decompress(blob[4:])
+            except zlib.error as error:
+                raise RccError(f"{name}: {path}: bad zlib data ({error})") from error
+        files[path.lstrip("/")] = blob
+    return files
+
+
+@dataclass
+class Photo:
+    data: bytes
+    label: str
+    source: str
+    version: str
+    licence: str
+    original: str
+    name: str
+
+
+@dataclass
+class Report:
+    """What was assembled and what was not, for the user."""
+    kept: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (original, why)
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (package, why)
+
+
+def _package_version(root: Path, package: str) -> str:
+    """Version from the package's changelog.Debian.gz (present both installed and dpkg-deb -x extracted)."""
+    changelog = root / "usr/share/doc" / package / "changelog.Debian.gz"
+    try:
+        with gzip.open(changelog, "rt", errors="replace") as handle:
+            match = re.match(r"\S+ \(([^)]+)\)", handle.readline())
+        return match.group(1) if match else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def parse_copyright(text: str) -> list[tuple[list[str], str, str]]:
+    """Stanzas of a Debian machine-readable copyright file: (file patterns, licence, its Copyright and Comment)."""
+    stanzas = []
+    for block in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        key = None
+        for line in block.splitlines():
+            if line[:1] in (" ", "\t") and key:
+                fields[key] += "\n" + line.strip()
+            elif ":" in line:
+                key, value = line.split(":", 1)
+                key = key.strip().lower()
+                fields[key] = value.strip()
+        if "files" in fields:
+            licence = (fields.get("license", "").splitlines() or ["unknown"])[0].strip() or "unknown"
+            stanzas.append((fields["files"].split(), licence, fields.get("copyright", "") + "\n" +
+                            fields.get("comment", "")))
+    return stanzas
+
+
+def licence_of(stanzas, path: str, any_suffix: bool = False) -> tuple[str, str]:
+    """(licence, what the stanza says of its author and origin) of `path`: the last matching stanza wins, as the format specifies.
+
+    With any_suffix, patterns match whatever the extension (gcompris converts its .jpg/.png sources to .webp)."""
+    target = re.sub(r"\.[^./]+$", "", path) if any_suffix else path
+    found = ("unknown", "")
+    for patterns, licence, block in stanzas:
+        for pattern in patterns:
+            candidate = re.sub(r"\.[^./*]+$", "", pattern) if any_suffix else pattern
+            if fnmatch.fnmatchcase(target, candidate) or (any_suffix and fnmatch.fnmatchcase(path, pattern)):
+                found = (licence, block)
+    return found
+
+
+def _gcompris(root: Path, report: Report) -> list[Photo]:
+    package = "gcompris-qt-data"
+    folder = root / "usr/share/gcompris-qt/rcc"
+    copyright_file = root / "usr/share/doc" / package / "copyright"
+    if not folder.is_dir():
+        report.missing.append((package, f"{folder} not found"))
+        return []
+    stanzas = parse_copyright(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
+    version = _package_version(root, package)
+    photos = []
+    for rcc in sorted(folder.glob("*.rcc")):
+        if not (rcc.stem == "categorization" or rcc.stem.startswith("explore_")):
+            continue
+        try:
+            files = read_rcc(rcc.read_bytes(), str(rcc))
+        except RccError as error:
+            report.skipped.append((str(rcc), str(error)))
+            continue
+        for inner, blob in sorted(files.items()):
+            source_path = inner.removeprefix("gcompris/")  # src/activities/<activity>/resource/...
+            if not source_path.lower().endswith(_PHOTO_SUFFIXES):
+                continue
+            relative = source_path.removeprefix("src/activities/")
+            label = next((lab for prefix, lab in _GCOMPRIS_FOLDERS.items() if relative.startswith(prefix + "/")), None)
+            if label is None:
+                report.skipped.append((f"{rcc.name}:{inner}", "not in a folder of photographs"))
+                continue
+            licence, block = licence_of(stanzas, source_path, any_suffix=True)
+            if _NOT_PHOTO.search(block):
+                report.skipped.append((f"{rcc.name}:{inner}", "the copyright file says it is not a photograph"))
+                continue
+            photos.append(Photo(blob, label, package, version, licence, f"{rcc}:{inner}",
+                                relative.replace("/resource", "").replace("/", "_")))
+    return photos
+
+
+def _opencv(root: Path, report: Report) -> list[Photo]:
+    package = "opencv-doc"
+    folder = root / "usr/share/doc/opencv-doc/examples/data"
+    if not folder.is_dir():
+        report.missing.append((package, f"{folder} not found"))
+        return []
+    version = _package_version(root, package)
+    photos = []
+    for name in _OPENCV_PHOTOS:
+        path = folder / name
+        if name in _OPENCV_NOT_PHOTOS:
+            report.skipped.append((str(path), _OPENCV_NOT_PHOTOS[name]))
+        elif not path.is_file():
+            report.skipped.append((str(path), "not in this version of the package"))
+        else:
+            # the sample images carry no per-file licence; opencv-doc's copyright file covers the package (Apache-2.0)
+            photos.append(Photo(path.read_bytes(), "", package, version, "see opencv-doc copyright (Apache-2.0 "
+                                "package; sample images of various origin)", str(path), f"opencv_{name}"))
+    return photos
+
+
+def _mate(root: Path, report: Report) -> list[Photo]:
+    package = "mate-backgrounds"
+    folder = root / "usr/share/backgrounds/mate/nature"
+    if not folder.is_dir():
+        report.missing.append((package, f"{folder} not found"))
+        return []
+    copyright_file = root / "usr/share/doc" / package / "copyright"
+    stanzas = parse_copyright(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
+    version = _package_version(root, package)
+    photos = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in _PHOTO_SUFFIXES:
+            licence, _ = licence_of(stanzas, f"nature/{path.name}")
+            photos.append(Photo(path.read_bytes(), "", package, version, licence, str(path), f"mate_{path.name}"))
+    return photos
+
+
+SOURCES = {"gcompris-qt-data": _gcompris, "opencv-doc": _opencv, "mate-backgrounds": _mate}
+
+
+def difference_hash(image: Image.Image) -> int:
+    """64-bit dHash: signs of horizontal gradients of a 9x8 grayscale thumbnail (robust to resizing, recoding)."""
+    small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def assemble(out: str | Path, root: str | Path = "/", sources: tuple[str, ...] = tuple(SOURCES),
+             min_side: int = 160) -> Report:
+    """Write the photographs of `sources` found under `root` into `out` (one folder per source, then per label)
+    and `out`/manifest.csv; returns the report. Pictures smaller than `min_side` on their short side are skipped
+    (too small for a grid of patches)."""
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"sources must be among {sorted(SOURCES)}, got {sorted(unknown)}")
+    out, root = Path(out), Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--root {root} is not a folder")
+    report = Report()
+    hashes: list[tuple[int, str]] = []
+    for source in sources:
+        for photo in SOURCES[source](root, report):
+            try:
+                with Image.open(io.BytesIO(photo.data)) as image:
+                    image.load()
+                    width, height = image.size
+                    digest = difference_hash(image)
+            except (OSError, ValueError, SyntaxError) as error:
+                report.skipped.append((photo.original, f"cannot decode ({error})"))
+                continue
+            if min(width, height) < min_side:
+                report.skipped.append((photo.original, f"too small ({width}x{height}, short side < {min_side})"))
+                continue
+            twin = next((kept for h, kept in hashes if bin(h ^ digest).count("1") <= DUPLICATE_BITS), None)
+            if twin is not None:
+                report.skipped.append((photo.original, f"near-duplicate of {twin}"))
+                continue
+            relative = Path(source) / (photo.label or "unlabelled") / photo.name
+            (out / relative).parent.mkdir(parents=True, exist_ok=True)
+            (out / relative).write_bytes(photo.data)
+            hashes.append((digest, relative.as_posix()))
+            report.kept.append({"file": relative.as_posix(), "label": photo.label, "source": photo.source,
+                                "version": photo.version, "licence": photo.licence, "original": photo.original,
+                                "sha256": hashlib.sha256(photo.data).hexdigest(), "width": width, "height": height})
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / MANIFEST, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(report.kept)
+    (out / "skipped.json").write_text(json.dumps({"skipped": report.skipped, "missing": report.missing}, indent=1))
+    return report
+
+
+def read_manifest(folder: str | Path) -> list[dict]:
+    """The rows of `folder`/manifest.csv, each with "path" (absolute) added."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest} not found: make the folder with `relpos data photos {folder}`")
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["path"] = str(folder / row["file"])
+    return rows
+
+
+def summary(report: Report) -> str:
+    counts: dict[tuple[str, str], int] = {}
+    for row in report.kept:
+        key = (row["source"], row["label"] or "-")
+        counts[key] = counts.get(key, 0) + 1
+    lines = [f"kept {len(report.kept)} photographs:"]
+    lines += [f"  {source:<18}{label:<14}{n:>5}" for (source, label), n in sorted(counts.items())]
+    reasons: dict[str, int] = {}
+    for _, why in report.skipped:
+        reason = re.sub(r" \(.*|(?<=near-duplicate) of .*", "", why)  # group by reason, without per-file details
+        reasons[reason] = reasons.get(reason, 0) + 1
+    lines.append(f"skipped {len(report.skipped)}:" + "".join(f"\n  {n:>4}  {why}" for why, n in sorted(reasons.items())))
+    for package, why in report.missing:
+        lines.append(f"could not get {package}: {why}")
+    if report.missing:
+        lines.append(f"to get the missing packages without installing them: {APT_HINT}")
+    return "\n".join(lines)

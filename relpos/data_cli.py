@@ -1,0 +1,36 @@
+"""`relpos data photos DIR`: assemble the real photographs that installed (or extracted) packages ship."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser("data", help="assemble data sets from what is installed (no download)",
+                                 description="Assemble data sets offline from installed packages.")
+    kinds = parser.add_subparsers(title="data sets", metavar="KIND")
+    photos = kinds.add_parser(
+        "photos", help="real photographs shipped by Debian packages, with a manifest",
+        description="Copy the real photographs of gcompris-qt-data (labelled), opencv-doc and mate-backgrounds into "
+        "DIR, one folder per source and label, with DIR/manifest.csv (source package and version, licence, "
+        "original path, sha256, label) and DIR/skipped.json. Near-duplicates, drawings, paintings and renders are "
+        "skipped. Nothing is installed or downloaded: missing packages are reported with the apt-get commands.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    photos.add_argument("out", metavar="DIR", help="output folder")
+    photos.add_argument("--root", default="/", help="where the packages are: / when installed, or a folder where "
+                        "`apt-get download PKG && dpkg-deb -x PKG.deb ROOT` extracted them")
+    photos.add_argument("--sources", default="gcompris-qt-data,opencv-doc,mate-backgrounds",
+                        help="comma-separated packages to read")
+    photos.add_argument("--min-side", type=int, default=160, help="skip pictures whose short side is smaller")
+    photos.set_defaults(run=_photos)
+    parser.set_defaults(run=lambda args: parser.print_help() or 2)
+
+
+def _photos(args) -> int:
+    from .data.photos import assemble, summary
+
+    sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
+    report = assemble(args.out, args.root, sources, args.min_side)
+    print(summary(report))
+    print(f"wrote {len(report.kept)} photographs and {args.out}/manifest.csv")
+    return 0 if report.kept else 1
