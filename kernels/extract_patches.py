@@ -201,13 +201,24 @@ def extract_patches_kernel(
         tl.store(where + 2 * out_stride_c, _cast((v2 - mean2) * scale, out.dtype.element_ty), mask=valid)
 
 
+def specialisation(color: int, patch: int, out_strides, down=None, block: int = 1024, num_warps: int = 8) -> dict:
+    """The non-tensor arguments `launch` passes for one specialisation (also what benchmarks/gpu_static.py compiles
+    ahead of time). `down` is unused: this kernel renders crop and down-sampled patches in one specialisation."""
+    stride_n, stride_c, stride_y, stride_x = out_strides
+    return {"seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c, "out_stride_y": stride_y,
+            "out_stride_x": stride_x, "COLOR": color, "PATCH": patch,
+            "BLOCK": min(block, triton.next_power_of_2(patch * patch)),
+            "__constexpr__": ("COLOR", "PATCH", "BLOCK"), "__num_warps__": num_warps}
+
+
 def launch(data, meta, plan, out, seed: int, color: int, patch: int, block: int = 1024, num_warps: int = 8) -> None:
     """Launch on tensors already checked and on one device (`out` preallocated, any memory format)."""
     num_patches = plan.shape[0]
     if num_patches == 0:
         return
-    block = min(block, triton.next_power_of_2(patch * patch))
+    spec = specialisation(color, patch, out.stride(), block=block, num_warps=num_warps)
     extract_patches_kernel[(num_patches,)](
-        data, meta, plan, out, seed, *out.stride(), COLOR=color, PATCH=patch, BLOCK=block, num_warps=num_warps,
+        data, meta, plan, out, seed, *out.stride(), COLOR=color, PATCH=patch, BLOCK=spec["BLOCK"],
+        num_warps=spec["__num_warps__"],
         enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
     )
