@@ -176,7 +176,8 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     target = GPUTarget("cuda", arch, 32)
     backend = triton.compiler.make_backend(target)
-    options = backend.parse_options({"num_warps": args["__num_warps__"], "enable_fp_fusion": False})
+    options = backend.parse_options({"num_warps": args["__num_warps__"], "maxnreg": args["__maxnreg__"],
+                                     "enable_fp_fusion": False})
     start = time.perf_counter()
     compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
     seconds = time.perf_counter() - start
