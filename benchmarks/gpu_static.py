@@ -44,6 +44,17 @@ PATCH = 96
 DOWN_SHARE = 1 / 3  # the default plan mix: a third of the patches take the down/up-sampling path
 
 
+def kernel_module():
+    """kernels/extract_patches.py of this checkout (by path, so an older checkout can be reported on too)."""
+    import importlib.util
+    name = "relpos_static_kernel"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "kernels" / "extract_patches.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
 def occupancy(arch: int, regs: int, smem: int, threads: int) -> dict:
     """Theoretical occupancy (resident warps / max warps) from registers, shared memory and block size."""
     lim = SM_LIMITS[arch]
@@ -145,7 +156,7 @@ class TritonSpec:
 
 
 def triton_specs(full: bool) -> list[TritonSpec]:
-    from relpos.kernels import extract_patches as k
+    k = kernel_module()
     downs = [False, True] if getattr(k, "SPLITS_DOWN", False) else [None]
     if not full:  # CI: every colour (the register/spill behaviour differs), one dtype and layout
         return [TritonSpec(c, "float32", False, d) for c in COLORS for d in downs]
@@ -156,7 +167,7 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from relpos.kernels import extract_patches as k
+    k = kernel_module()
 
     strides = (3 * PATCH * PATCH, 1, 3 * PATCH, 3) if spec.channels_last else (3 * PATCH * PATCH, PATCH * PATCH, PATCH, 1)
     args = k.specialisation(COLORS[spec.color], PATCH, strides, spec.down)
@@ -176,7 +187,7 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     target = GPUTarget("cuda", arch, 32)
     backend = triton.compiler.make_backend(target)
-    options = backend.parse_options({"num_warps": args["__num_warps__"], "maxnreg": args["__maxnreg__"],
+    options = backend.parse_options({"num_warps": args["__num_warps__"], "maxnreg": args.get("__maxnreg__"),
                                      "enable_fp_fusion": False})
     start = time.perf_counter()
     compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
@@ -193,12 +204,17 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
     counts = next(iter(sass_counts(cubin).values()))
     threads = 32 * compiled.metadata.num_warps
     smem = compiled.metadata.shared
+    if "ROWS" in args:  # tiles of ROWS x COLS pixels, each loop body run once per tile per pass
+        trips = -(-PATCH // args["ROWS"]) * -(-PATCH // args["COLS"])
+    else:
+        trips = -(-PATCH * PATCH // args["BLOCK"])
     return {"kernel": spec.name, "arch": f"sm_{arch}", "threads_per_block": threads, "compile_s": round(seconds, 1),
             "regs": usage["regs"], "stack": usage["stack"], "local": usage["local"],
             "spill_bytes": next(iter(ptxas_spills(log.stdout + log.stderr).values()), None),
             "shared": smem, "sass": counts["sass"], "sass_local": counts["local"], "sass_global": counts["global"],
             **occupancy(arch, usage["regs"], smem, threads), "dtype": spec.dtype, "color": spec.color,
-            "path": {None: "both", False: "crop", True: "down"}[spec.down]}
+            "path": {None: "both", False: "crop", True: "down"}[spec.down], "trips": trips,
+            "layout": "nhwc" if spec.channels_last else "nchw"}
 
 
 # ------------------------------------------------------------------------------------------------- CUDA
@@ -226,7 +242,7 @@ def compile_cuda(arch: int, work: Path) -> list[dict]:
     for name, u in usage.items():
         dtype = "float32" if "IfE" in name or "Ify" in name else ("bfloat16" if "bfloat16" in name else "float16")
         c = counts.get(name, {"sass": None, "local": None, "global": None})
-        rows.append({"kernel": f"cuda-{dtype}", "arch": f"sm_{arch}", "threads_per_block": threads,
+        rows.append({"kernel": f"cuda-{dtype}", "arch": f"sm_{arch}", "trips": -(-PATCH * PATCH // threads), "threads_per_block": threads,
                      "compile_s": round(seconds, 1), "regs": u["regs"], "stack": u["stack"], "local": u["local"],
                      "spill_bytes": spills.get(name), "shared": u["shared"], "sass": c["sass"],
                      "sass_local": c["local"], "sass_global": c["global"],
@@ -250,7 +266,8 @@ def environment() -> dict:
             "triton_ptxas": ptxas, "h100_model": H100,
             "sources": {"compiler": ["regs", "stack", "local", "spill_bytes", "shared", "sass", "sass_local",
                                      "sass_global"],
-                        "derived": ["occupancy", "blocks_per_sm", "limited_by", "roofline"],
+                        "derived": ["occupancy", "blocks_per_sm", "limited_by", "warp_instr_per_patch_est",
+                                    "thread_instr_per_element_est", "roofline", "default_mix"],
                         "silicon": []}}
 
 
@@ -260,12 +277,23 @@ def markdown(report: dict) -> str:
              f"triton {report['environment']['triton']}, {report['environment']['nvcc']}. Compiler figures: regs, "
              "spill bytes, stack, shared memory, SASS counts (ptxas/cuobjdump/nvdisasm). Derived (not measured): "
              "occupancy (from per-SM limits), roofline. Nothing here ran on a GPU.", "",
-             "| kernel | arch | threads | regs | spill B | stack B | smem B | occupancy (limit) | SASS | SASS local |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| kernel | arch | threads | regs | spill B | stack B | smem B | occupancy (limit) | SASS | SASS local "
+             "| instr/element (est) | roofline % (est) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["kernels"]:
         lines.append(f"| {r['kernel']} | {r['arch']} | {r['threads_per_block']} | {r['regs']} | {r['spill_bytes']} | "
                      f"{r['stack']} | {r['shared']} | {100 * r['occupancy']:.1f}% ({r['limited_by']}) | {r['sass']} | "
-                     f"{r['sass_local']} |")
+                     f"{r['sass_local']} | {r['thread_instr_per_element_est']:.0f} | "
+                     f"{r['roofline']['percent_of_copy_bandwidth']:.1f} |")
+    if report.get("default_mix"):
+        lines += ["", f"Default mix ({DOWN_SHARE:.2f} of patches down-sampled), H100 paper roofline "
+                  f"({H100['sms']} SMs x {H100['schedulers']} issue/clk at {H100['clock_hz'] / 1e9} GHz, "
+                  f"{H100['bandwidth'] / 1e12} TB/s):", "",
+                  "| kernel | arch | instr/element (est) | ns/patch issue | ns/patch HBM | roofline % |", "|---|---|---|---|---|---|"]
+        for r in report["default_mix"]:
+            f = r["roofline"]
+            lines.append(f"| {r['kernel']} | {r['arch']} | {r['thread_instr_per_element_est']:.0f} | "
+                         f"{f['ns_issue_bound']:.1f} | {f['ns_memory_bound']:.1f} | {f['percent_of_copy_bandwidth']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,6 +310,7 @@ def run_static(archs: list[int], full: bool, out: Path | None, cuda: bool = True
                       f"stack {row['stack']} B, smem {row['shared']} B, occupancy {100 * row['occupancy']:.1f}%, "
                       f"{row['sass']} SASS ({row['compile_s']} s)", flush=True)
                 report["kernels"].append(row)
+    estimate(report)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         stem = f"gpu-static-{report['environment']['date'][:10]}"
@@ -289,6 +318,35 @@ def run_static(archs: list[int], full: bool, out: Path | None, cuda: bool = True
         (out / f"{stem}.md").write_text(markdown(report))
         print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
     return report
+
+
+def estimate(report: dict) -> None:
+    """Instructions per output element and the paper roofline, per kernel and for the default mix.
+
+    Estimate (not a dynamic count): every static SASS instruction is issued once per loop trip (tile or pixel
+    chunk) by every warp. That overcounts one-off code and the path a patch does not take (single-path kernels:
+    the crop branch of the down path...), and undercounts loops inside the body (the 2-trip row loop of the Triton
+    down path), so read it to within ~2x."""
+    for r in report["kernels"]:
+        warps = r["threads_per_block"] // 32
+        r["warp_instr_per_patch_est"] = r["sass"] * r["trips"] * warps
+        r["thread_instr_per_element_est"] = r["warp_instr_per_patch_est"] * 32 / (3 * PATCH * PATCH)
+        color = r["color"] if r["color"] in COLORS else "none"
+        r["roofline"] = roofline(r["warp_instr_per_patch_est"] * 32, bytes_per_patch(DTYPES[r["dtype"]][1], color))
+    mixes = {}
+    for r in report["kernels"]:
+        if r["path"] in ("crop", "down"):
+            mixes.setdefault((r["arch"], r["kernel"].rsplit("-", 1)[0]), {})[r["path"]] = r
+    report["default_mix"] = []
+    for (arch, name), paths in sorted(mixes.items()):
+        if len(paths) < 2:
+            continue
+        crop, down = paths["crop"], paths["down"]
+        instr = (1 - DOWN_SHARE) * crop["warp_instr_per_patch_est"] + DOWN_SHARE * down["warp_instr_per_patch_est"]
+        report["default_mix"].append({
+            "kernel": name, "arch": arch, "warp_instr_per_patch_est": instr,
+            "thread_instr_per_element_est": instr * 32 / (3 * PATCH * PATCH),
+            "roofline": roofline(instr * 32, bytes_per_patch(DTYPES[crop["dtype"]][1], crop["color"]))})
 
 
 def spilling(report: dict) -> list[str]:

@@ -74,21 +74,24 @@ def _small_value(image, ywb0, ywb1, yc00, yc01, ywc00, ywc01, yc10, yc11, ywc10,
 
 @triton.jit
 def _channel(image, py, px, top, left, rows, cols, resized_rows, resized_cols, stride_y, stride_x, down,
-             PATCH: tl.constexpr, DOWN: tl.constexpr):
+             PATCH: tl.constexpr, DOWN: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
     """One channel of a [R, C] tile (rows py [R, 1], columns px [1, C]) before colour handling: the crop, or
     (DOWN) the crop down- and up-sampled again. Tap tables are per row and per column, not per pixel."""
     if DOWN:
+        # value = way0 * h0 + way1 * h1 with h_i = wax0 * small(ay_i, ax0) + wax1 * small(ay_i, ax1), the blend
+        # order of _blend. A loop that is not unrolled over i keeps half of the 64 gathers and row taps live at a
+        # time; unrolled, the compiler hoists them all and spills.
         ay0, ay1, way0, way1 = _taps(py, down, PATCH)
         ax0, ax1, wax0, wax1 = _taps(px, down, PATCH)
-        y0 = _small_axis(ay0, top, rows, resized_rows, stride_y, down, PATCH)
-        y1 = _small_axis(ay1, top, rows, resized_rows, stride_y, down, PATCH)
         x0 = _small_axis(ax0, left, cols, resized_cols, stride_x, down, PATCH)
         x1 = _small_axis(ax1, left, cols, resized_cols, stride_x, down, PATCH)
-        v00 = _small_value(image, *y0, *x0)
-        v01 = _small_value(image, *y0, *x1)
-        v10 = _small_value(image, *y1, *x0)
-        v11 = _small_value(image, *y1, *x1)
-        value = _blend(way0, way1, wax0, wax1, v00, v01, v10, v11)
+        h0 = tl.zeros([ROWS, COLS], tl.float32)
+        h1 = tl.zeros([ROWS, COLS], tl.float32)
+        for i in tl.range(0, 2, loop_unroll_factor=1):
+            y = _small_axis(tl.where(i == 0, ay0, ay1), top, rows, resized_rows, stride_y, down, PATCH)
+            h1 = wax0 * _small_value(image, *y, *x0) + wax1 * _small_value(image, *y, *x1)
+            h0 = tl.where(i == 0, h1, h0)
+        value = way0 * h0 + way1 * h1
     else:
         y0, y1, wy0, wy1 = _crop_axis(py, top, rows, resized_rows, stride_y)
         x0, x1, wx0, wx1 = _crop_axis(px, left, cols, resized_cols, stride_x)
@@ -118,7 +121,8 @@ def _cast(value, dtype: tl.constexpr):
 
 
 @triton.jit
-def _pixels(data, meta, plan, n, seed, py, px, COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr):
+def _pixels(data, meta, plan, n, seed, py, px, COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr,
+            ROWS: tl.constexpr, COLS: tl.constexpr):
     """The three channels of the [R, C] tile at rows py [R, 1], columns px [1, C] of patch n, before
     normalisation."""
     row = plan + n * 7
@@ -138,15 +142,15 @@ def _pixels(data, meta, plan, n, seed, py, px, COLOR: tl.constexpr, PATCH: tl.co
     base = data + tl.load(m + 0)
     geometry = (top, left, rows, cols, resized_rows, resized_cols, stride_y, stride_x, down)
     if COLOR == 1:  # drop: only the kept channel is read from the image
-        value = _channel(base + kept.to(tl.int64) * stride_c, py, px, *geometry, PATCH, DOWN)
+        value = _channel(base + kept.to(tl.int64) * stride_c, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
         pix = py * PATCH + px
         v0 = tl.where(kept == 0, value, _noise(seed, n, pix))
         v1 = tl.where(kept == 1, value, _noise(seed, n, pix + PATCH * PATCH))
         v2 = tl.where(kept == 2, value, _noise(seed, n, pix + 2 * PATCH * PATCH))
     else:
-        v0 = _channel(base, py, px, *geometry, PATCH, DOWN)
-        v1 = _channel(base + stride_c, py, px, *geometry, PATCH, DOWN)
-        v2 = _channel(base + 2 * stride_c, py, px, *geometry, PATCH, DOWN)
+        v0 = _channel(base, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
+        v1 = _channel(base + stride_c, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
+        v2 = _channel(base + 2 * stride_c, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
         if COLOR == 2:  # project out the green-magenta axis
             d = tl.math.div_rn(2.0 * v1 - v0 - v2, tl.full(v1.shape, 6.0, tl.float32))
             v0 = v0 + d
@@ -187,7 +191,7 @@ def extract_patches_kernel(
                 valid = (py < PATCH) & (px < PATCH)
                 py = tl.minimum(py, PATCH - 1)  # keep every address in range; invalid lanes are masked below
                 px = tl.minimum(px, PATCH - 1)
-                v0, v1, v2 = _pixels(data, meta, plan, n, seed, py, px, COLOR, PATCH, DOWN)
+                v0, v1, v2 = _pixels(data, meta, plan, n, seed, py, px, COLOR, PATCH, DOWN, ROWS, COLS)
                 d0 = tl.where(valid, v0.to(tl.float64), 0.0)
                 d1 = tl.where(valid, v1.to(tl.float64), 0.0)
                 d2 = tl.where(valid, v2.to(tl.float64), 0.0)
@@ -225,16 +229,17 @@ def extract_patches_kernel(
                 valid = (py < PATCH) & (px < PATCH)
                 py = tl.minimum(py, PATCH - 1)
                 px = tl.minimum(px, PATCH - 1)
-                v0, v1, v2 = _pixels(data, meta, plan, n, seed, py, px, COLOR, PATCH, DOWN)
+                v0, v1, v2 = _pixels(data, meta, plan, n, seed, py, px, COLOR, PATCH, DOWN, ROWS, COLS)
                 where = base + py * out_stride_y + px * out_stride_x
                 tl.store(where, _cast((v0 - mean0) * scale, out.dtype.element_ty), mask=valid)
                 tl.store(where + out_stride_c, _cast((v1 - mean1) * scale, out.dtype.element_ty), mask=valid)
                 tl.store(where + 2 * out_stride_c, _cast((v2 - mean2) * scale, out.dtype.element_ty), mask=valid)
 
 
-# Tile shapes and warps per path, chosen from benchmarks/gpu_static.py: the largest tiles at which nothing spills
-# on sm_80/sm_90. A down-sampled pixel blends 64 source bytes per channel, a cropped one 4.
-TILES = {False: (32, 32, 8, None), True: (8, 32, 8, None)}  # DOWN -> (ROWS, COLS, num_warps, maxnreg)
+# Tile shape, warps and register cap per path, chosen with benchmarks/gpu_static.py (sm_90): one pixel per
+# thread; the crop path fits 64 registers without spilling (50% theoretical occupancy), the down path (64
+# gathers per channel) needs ~100 uncapped and spills under a cap of 80.
+TILES = {False: (4, 32, 4, 64), True: (8, 32, 8, None)}  # DOWN -> (ROWS, COLS, num_warps, maxnreg)
 
 
 def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
