@@ -275,8 +275,10 @@ def markdown(report: dict) -> str:
     lines = [f"# Static GPU report (commit {report['environment']['commit'][:10]}"
              f"{', dirty' if report['environment']['dirty'] else ''})", "",
              f"triton {report['environment']['triton']}, {report['environment']['nvcc']}. Compiler figures: regs, "
-             "spill bytes, stack, shared memory, SASS counts (ptxas/cuobjdump/nvdisasm). Derived (not measured): "
-             "occupancy (from per-SM limits), roofline. Nothing here ran on a GPU.", "",
+             "spill bytes, stack, shared memory, static SASS counts (ptxas/cuobjdump/nvdisasm). Derived (not measured): "
+             "occupancy (from per-SM limits); instructions per output element, a static estimate (every SASS "
+             "instruction issued once per loop trip by every warp, good to ~2x); the paper roofline from it. "
+             "Nothing here ran on a GPU.", "",
              "| kernel | arch | threads | regs | spill B | stack B | smem B | occupancy (limit) | SASS | SASS local "
              "| instr/element (est) | roofline % (est) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
