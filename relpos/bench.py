@@ -341,10 +341,22 @@ def add_parser(commands) -> None:
     parser.add_argument("--train", action="store_true", help="also time the training step (data path share)")
     parser.add_argument("--width", type=float, default=1.0, help="tower width for --train")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, two rounds: checks the suite runs")
+    parser.add_argument("--static", action="store_true",
+                        help="instead: the static GPU report (benchmarks/gpu_static.py; compiles for --arch, no GPU needed)")
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="SM versions for --static")
     parser.set_defaults(run=_run)
 
 
 def _run(args) -> int:
+    if args.static:  # lives beside the benchmarks of the source checkout, not in the installed package
+        import importlib.util
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_static.py"
+        if not path.exists():
+            raise SystemExit(f"relpos bench --static needs a source checkout: {path} not found")
+        spec = importlib.util.spec_from_file_location("gpu_static", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.run(argparse.Namespace(arch=args.arch, ci=False, out=args.out))
     report = run_bench(args)
     print(format_report(report))
     out = Path(args.out)

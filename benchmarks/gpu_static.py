@@ -1,0 +1,385 @@
+"""Static GPU report: compile the GPU kernels for sm_80/sm_90 on a machine with no GPU and read the compiler's
+figures (registers, spill bytes, stack, shared memory, SASS instruction counts), then derive theoretical
+occupancy and a paper roofline from them.
+
+    python benchmarks/gpu_static.py [--arch 90 80] [--ci] [--out benchmarks/results]
+    relpos bench --static [...]
+
+Triton specialisations are compiled ahead of time with `triton.compile(ASTSource(...), target=GPUTarget(...))`
+exactly as `kernels/extract_patches.py:launch` would specialise them (16-byte pointer and stride hints, strides
+equal to 1 as constexprs); the CUDA kernel with nvcc and setup.py's flags plus `-Xptxas -v`. Figures marked
+"compiler" come from ptxas/cuobjdump/nvdisasm; "derived" ones are arithmetic on them (occupancy from the
+per-SM limits, a roofline at H100 clocks assuming one warp-instruction per scheduler per cycle); nothing here
+is measured on silicon. `--ci` compiles only what CI needs at sm_90 and exits nonzero if any spills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# Per-SM limits (CUDA C Programming Guide, compute capability table); identical for sm_80 and sm_90 except smem.
+SM_LIMITS = {
+    80: {"regs": 65536, "threads": 2048, "blocks": 32, "warps": 64, "smem": 164 * 1024, "reg_unit": 256},
+    90: {"regs": 65536, "threads": 2048, "blocks": 32, "warps": 64, "smem": 228 * 1024, "reg_unit": 256},
+}
+# H100 SXM paper figures for the roofline: 132 SMs x 4 schedulers, ~1.755 GHz boost, 3.0 TB/s HBM3 (copy).
+H100 = {"sms": 132, "schedulers": 4, "clock_hz": 1.755e9, "bandwidth": 3.0e12}
+COLORS = {"none": 0, "drop": 1, "project": 2}
+DTYPES = {"float32": ("fp32", 4), "bfloat16": ("bf16", 2), "float16": ("fp16", 2)}
+PATCH = 96
+DOWN_SHARE = 1 / 3  # the default plan mix: a third of the patches take the down/up-sampling path
+
+
+def kernel_module():
+    """kernels/extract_patches.py of this checkout (by path, so an older checkout can be reported on too)."""
+    import importlib.util
+    name = "relpos_static_kernel"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "kernels" / "extract_patches.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def occupancy(arch: int, regs: int, smem: int, threads: int) -> dict:
+    """Theoretical occupancy (resident warps / max warps) from registers, shared memory and block size."""
+    lim = SM_LIMITS[arch]
+    warps = -(-threads // 32)
+    regs_per_warp = -(-max(regs, 1) * 32 // lim["reg_unit"]) * lim["reg_unit"]
+    by_regs = lim["regs"] // (regs_per_warp * warps) if regs_per_warp else lim["blocks"]
+    by_smem = lim["smem"] // (smem + 1024) if smem else lim["blocks"]  # 1 KB per block reserved by the driver
+    by_threads = lim["threads"] // threads
+    blocks = max(0, min(by_regs, by_smem, by_threads, lim["blocks"]))
+    limiter = min((by_regs, "registers"), (by_smem, "shared memory"), (by_threads, "threads"))[1]
+    return {"blocks_per_sm": blocks, "occupancy": blocks * warps / lim["warps"], "limited_by": limiter}
+
+
+def tool(name: str) -> str:
+    import triton
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def resource_usage(cubin: Path) -> dict:
+    """REG/STACK/SHARED/LOCAL of each function in a cubin, from `cuobjdump -res-usage`."""
+    text = subprocess.run([tool("cuobjdump"), "-res-usage", str(cubin)], check=True, capture_output=True,
+                          text=True).stdout
+    usage, name = {}, None
+    for line in text.splitlines():
+        m = re.search(r"Function (\S+):", line)
+        if m:
+            name = m.group(1)
+            continue
+        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", line)
+        if m and name:
+            usage[name] = dict(zip(("regs", "stack", "shared", "local"), map(int, m.groups())))
+    return usage
+
+
+def sass_counts(cubin: Path) -> dict:
+    """Static SASS instruction counts per function (all, local-memory, global loads/stores), via nvdisasm."""
+    text = subprocess.run([tool("nvdisasm"), "-c", str(cubin)], check=True, capture_output=True, text=True).stdout
+    counts, name = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*\.section\s+\.text\.([^,\s]+)", line)
+        if m:
+            name = m.group(1)
+            counts[name] = {"sass": 0, "local": 0, "global": 0}
+            continue
+        if name and re.match(r"\s*/\*[0-9a-f]{4,}\*/", line):
+            body = re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", line).split()
+            op = body[0] if body else ""
+            if not op or op.startswith("NOP"):
+                continue
+            counts[name]["sass"] += 1
+            if op.startswith(("LDL", "STL")):
+                counts[name]["local"] += 1
+            if op.startswith(("LDG", "STG")):
+                counts[name]["global"] += 1
+    return counts
+
+
+def ptxas_spills(log: str) -> dict:
+    """Spill bytes per function from `ptxas -v` output."""
+    spills, name = {}, None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)'", line) or re.search(r"Function properties for (\S+)", line)
+        if m:
+            name = m.group(1)
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and name:
+            spills[name] = int(m.group(1)) + int(m.group(2))
+    return spills
+
+
+def bytes_per_patch(dtype_bytes: int, color: str) -> float:
+    """HBM bytes one patch must move: the uint8 source window read once (3 channels, or 1 for colour drop,
+    ~the patch area at scale 1) and the 3 x P x P output written once."""
+    read = PATCH * PATCH * (1 if color == "drop" else 3)
+    return read + 3 * PATCH * PATCH * dtype_bytes
+
+
+def roofline(instr_per_patch: float, nbytes: float) -> dict:
+    """Paper roofline at H100 clocks: patch time bound by issue (warp instructions, 4/clk/SM) vs by HBM."""
+    t_issue = instr_per_patch / 32 / (H100["sms"] * H100["schedulers"] * H100["clock_hz"])
+    t_mem = nbytes / H100["bandwidth"]
+    return {"bytes_per_patch": nbytes, "ns_issue_bound": t_issue * 1e9, "ns_memory_bound": t_mem * 1e9,
+            "percent_of_copy_bandwidth": 100.0 * t_mem / max(t_issue, t_mem)}
+
+
+# ----------------------------------------------------------------------------------------------- Triton
+@dataclasses.dataclass(frozen=True)
+class TritonSpec:
+    color: str
+    dtype: str
+    channels_last: bool
+    down: bool | None  # None: today's kernel has no crop/down split
+
+    @property
+    def name(self) -> str:
+        path = "" if self.down is None else ("-down" if self.down else "-crop")
+        return f"triton-{self.color}-{self.dtype}-{'nhwc' if self.channels_last else 'nchw'}{path}"
+
+
+def triton_specs(full: bool) -> list[TritonSpec]:
+    k = kernel_module()
+    downs = [False, True] if getattr(k, "SPLITS_DOWN", False) else [None]
+    if not full:  # CI: every colour (the register/spill behaviour differs), one dtype and layout
+        return [TritonSpec(c, "float32", False, d) for c in COLORS for d in downs]
+    return [TritonSpec(c, t, cl, d) for c in COLORS for t in DTYPES for cl in (False, True) for d in downs]
+
+
+def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    k = kernel_module()
+
+    strides = (3 * PATCH * PATCH, 1, 3 * PATCH, 3) if spec.channels_last else (3 * PATCH * PATCH, PATCH * PATCH, PATCH, 1)
+    args = k.specialisation(COLORS[spec.color], PATCH, strides, spec.down)
+    fn = k.extract_patches_kernel
+    signature, constexprs, attrs = {}, {}, {}
+    pointer_types = {"data": "*u8", "meta": "*i64", "plan": "*i32", "out": "*" + DTYPES[spec.dtype][0]}
+    for i, name in enumerate(fn.arg_names):
+        value = args.get(name)
+        if name in pointer_types:
+            signature[name] = pointer_types[name]
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        elif name in args["__constexpr__"] or value == 1:  # the JIT makes integer arguments equal to 1 constexprs
+            signature[name], constexprs[name] = "constexpr", value
+        else:
+            signature[name] = "i64" if name == "seed" else "i32"
+            if value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    target = GPUTarget("cuda", arch, 32)
+    backend = triton.compiler.make_backend(target)
+    options = backend.parse_options({"num_warps": args["__num_warps__"], "maxnreg": args.get("__maxnreg__"),
+                                     "enable_fp_fusion": False})
+    start = time.perf_counter()
+    compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__)
+    seconds = time.perf_counter() - start
+    cubin = work / f"{spec.name}-sm{arch}.cubin"
+    cubin.write_bytes(compiled.asm["cubin"])
+    ptx = work / f"{spec.name}-sm{arch}.ptx"
+    ptx.write_text(compiled.asm["ptx"])
+    from triton.backends.nvidia.compiler import get_ptxas  # the ptxas Triton itself used for this arch
+    ptx_arch = re.search(r"^\.target (\w+)", compiled.asm["ptx"], re.M).group(1)
+    log = subprocess.run([get_ptxas(arch).path, "-v", f"-arch={ptx_arch}", "--fmad=false", str(ptx), "-o", os.devnull],
+                         capture_output=True, text=True)
+    usage = next(iter(resource_usage(cubin).values()))
+    counts = next(iter(sass_counts(cubin).values()))
+    threads = 32 * compiled.metadata.num_warps
+    smem = compiled.metadata.shared
+    if "ROWS" in args:  # tiles of ROWS x COLS pixels, each loop body run once per tile per pass
+        trips = -(-PATCH // args["ROWS"]) * -(-PATCH // args["COLS"])
+    else:
+        trips = -(-PATCH * PATCH // args["BLOCK"])
+    return {"kernel": spec.name, "arch": f"sm_{arch}", "threads_per_block": threads, "compile_s": round(seconds, 1),
+            "regs": usage["regs"], "stack": usage["stack"], "local": usage["local"],
+            "spill_bytes": next(iter(ptxas_spills(log.stdout + log.stderr).values()), None),
+            "shared": smem, "sass": counts["sass"], "sass_local": counts["local"], "sass_global": counts["global"],
+            **occupancy(arch, usage["regs"], smem, threads), "dtype": spec.dtype, "color": spec.color,
+            "path": {None: "both", False: "crop", True: "down"}[spec.down], "trips": trips,
+            "layout": "nhwc" if spec.channels_last else "nchw"}
+
+
+# ------------------------------------------------------------------------------------------------- CUDA
+def compile_cuda(arch: int, work: Path) -> list[dict]:
+    nvcc = os.environ.get("NVCC") or shutil.which("nvcc")
+    if not nvcc:
+        return []
+    cubin = work / f"cuda-sm{arch}.cubin"
+    # setup.py's nvcc flags (-O3 -lineinfo --fmad=false -DRELPOS_WITH_CUDA) plus -Xptxas -v
+    cmd = [nvcc, "-std=c++17", "-O3", "-lineinfo", "--fmad=false", "-DRELPOS_WITH_CUDA", "-Xptxas", "-v",
+           f"-I{REPO / 'csrc'}", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-cubin",
+           str(REPO / "csrc" / "cuda" / "extract_patches.cu"), "-o", str(cubin)]
+    start = time.perf_counter()
+    log = subprocess.run(cmd, capture_output=True, text=True)
+    if log.returncode:
+        raise RuntimeError(f"nvcc failed:\n{log.stderr}")
+    seconds = time.perf_counter() - start
+    spills, usage, counts = ptxas_spills(log.stderr), resource_usage(cubin), sass_counts(cubin)
+    threads = 256
+    for line in (REPO / "csrc" / "cuda" / "extract_patches.cu").read_text().splitlines():
+        m = re.match(r"constexpr int kThreads = (\d+);", line)
+        if m:
+            threads = int(m.group(1))
+    rows = []
+    for name, u in usage.items():
+        dtype = "float32" if "IfE" in name or "Ify" in name else ("bfloat16" if "bfloat16" in name else "float16")
+        c = counts.get(name, {"sass": None, "local": None, "global": None})
+        rows.append({"kernel": f"cuda-{dtype}", "arch": f"sm_{arch}", "trips": -(-PATCH * PATCH // threads), "threads_per_block": threads,
+                     "compile_s": round(seconds, 1), "regs": u["regs"], "stack": u["stack"], "local": u["local"],
+                     "spill_bytes": spills.get(name), "shared": u["shared"], "sass": c["sass"],
+                     "sass_local": c["local"], "sass_global": c["global"],
+                     **occupancy(arch, u["regs"], u["shared"], threads), "dtype": dtype, "color": "all",
+                     "path": "both", "symbol": name})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- report
+def environment() -> dict:
+    import triton
+    import torch
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True).stdout.strip())
+    nvcc = shutil.which(os.environ.get("NVCC", "nvcc"))
+    nvcc_version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1] if nvcc else None
+    ptxas = subprocess.run([tool("ptxas"), "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+            "dirty": dirty, "triton": triton.__version__, "torch": torch.__version__, "nvcc": nvcc_version,
+            "triton_ptxas": ptxas, "h100_model": H100,
+            "sources": {"compiler": ["regs", "stack", "local", "spill_bytes", "shared", "sass", "sass_local",
+                                     "sass_global"],
+                        "derived": ["occupancy", "blocks_per_sm", "limited_by", "warp_instr_per_patch_est",
+                                    "thread_instr_per_element_est", "roofline", "default_mix"],
+                        "silicon": []}}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Static GPU report (commit {report['environment']['commit'][:10]}"
+             f"{', dirty' if report['environment']['dirty'] else ''})", "",
+             f"triton {report['environment']['triton']}, {report['environment']['nvcc']}. Compiler figures: regs, "
+             "spill bytes, stack, shared memory, static SASS counts (ptxas/cuobjdump/nvdisasm). Derived (not measured): "
+             "occupancy (from per-SM limits); instructions per output element, a static estimate (every SASS "
+             "instruction issued once per loop trip by every warp, good to ~2x); the paper roofline from it. "
+             "Nothing here ran on a GPU.", "",
+             "| kernel | arch | threads | regs | spill B | stack B | smem B | occupancy (limit) | SASS | SASS local "
+             "| instr/element (est) | roofline % (est) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["kernels"]:
+        lines.append(f"| {r['kernel']} | {r['arch']} | {r['threads_per_block']} | {r['regs']} | {r['spill_bytes']} | "
+                     f"{r['stack']} | {r['shared']} | {100 * r['occupancy']:.1f}% ({r['limited_by']}) | {r['sass']} | "
+                     f"{r['sass_local']} | {r['thread_instr_per_element_est']:.0f} | "
+                     f"{r['roofline']['percent_of_copy_bandwidth']:.1f} |")
+    if report.get("default_mix"):
+        lines += ["", f"Default mix ({DOWN_SHARE:.2f} of patches down-sampled), H100 paper roofline "
+                  f"({H100['sms']} SMs x {H100['schedulers']} issue/clk at {H100['clock_hz'] / 1e9} GHz, "
+                  f"{H100['bandwidth'] / 1e12} TB/s):", "",
+                  "| kernel | arch | instr/element (est) | ns/patch issue | ns/patch HBM | roofline % |", "|---|---|---|---|---|---|"]
+        for r in report["default_mix"]:
+            f = r["roofline"]
+            lines.append(f"| {r['kernel']} | {r['arch']} | {r['thread_instr_per_element_est']:.0f} | "
+                         f"{f['ns_issue_bound']:.1f} | {f['ns_memory_bound']:.1f} | {f['percent_of_copy_bandwidth']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_static(archs: list[int], full: bool, out: Path | None, cuda: bool = True) -> dict:
+    report = {"environment": environment(), "kernels": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for arch in archs:
+            if cuda:
+                report["kernels"] += compile_cuda(arch, work)
+            for spec in triton_specs(full):
+                row = compile_triton(spec, arch, work)
+                print(f"{row['kernel']} {row['arch']}: {row['regs']} regs, spill {row['spill_bytes']} B, "
+                      f"stack {row['stack']} B, smem {row['shared']} B, occupancy {100 * row['occupancy']:.1f}%, "
+                      f"{row['sass']} SASS ({row['compile_s']} s)", flush=True)
+                report["kernels"].append(row)
+    estimate(report)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"gpu-static-{report['environment']['date'][:10]}"
+        (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+        (out / f"{stem}.md").write_text(markdown(report))
+        print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
+    return report
+
+
+def estimate(report: dict) -> None:
+    """Instructions per output element and the paper roofline, per kernel and for the default mix.
+
+    Estimate (not a dynamic count): every static SASS instruction is issued once per loop trip (tile or pixel
+    chunk) by every warp. That overcounts one-off code and the path a patch does not take (single-path kernels:
+    the crop branch of the down path...), and undercounts loops inside the body (the 2-trip row loop of the Triton
+    down path), so read it to within ~2x."""
+    for r in report["kernels"]:
+        warps = r["threads_per_block"] // 32
+        r["warp_instr_per_patch_est"] = r["sass"] * r["trips"] * warps
+        r["thread_instr_per_element_est"] = r["warp_instr_per_patch_est"] * 32 / (3 * PATCH * PATCH)
+        color = r["color"] if r["color"] in COLORS else "none"
+        r["roofline"] = roofline(r["warp_instr_per_patch_est"] * 32, bytes_per_patch(DTYPES[r["dtype"]][1], color))
+    mixes = {}
+    for r in report["kernels"]:
+        if r["path"] in ("crop", "down"):
+            mixes.setdefault((r["arch"], r["kernel"].rsplit("-", 1)[0]), {})[r["path"]] = r
+    report["default_mix"] = []
+    for (arch, name), paths in sorted(mixes.items()):
+        if len(paths) < 2:
+            continue
+        crop, down = paths["crop"], paths["down"]
+        instr = (1 - DOWN_SHARE) * crop["warp_instr_per_patch_est"] + DOWN_SHARE * down["warp_instr_per_patch_est"]
+        report["default_mix"].append({
+            "kernel": name, "arch": arch, "warp_instr_per_patch_est": instr,
+            "thread_instr_per_element_est": instr * 32 / (3 * PATCH * PATCH),
+            "roofline": roofline(instr * 32, bytes_per_patch(DTYPES[crop["dtype"]][1], crop["color"]))})
+
+
+def spilling(report: dict) -> list[str]:
+    return [f"{r['kernel']} {r['arch']}" for r in report["kernels"]
+            if (r["spill_bytes"] or 0) > 0 or r["local"] > 0 or r["stack"] > 0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SM_LIMITS))
+    parser.add_argument("--ci", action="store_true",
+                        help="compile only what CI needs (sm_90, fp32 NCHW per colour/path) and fail on any spill")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    return run(args)
+
+
+def run(args) -> int:
+    archs = [90] if args.ci else args.arch
+    report = run_static(archs, full=not args.ci, out=None if args.ci else Path(args.out))
+    print(markdown(report))
+    bad = spilling(report)
+    if bad:
+        print("gpu_static: spills / local memory in: " + ", ".join(bad), file=sys.stderr)
+        return 1 if args.ci else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
