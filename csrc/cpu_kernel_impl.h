@@ -10,7 +10,7 @@
 struct PatchBuffers {
   std::vector<Taps> crop_y, crop_x, down_y, down_x, up_y, up_x;
   std::vector<int64_t> x0, x1;
-  std::vector<float> wx0, wx1, rows, crop, small, values;
+  std::vector<float> wx0, wx1, rows, crop, small, wide, values;
 };
 
 inline void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, float* out) {
@@ -62,13 +62,19 @@ inline void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, float
                                    b.crop[ty.i1 * P + tx.i0], b.crop[ty.i1 * P + tx.i1]);
     }
   }
-  for (int py = 0; py < P; ++py) {
-    const Taps& ty = b.up_y[py];
+  // Up-sampling, separable like the crop: each small row's horizontal blend once, then contiguous vertical blends.
+  float* wide = b.wide.data();  // [D, P]
+  for (int sy = 0; sy < D; ++sy)
     for (int px = 0; px < P; ++px) {
       const Taps& tx = b.up_x[px];
-      out[py * P + px] = blend(ty, tx, b.small[ty.i0 * D + tx.i0], b.small[ty.i0 * D + tx.i1],
-                               b.small[ty.i1 * D + tx.i0], b.small[ty.i1 * D + tx.i1]);
+      wide[sy * P + px] = tx.w0 * b.small[sy * D + tx.i0] + tx.w1 * b.small[sy * D + tx.i1];
     }
+  for (int py = 0; py < P; ++py) {
+    const Taps& ty = b.up_y[py];
+    const float* h0 = wide + ty.i0 * P;
+    const float* h1 = wide + ty.i1 * P;
+    const float wy0 = ty.w0, wy1 = ty.w1;
+    for (int px = 0; px < P; ++px) out[py * P + px] = wy0 * h0[px] + wy1 * h1[px];
   }
 }
 
@@ -244,7 +250,7 @@ void extract_kernel(const uint8_t* data, const int64_t* meta, const int32_t* pla
     PatchBuffers b;
     b.crop_y.resize(patch), b.crop_x.resize(patch), b.up_y.resize(patch), b.up_x.resize(patch);
     b.down_y.resize(patch), b.down_x.resize(patch);
-    b.crop.resize(pixels), b.small.resize(pixels), b.values.resize(3 * static_cast<size_t>(pixels));
+    b.crop.resize(pixels), b.small.resize(pixels), b.wide.resize(pixels), b.values.resize(3 * static_cast<size_t>(pixels));
     b.x0.resize(patch), b.x1.resize(patch), b.wx0.resize(patch), b.wx1.resize(patch), b.rows.resize(2 * patch);
     for (int64_t begin = next.fetch_add(chunk); begin < num_patches; begin = next.fetch_add(chunk)) {
       const int64_t end = std::min(begin + chunk, num_patches);
