@@ -41,7 +41,7 @@ def openmp_flags() -> tuple[list[str], list[str]]:
 def cuda_archs() -> str:
     """The architectures the CUDA part is compiled for, recorded in the extension for build_info()."""
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
-    return archs.replace(" ", ";") if archs else "8.0;9.0;9.0+PTX"
+    return ",".join(archs.replace(";", " ").split()) if archs else "8.0,9.0,9.0+PTX"
 
 
 def extension():
@@ -53,7 +53,7 @@ def extension():
     if want_cuda():
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        arch_define = f'-DRELPOS_CUDA_ARCHS="{cuda_archs()}"'
+        arch_define = f"-DRELPOS_CUDA_ARCHS={cuda_archs()}"  # no quotes or ';': the build runs it through a shell
         nvcc = ["-O3", "-lineinfo", "--fmad=false", "-DRELPOS_WITH_CUDA"]
         archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
         if not archs:  # sm_80 (A100) and sm_90 (H100/H200) at least, plus PTX for newer parts

@@ -10,7 +10,7 @@
 struct PatchBuffers {
   std::vector<Taps> crop_y, crop_x, down_y, down_x, up_y, up_x;
   std::vector<int64_t> x0, x1;
-  std::vector<float> wx0, wx1, crop, small, values;
+  std::vector<float> wx0, wx1, rows, crop, small, wide, values;
 };
 
 inline void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, float* out) {
@@ -25,16 +25,32 @@ inline void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, float
     wx0[px] = b.crop_x[px].w0;
     wx1[px] = b.crop_x[px].w1;
   }
+  // Separable: the horizontal blend of a source row is computed once and reused by every output row that reads
+  // it (consecutive output rows share source rows). The values are those of blend(): same products, same order.
+  int cached_row[2] = {-1, -1};
+  float* cached[2] = {b.rows.data(), b.rows.data() + P};
+  auto horizontal = [&](int y, int keep) -> const float* {  // keep: a row that must stay cached (or -1)
+    for (int k = 0; k < 2; ++k)
+      if (cached_row[k] == y) return cached[k];
+    // Replace the lower row (rows only move down), never the one the caller still holds.
+    int k = cached_row[0] == -1 || (cached_row[1] != -1 && cached_row[0] < cached_row[1]) ? 0 : 1;
+    if (cached_row[k] == keep && keep != -1) k = 1 - k;
+    const uint8_t* row = g.image.base + c * g.image.stride_c + y * g.image.stride_y;
+    float* h = cached[k];
+    for (int px = 0; px < P; ++px) {
+      const float v0 = row[x0[px]], v1 = row[x1[px]];
+      h[px] = wx0[px] * v0 + wx1[px] * v1;
+    }
+    cached_row[k] = y;
+    return h;
+  };
   for (int py = 0; py < P; ++py) {
     const Taps& ty = b.crop_y[py];
-    const uint8_t* row0 = g.image.base + c * g.image.stride_c + ty.i0 * g.image.stride_y;
-    const uint8_t* row1 = g.image.base + c * g.image.stride_c + ty.i1 * g.image.stride_y;
+    const float* h0 = horizontal(ty.i0, -1);
+    const float* h1 = horizontal(ty.i1, ty.i0);
     float* dst = g.down > 0 ? &b.crop[py * P] : &out[py * P];
     const float wy0 = ty.w0, wy1 = ty.w1;
-    for (int px = 0; px < P; ++px) {  // the expression of blend(), written out
-      const float v00 = row0[x0[px]], v01 = row0[x1[px]], v10 = row1[x0[px]], v11 = row1[x1[px]];
-      dst[px] = wy0 * (wx0[px] * v00 + wx1[px] * v01) + wy1 * (wx0[px] * v10 + wx1[px] * v11);
-    }
+    for (int px = 0; px < P; ++px) dst[px] = wy0 * h0[px] + wy1 * h1[px];
   }
   if (g.down <= 0) return;
   const int D = g.down;
@@ -46,13 +62,19 @@ inline void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, float
                                    b.crop[ty.i1 * P + tx.i0], b.crop[ty.i1 * P + tx.i1]);
     }
   }
-  for (int py = 0; py < P; ++py) {
-    const Taps& ty = b.up_y[py];
+  // Up-sampling, separable like the crop: each small row's horizontal blend once, then contiguous vertical blends.
+  float* wide = b.wide.data();  // [D, P]
+  for (int sy = 0; sy < D; ++sy)
     for (int px = 0; px < P; ++px) {
       const Taps& tx = b.up_x[px];
-      out[py * P + px] = blend(ty, tx, b.small[ty.i0 * D + tx.i0], b.small[ty.i0 * D + tx.i1],
-                               b.small[ty.i1 * D + tx.i0], b.small[ty.i1 * D + tx.i1]);
+      wide[sy * P + px] = tx.w0 * b.small[sy * D + tx.i0] + tx.w1 * b.small[sy * D + tx.i1];
     }
+  for (int py = 0; py < P; ++py) {
+    const Taps& ty = b.up_y[py];
+    const float* h0 = wide + ty.i0 * P;
+    const float* h1 = wide + ty.i1 * P;
+    const float wy0 = ty.w0, wy1 = ty.w1;
+    for (int px = 0; px < P; ++px) out[py * P + px] = wy0 * h0[px] + wy1 * h1[px];
   }
 }
 
@@ -158,6 +180,17 @@ inline void channel_sums(const float* values, int count, double* sum, double* su
   constexpr int kParts = 8;
   double s[kParts] = {}, q[kParts] = {};
   int i = 0;
+#if RELPOS_AVX2
+  // The same eight partial sums, as two vectors of four doubles each (v * v rounded, then added: no FMA).
+  __m256d s_lo = _mm256_setzero_pd(), s_hi = s_lo, q_lo = s_lo, q_hi = s_lo;
+  for (; i + kParts <= count; i += kParts) {
+    const __m256 v = _mm256_loadu_ps(values + i);
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    s_lo = _mm256_add_pd(s_lo, lo), s_hi = _mm256_add_pd(s_hi, hi);
+    q_lo = _mm256_add_pd(q_lo, _mm256_mul_pd(lo, lo)), q_hi = _mm256_add_pd(q_hi, _mm256_mul_pd(hi, hi));
+  }
+  _mm256_storeu_pd(s, s_lo), _mm256_storeu_pd(s + 4, s_hi), _mm256_storeu_pd(q, q_lo), _mm256_storeu_pd(q + 4, q_hi);
+#endif
   for (; i + kParts <= count; i += kParts) {
     for (int k = 0; k < kParts; ++k) {
       const double v = values[i + k];
@@ -217,8 +250,8 @@ void extract_kernel(const uint8_t* data, const int64_t* meta, const int32_t* pla
     PatchBuffers b;
     b.crop_y.resize(patch), b.crop_x.resize(patch), b.up_y.resize(patch), b.up_x.resize(patch);
     b.down_y.resize(patch), b.down_x.resize(patch);
-    b.crop.resize(pixels), b.small.resize(pixels), b.values.resize(3 * static_cast<size_t>(pixels));
-    b.x0.resize(patch), b.x1.resize(patch), b.wx0.resize(patch), b.wx1.resize(patch);
+    b.crop.resize(pixels), b.small.resize(pixels), b.wide.resize(pixels), b.values.resize(3 * static_cast<size_t>(pixels));
+    b.x0.resize(patch), b.x1.resize(patch), b.wx0.resize(patch), b.wx1.resize(patch), b.rows.resize(2 * patch);
     for (int64_t begin = next.fetch_add(chunk); begin < num_patches; begin = next.fetch_add(chunk)) {
       const int64_t end = std::min(begin + chunk, num_patches);
       for (int64_t n = begin; n < end; ++n) {

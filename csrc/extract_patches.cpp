@@ -200,7 +200,7 @@ void extract_patches_out_cpu(const at::Tensor& data, const at::Tensor& meta, con
   extract_patches_out_cpu_simd(data, meta, plan, seed, color, out, "auto");
 }
 
-#define RELPOS_STRINGIFY_(x) #x
+#define RELPOS_STRINGIFY_(...) #__VA_ARGS__
 #define RELPOS_STRINGIFY(x) RELPOS_STRINGIFY_(x)
 
 // How this extension was built, as "key=value" pairs joined by ';' (relpos.backends.build_info parses it).
@@ -214,7 +214,7 @@ std::string build_info() {
   info += RELPOS_HAVE_AVX2_COPY ? ";simd_compiled=avx2,scalar" : ";simd_compiled=scalar";
   info += cpu_has_avx2() ? ";simd_used=avx2" : ";simd_used=scalar";
 #if defined(RELPOS_WITH_CUDA) && defined(RELPOS_CUDA_ARCHS)
-  info += ";cuda_archs=" RELPOS_CUDA_ARCHS;
+  info += ";cuda_archs=" RELPOS_STRINGIFY(RELPOS_CUDA_ARCHS);
 #elif defined(RELPOS_WITH_CUDA)
   info += ";cuda_archs=unknown";
 #else

@@ -28,7 +28,7 @@ def has_cpu_extension() -> bool:
 def build_info() -> dict[str, str] | None:
     """How relpos._C was built, or None without it: `openmp` (the OpenMP version, or "off": then the CPU op runs
     on one thread), `simd_compiled` (kernel copies in the build, e.g. "avx2,scalar"), `simd_used` (the copy this
-    CPU runs), `cuda_archs` (";"-separated TORCH_CUDA_ARCH_LIST entries of the CUDA part; empty without CUDA)."""
+    CPU runs), `cuda_archs` (","-separated TORCH_CUDA_ARCH_LIST entries of the CUDA part; empty without CUDA)."""
     if not has_cpu_extension():
         return None
     pairs = (item.split("=", 1) for item in torch.ops.relpos.build_info().split(";"))
