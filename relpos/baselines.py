@@ -33,8 +33,8 @@ def _normalise_numpy(patch: np.ndarray, kept: int, rng: np.random.Generator) -> 
     return out * (50.0 / np.sqrt((out**2).mean() + 1e-8))
 
 
-def numpy_pil_pipeline(images: list[np.ndarray], plan: Plan) -> np.ndarray:
-    """[N, 3, P, P] float32 patches, the deepcontext way (HWC uint8 numpy images in)."""
+def _per_patch_pipeline(images: list[np.ndarray], plan: Plan, resize) -> np.ndarray:
+    """[N, 3, P, P] float32 patches one at a time; `resize(array, width, height)` is the library's bilinear."""
     size = plan.patch_size
     rows = plan.patches.tolist()
     rng = np.random.default_rng(plan.seed)
@@ -43,35 +43,31 @@ def numpy_pil_pipeline(images: list[np.ndarray], plan: Plan) -> np.ndarray:
     for n, row in enumerate(rows):
         key = (row[IMAGE], row[HEIGHT], row[WIDTH])
         if key not in resized:
-            resized[key] = np.asarray(Image.fromarray(images[row[IMAGE]]).resize((row[WIDTH], row[HEIGHT]),
-                                                                                 Image.BILINEAR))
+            resized[key] = resize(images[row[IMAGE]], row[WIDTH], row[HEIGHT])
         crop = resized[key][row[TOP] : row[TOP] + size, row[LEFT] : row[LEFT] + size]
         if row[DOWN] > 0:
-            small = Image.fromarray(crop).resize((row[DOWN], row[DOWN]), Image.BILINEAR)
-            crop = np.asarray(small.resize((size, size), Image.BILINEAR))
+            crop = resize(resize(crop, row[DOWN], row[DOWN]), size, size)
         out[n] = _normalise_numpy(crop.astype(np.float32), row[CHANNEL], rng).transpose(2, 0, 1)
     return out
+
+
+def _pil_resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(array).resize((width, height), Image.BILINEAR))
+
+
+def numpy_pil_pipeline(images: list[np.ndarray], plan: Plan) -> np.ndarray:
+    """[N, 3, P, P] float32 patches, the deepcontext way (HWC uint8 numpy images in)."""
+    return _per_patch_pipeline(images, plan, _pil_resize)
 
 
 def opencv_pipeline(images: list[np.ndarray], plan: Plan) -> np.ndarray:
     """[N, 3, P, P] float32 patches with OpenCV resizes (HWC uint8 numpy images in)."""
     import cv2
 
-    size = plan.patch_size
-    rows = plan.patches.tolist()
-    rng = np.random.default_rng(plan.seed)
-    resized: dict[tuple[int, int, int], np.ndarray] = {}
-    out = np.empty((len(rows), 3, size, size), dtype=np.float32)
-    for n, row in enumerate(rows):
-        key = (row[IMAGE], row[HEIGHT], row[WIDTH])
-        if key not in resized:
-            resized[key] = cv2.resize(images[row[IMAGE]], (row[WIDTH], row[HEIGHT]), interpolation=cv2.INTER_LINEAR)
-        crop = resized[key][row[TOP] : row[TOP] + size, row[LEFT] : row[LEFT] + size]
-        if row[DOWN] > 0:
-            small = cv2.resize(crop, (row[DOWN], row[DOWN]), interpolation=cv2.INTER_LINEAR)
-            crop = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
-        out[n] = _normalise_numpy(crop.astype(np.float32), row[CHANNEL], rng).transpose(2, 0, 1)
-    return out
+    def resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
+        return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)
+
+    return _per_patch_pipeline(images, plan, resize)
 
 
 def has_opencv() -> bool:
