@@ -10,6 +10,7 @@ from . import backends
 from .config import COLOR_MODES
 from .images import MAX_SIDE, PackedImages, pack_images
 from .plan import CHANNEL, DOWN, HEIGHT, IMAGE, LEFT, PLAN_COLUMNS, TOP, WIDTH, Plan
+from .plan_guard import guard_plan
 from .reference import extract_patches_reference
 
 OUTPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -116,8 +117,13 @@ def extract_patches(
     if chosen == "reference":
         out.copy_(extract_patches_reference(images, plan, color, out.dtype))
         return out
-    op = torch.ops.relpos.extract_patches_triton_out if chosen == "triton" else torch.ops.relpos.extract_patches_out
-    op(images.data, images.meta, plan.patches, plan.seed, color, out)
+    if chosen == "triton":
+        torch.ops.relpos.extract_patches_triton_out(images.data, images.meta, plan.patches, plan.seed, color, out)
+        return out
+    rows = plan.patches
+    if rows.device.type != "cpu":  # values of a device-resident plan are checked on the device (no host sync)
+        rows = guard_plan(rows, len(images), plan.patch_size)
+    torch.ops.relpos.extract_patches_out(images.data, images.meta, rows, plan.seed, color, out)
     return out
 
 

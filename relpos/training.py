@@ -51,6 +51,7 @@ from .data.dataset import images_per_step
 from .metrics import MetricsLog, format_pretext, plot_curves, pretext_summary, strict_json
 from .models import ARCHS, build_model
 from .ops import empty_patches, extract_patches
+from .plan_guard import raise_on_plan_errors
 from .run_folder import claim_run_folder
 from .sampler import sample_plan
 
@@ -494,6 +495,8 @@ def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, devic
                 window_pairs += plan.num_pairs
             scheduler.step()
             done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                raise_on_plan_errors(device)  # the loss was just read, so this read of the flag stalls nothing
             if is_main and (done % config.log_every == 0 or done == config.steps):
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 record = {"kind": "train", "step": done, "loss": loss_value, "accuracy": accuracy,

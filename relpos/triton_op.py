@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 
 from .kernels import extract_patches as _kernel
+from .images import check_packed
 from .ops import check_op_devices, empty_patches
+from .plan_guard import guard_plan, raise_on_plan_errors
 
 _COLOR_CODES = {"none": _kernel.COLOR_NONE, "drop": _kernel.COLOR_DROP, "project": _kernel.COLOR_PROJECT}
 
@@ -24,8 +26,13 @@ def extract_patches_triton_out(
     if color not in _COLOR_CODES:
         raise ValueError(f"color must be 'drop', 'project' or 'none', got {color!r}")
     check_op_devices(data, meta, plan, out)
+    if meta.device.type == "cpu":  # the tiny image table is checked where it lives (on the GPU it is trusted)
+        check_packed(data, meta)
     meta = meta.to(data.device, non_blocking=True)
-    plan = plan.to(data.device, non_blocking=True)
+    # a plan's rows are checked where they live, so a bad row can never make the kernel read out of bounds
+    plan = guard_plan(plan.to(data.device, non_blocking=True), meta.shape[0], out.shape[2])
+    if plan.device.type == "cpu":
+        raise_on_plan_errors(plan.device)  # free on the CPU: no stream to stall
     _kernel.launch(data, meta, plan, out, seed, _COLOR_CODES[color], out.shape[2])
 
 

@@ -108,3 +108,35 @@ def test_opcheck(generator, op):
     out = torch.full((2, 3, plan.patch_size, plan.patch_size), float("nan"))
     torch.library.opcheck(getattr(torch.ops.relpos, op + "_out"),
                           (packed.data, packed.meta, plan.patches, plan.seed, "drop", out))
+
+
+def test_a_bad_plan_never_reads_out_of_bounds_and_is_reported(generator):
+    """Rows out of range (as a device-resident plan may hold: its values are not read on the host) are replaced by
+    a safe placeholder on the plan's device and flagged; the flag becomes an error when read."""
+    from relpos.plan_guard import bad_plan_rows, guard_plan, raise_on_plan_errors
+
+    packed, plan = _batch(generator, rows=4)
+    bad = plan.patches.clone()
+    bad[1, 0] = 7          # an image the batch does not have
+    bad[2, 3] = 10_000     # a patch far outside its resized image
+    assert bad_plan_rows(bad, len(packed), plan.patch_size).tolist() == [False, True, True, False]
+    guarded = guard_plan(bad, len(packed), plan.patch_size)
+    assert torch.equal(guarded[[0, 3]], bad[[0, 3]])
+    assert not bad_plan_rows(guarded, len(packed), plan.patch_size).any()
+    out = torch.full((4, 3, plan.patch_size, plan.patch_size), float("nan"))
+    torch.ops.relpos.extract_patches_out(packed.data, packed.meta, guarded, plan.seed, "drop", out)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="rows out of range"):
+        raise_on_plan_errors("cpu")
+    raise_on_plan_errors("cpu")  # reported once, then cleared
+
+
+@pytest.mark.skipif(not backends.triton_runs_on(torch.device("cpu")), reason="triton unavailable")
+def test_raw_triton_op_refuses_a_bad_plan(generator):
+    packed, plan = _batch(generator, rows=3)
+    bad = plan.patches.clone()
+    bad[0, 0] = -1
+    out = torch.full((3, 3, plan.patch_size, plan.patch_size), float("nan"))
+    with pytest.raises(ValueError, match="rows out of range"):
+        torch.ops.relpos.extract_patches_triton_out(packed.data, packed.meta, bad, plan.seed, "none", out)
+    assert torch.isnan(out).all()  # on the CPU the flag is read before the launch: nothing rendered

@@ -1,0 +1,50 @@
+"""Plan rows checked where they live, without a host synchronisation.
+
+A plan on the CPU is checked value by value before any launch. A plan that lives on a GPU cannot be read without
+stalling the stream, so its rows are checked there: rows out of range for the batch are replaced by a safe
+placeholder (image 0 resized to the patch itself: every read stays inside image 0), and a per-device error flag is
+raised. The kernels therefore never read out of bounds, and `raise_on_plan_errors` (called by the training loop
+where it synchronises anyway) turns the flag into an error. On the CPU the ops read the flag at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .images import MAX_SIDE
+from .plan import CHANNEL, DOWN, HEIGHT, IMAGE, LEFT, TOP, WIDTH
+
+_error_flags: dict[torch.device, torch.Tensor] = {}
+
+
+def bad_plan_rows(plan: torch.Tensor, num_images: int, patch_size: int) -> torch.Tensor:
+    """bool [N]: rows that name a missing image or a patch outside its resized image (no host sync)."""
+    p = plan.to(torch.int64)
+    return ((p[:, IMAGE] < 0) | (p[:, IMAGE] >= num_images) | (p[:, TOP] < 0) | (p[:, LEFT] < 0)
+            | (p[:, HEIGHT] > MAX_SIDE) | (p[:, WIDTH] > MAX_SIDE)
+            | (p[:, TOP] + patch_size > p[:, HEIGHT]) | (p[:, LEFT] + patch_size > p[:, WIDTH])
+            | (p[:, CHANNEL] < 0) | (p[:, CHANNEL] > 2) | (p[:, DOWN] < 0) | (p[:, DOWN] > patch_size))
+
+
+def guard_plan(plan: torch.Tensor, num_images: int, patch_size: int) -> torch.Tensor:
+    """`plan` with out-of-range rows replaced by a safe placeholder; raises the device's error flag if any were."""
+    bad = bad_plan_rows(plan, num_images, patch_size)
+    flag = _error_flags.get(plan.device)
+    if flag is None:
+        flag = _error_flags[plan.device] = torch.zeros((), dtype=torch.int32, device=plan.device)
+    flag.bitwise_or_(bad.any().to(torch.int32))
+    placeholder = torch.tensor([0, patch_size, patch_size, 0, 0, 0, 0], dtype=plan.dtype).to(plan.device,
+                                                                                              non_blocking=True)
+    return torch.where(bad[:, None], placeholder, plan)
+
+
+def raise_on_plan_errors(device: torch.device | str | None = None) -> None:
+    """Raise (once) if a plan guarded on `device` (every device when None) had out-of-range rows."""
+    for flag_device, flag in list(_error_flags.items()):
+        if device is not None and flag_device != torch.device(device):
+            continue
+        if int(flag.item()):  # the one host read, made where the caller can afford it
+            flag.zero_()
+            raise ValueError(f"a plan on {flag_device} had rows out of range for its batch (a missing image or a "
+                             "patch outside its resized image); those patches were rendered from a placeholder. "
+                             "Draw the plan with relpos.sample_plan(images.sizes) for this batch.")
