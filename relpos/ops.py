@@ -8,9 +8,9 @@ import torch
 
 from . import backends
 from .config import COLOR_MODES
-from .images import MAX_SIDE, PackedImages, pack_images
-from .plan import CHANNEL, DOWN, HEIGHT, IMAGE, LEFT, PLAN_COLUMNS, TOP, WIDTH, Plan
-from .plan_guard import guard_plan
+from .images import PackedImages, pack_images
+from .plan import PLAN_COLUMNS, Plan
+from .plan_guard import bad_plan_rows, guard_plan
 from .reference import extract_patches_reference
 
 OUTPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -66,21 +66,7 @@ def check_plan(plan: object, images: PackedImages) -> None:
         )
     if patches.device.type != "cpu":
         return  # value checks would synchronise the device; the plan was checked when drawn
-    size = plan.patch_size
-    bad = (
-        (patches[:, IMAGE] < 0)
-        | (patches[:, IMAGE] >= len(images))
-        | (patches[:, TOP] < 0)
-        | (patches[:, LEFT] < 0)
-        | (patches[:, TOP] + size > patches[:, HEIGHT])
-        | (patches[:, LEFT] + size > patches[:, WIDTH])
-        | (patches[:, CHANNEL] < 0)
-        | (patches[:, CHANNEL] > 2)
-        | (patches[:, DOWN] < 0)
-        | (patches[:, DOWN] > size)
-        | (patches[:, HEIGHT] > MAX_SIDE)
-        | (patches[:, WIDTH] > MAX_SIDE)
-    )
+    bad = bad_plan_rows(patches, len(images), plan.patch_size)
     if bool(bad.any()):
         row = int(bad.nonzero()[0])
         raise ValueError(f"plan.patches row {row} is out of range for this batch: {patches[row].tolist()}")
