@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
+import logging
 import os
 import platform
 import statistics
@@ -22,7 +22,13 @@ import torch
 
 from . import backends, extract_patches, pack_images, sample_plan
 from .baselines import batched_torch, has_opencv, numpy_pil_pipeline, opencv_pipeline, per_sample_torch
+from .cli_types import bounded_float, bounded_int, device_text
+from .checkpoint import atomic_write_bytes
 from .config import PatchConfig
+from .devices import resolve_device
+from .metrics import strict_json
+
+log = logging.getLogger("relpos.bench")
 
 
 def environment(device: torch.device) -> dict:
@@ -303,8 +309,7 @@ def plot_report(report: dict, path: Path) -> None:
 
 
 def run_bench(args) -> dict:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     quick = args.quick
     config = PatchConfig(patch=32, gap=16, jitter=3, min_pixels=20_000, max_pixels=40_000,
                          downsample_area=(9, 31 * 31)) if quick else PatchConfig()
@@ -324,6 +329,24 @@ def run_bench(args) -> dict:
     return report
 
 
+_DEFAULTS = {"device": "auto", "images": 8, "rounds": 10, "workers": 2, "reference": False, "train": False,
+             "width": 1.0, "quick": False, "arch": [90, 80]}
+# Options each mode leaves unused: naming them beats silently ignoring what the user typed.
+_IGNORED = (
+    (lambda args: args.static, ("device", "images", "rounds", "workers", "reference", "train", "width", "quick")),
+    (lambda args: not args.static, ("arch",)),
+    (lambda args: args.quick, ("images", "rounds", "width")),
+    (lambda args: not (args.train or args.quick), ("width",)),
+)
+
+
+def _warn_ignored(args) -> None:
+    ignored = {name for applies, names in _IGNORED if applies(args) for name in names
+               if getattr(args, name) != _DEFAULTS[name]}
+    for name in sorted(ignored):
+        log.warning("--%s is ignored in this mode (see relpos bench --help)", name.replace("_", "-"))
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "bench", help="benchmark the fused op against baselines, and the training step",
@@ -333,37 +356,56 @@ def add_parser(commands) -> None:
         "table and writes JSON and a PNG chart.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--images", type=int, default=8, help="images per batch")
-    parser.add_argument("--rounds", type=int, default=10, help="timed runs per case (median reported)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the numpy/PIL baseline")
+    parser.add_argument("--device", type=device_text, default=_DEFAULTS["device"], help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--images", type=bounded_int(1, 4096), default=_DEFAULTS["images"], help="images per batch")
+    parser.add_argument("--rounds", type=bounded_int(1, 10_000), default=_DEFAULTS["rounds"],
+                        help="timed runs per case (median reported)")
+    parser.add_argument("--workers", type=bounded_int(0, 256), default=_DEFAULTS["workers"],
+                        help="DataLoader workers for the numpy/PIL baseline")
     parser.add_argument("--reference", action="store_true", help="also time the (slow) pure-PyTorch reference")
     parser.add_argument("--train", action="store_true", help="also time the training step (data path share)")
-    parser.add_argument("--width", type=float, default=1.0, help="tower width for --train")
+    parser.add_argument("--width", type=bounded_float(0.01, 16.0), default=_DEFAULTS["width"],
+                        help="tower width for --train")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, two rounds: checks the suite runs")
     parser.add_argument("--static", action="store_true",
                         help="instead: the static GPU report (benchmarks/gpu_static.py; compiles for --arch, no GPU needed)")
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="SM versions for --static")
+    parser.add_argument("--arch", type=int, nargs="+", choices=(80, 90), default=_DEFAULTS["arch"],
+                        help="SM versions for --static")
     parser.set_defaults(run=_run)
 
 
+def unused_stem(folder: Path, stem: str, suffixes: tuple[str, ...]) -> str:
+    """`stem`, or `stem-2`, `stem-3`, ...: the first whose files do not exist yet (no run overwrites another)."""
+    candidate, count = stem, 1
+    while any((folder / f"{candidate}{suffix}").exists() for suffix in suffixes):
+        count += 1
+        candidate = f"{stem}-{count}"
+    return candidate
+
+
 def _run(args) -> int:
+    _warn_ignored(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)  # before the long run, so a bad --out fails at once
     if args.static:  # lives beside the benchmarks of the source checkout, not in the installed package
         import importlib.util
+        import sys
         path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_static.py"
         if not path.exists():
             raise SystemExit(f"relpos bench --static needs a source checkout: {path} not found")
         spec = importlib.util.spec_from_file_location("gpu_static", path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
         spec.loader.exec_module(module)
         return module.run(argparse.Namespace(arch=args.arch, ci=False, out=args.out))
     report = run_bench(args)
     print(format_report(report))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     env = report["environment"]
-    stem = f"bench-{env['device_type']}-{env['date'][:10]}{'-quick' if report['quick'] else ''}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    stem = unused_stem(out, f"bench-{env['device_type']}-{env['date'][:10]}{'-quick' if report['quick'] else ''}",
+                       (".json", ".png"))
+    atomic_write_bytes(out / f"{stem}.json", strict_json(report, indent=2).encode())
     plot_report(report, out / f"{stem}.png")
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')}")
     return 0

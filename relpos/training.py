@@ -51,6 +51,7 @@ from .data.dataset import images_per_step
 from .metrics import MetricsLog, format_pretext, plot_curves, pretext_summary, strict_json
 from .models import ARCHS, build_model
 from .ops import empty_patches, extract_patches
+from .devices import check_device_text, resolve_device
 from .plan_guard import raise_on_plan_errors
 from .run_folder import claim_run_folder
 from .sampler import sample_plan
@@ -110,6 +111,7 @@ class TrainConfig:
                            max_pixels=self.max_pixels, downsample_area=area)
 
     def check(self) -> None:
+        check_device_text(self.device)
         if self.arch not in ARCHS:
             raise ValueError(f"--arch must be one of {ARCHS}, got {self.arch!r}")
         for name, low, high in _BOUNDS:
@@ -205,15 +207,7 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _device(config: TrainConfig, local_rank: int) -> torch.device:
-    if config.device != "auto":
-        device = torch.device(config.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-        return device
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    return resolve_device(config.device, local_rank=local_rank)
 
 
 def _lr_factor(config: TrainConfig, step: int) -> float:

@@ -4,7 +4,6 @@ locked and not overwritten, bad option values and environment failures give one 
 import dataclasses
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -161,7 +160,7 @@ BAD_TRAIN_OPTIONS = [
     ("--holdout", "-0.1"), ("--eval-every", "0"), ("--checkpoint-every", "0"), ("--log-every", "-1"),
     ("--eval-plans", "0"), ("--patch", "0"), ("--patch", "100000"), ("--gap", "-1"), ("--jitter", "-5"),
     ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--max-nonfinite", "0"), ("--workers", "-1"),
-    ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"),
+    ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"), ("--device", "bogus"), ("--device", "cuda:x"),
 ]
 
 
