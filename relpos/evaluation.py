@@ -155,18 +155,24 @@ def run_eval(checkpoint: str, out: str, layer: str = "conv5", draws: int = 3, pe
 
 
 def _pretext(state, model, device, out_dir: Path) -> dict:
-    from .data import decodable_images, list_images, split_holdout
+    from .data import iter_decodable_images, list_images, split_holdout
     from .training import TrainConfig, evaluate
 
     args = state["args"]
     config = TrainConfig.from_dict(args)
     paths = list_images(args["data"]) if args.get("data") else bundled_photos()
     _, held = split_holdout(paths, args["holdout"] if args["holdout"] > 0 else 0.2)
-    images = decodable_images(held)
-    _, confusion = evaluate(model, images, config, device, None, plans=8)
+    decoded = []  # counts the images as they stream from disk (held-out sets can be large)
+
+    def stream():
+        for image in iter_decodable_images(held):
+            decoded.append(None)
+            yield image
+
+    _, confusion = evaluate(model, stream(), config, device, None, plans=8)
     summary = pretext_summary(confusion)
     _plot_confusion(confusion, out_dir / "confusion.png", summary)
-    return {"held_out_images": len(images), **summary, "confusion": confusion.tolist()}
+    return {"held_out_images": len(decoded), **summary, "confusion": confusion.tolist()}
 
 
 def _plot_confusion(confusion: torch.Tensor, path: Path, summary: dict) -> None:

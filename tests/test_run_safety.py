@@ -269,3 +269,26 @@ def test_eval_checks_the_stored_data_folder_before_any_probe(photos, tmp_path, c
     err = capsys.readouterr().err
     assert "training data" in err and str(data) in err
     assert not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_held_out_images_are_streamed_not_kept(photos, tmp_path, monkeypatch):
+    """At most a couple of decoded held-out images are alive at once during evaluation (a list would hold all)."""
+    import weakref
+
+    import relpos.training as training
+
+    alive_at_most = []
+    real = training.iter_decodable_images
+
+    def watched(paths):
+        refs = []
+        for image in real(paths):
+            refs.append(weakref.ref(image))
+            alive_at_most.append(sum(ref() is not None for ref in refs))
+            yield image
+            del image
+
+    monkeypatch.setattr(training, "iter_decodable_images", watched)
+    train(tiny_config(photos, tmp_path / "run", steps=3, holdout=0.5))
+    assert len(alive_at_most) >= 4  # the evaluation did see several held-out images
+    assert max(alive_at_most) <= 2, alive_at_most
