@@ -23,6 +23,7 @@ import torch
 from . import backends, extract_patches, pack_images, sample_plan
 from .baselines import batched_torch, has_opencv, numpy_pil_pipeline, opencv_pipeline, per_sample_torch
 from .cli_types import bounded_float, bounded_int, device_text
+from .bench_cpu import DTYPES, cpu_op_detail, instructions_per_element
 from .checkpoint import atomic_write_bytes
 from .config import PatchConfig
 from .devices import resolve_device
@@ -263,6 +264,14 @@ def bench_train_step(config: PatchConfig, device: torch.device, steps: int, widt
             "data_path_share": max(0.0, 1.0 - without / with_data)}
 
 
+def _compare_with_baselines(cpu_op: dict, data_step: dict) -> None:
+    """Speed-up of the CPU op (out=, N threads) over each baseline row of the same run (same inputs)."""
+    threads = cpu_op["threads"]
+    for row in cpu_op["rows"].values():
+        row["speedup_over"] = {name: row[f"{threads}_thread_patches_per_s"] / base["patches_per_s"]
+                               for name, base in data_step["rows"].items() if name.startswith("baseline")}
+
+
 def format_report(report: dict) -> str:
     lines = [f"device: {report['environment']['device']} ({report['environment']['device_type']}), "
              f"torch {report['environment']['torch']}, commit {str(report['environment']['commit'])[:10]}"]
@@ -275,6 +284,17 @@ def format_report(report: dict) -> str:
     lines.append("\nspeed-up of each fused backend over each baseline (same run, same inputs):")
     for name, ratio in data["ratios"].items():
         lines.append(f"  {name:<70}{ratio:>8.1f}x")
+    if "cpu_op" in report:
+        detail, n = report["cpu_op"], report["cpu_op"]["threads"]
+        lines.append(f"\nCPU op, out= reused (as training does), colour drop, {detail['patches_per_batch']:.0f} patches:")
+        counts = report["cpu_op"].get("instructions_per_element", {})
+        for name, row in detail["rows"].items():
+            ipe = f", {counts[name]:.1f} instructions/element" if counts.get(name) else ""
+            lines.append(f"  {name}: {row['1_thread_patches_per_s']:.0f} patches/s on 1 thread, "
+                         f"{row[f'{n}_thread_patches_per_s']:.0f} on {n} ({row['speedup_1_to_n_threads']:.2f}x), "
+                         f"{row['times_fill_floor']:.1f}x the time of filling its output{ipe}")
+            for base, ratio in row["speedup_over"].items():
+                lines.append(f"      {ratio:6.1f}x {base}")
     if "batch_sizes" in report:
         lines.append(f"\nGPU roofline (copy {report['batch_sizes']['copy_bandwidth_GBps']:.0f} GB/s):")
         for name, row in report["batch_sizes"]["rows"].items():
@@ -320,6 +340,12 @@ def run_bench(args) -> dict:
                                           include_reference=quick or args.reference)
     if device.type == "cuda":
         report["batch_sizes"] = bench_batch_sizes(config, device, rounds)
+    elif backends.has_cpu_extension():
+        images, sets = report["data_step"]["images_per_batch"], 2 if quick else 4
+        report["cpu_op"] = cpu_op_detail(make_inputs(sets, images, config, device, seed=0), rounds)
+        _compare_with_baselines(report["cpu_op"], report["data_step"])
+        if not quick:  # callgrind takes minutes
+            report["cpu_op"]["instructions_per_element"] = {name: instructions_per_element(name) for name in DTYPES}
     if args.train or quick:
         runs = [(False, False)] if device.type == "cpu" else [(False, False), (True, True)]
         width = 0.125 if quick else args.width
