@@ -15,7 +15,6 @@ import os
 import platform
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from .checkpoint import atomic_write_bytes
 from .config import PatchConfig
 from .devices import resolve_device
 from .metrics import strict_json
+from .timing import time_median
 
 log = logging.getLogger("relpos.bench")
 
@@ -57,32 +57,6 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "commit": commit,
     }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_median(fn, inputs: list, device: torch.device, rounds: int) -> float:
-    """Median seconds of fn(input) over `rounds` runs, rotating through `inputs`; one warm-up run first."""
-    fn(inputs[0])
-    _sync(device)
-    times = []
-    for r in range(rounds):
-        item = inputs[(r + 1) % len(inputs)]
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(item)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
-        else:
-            begin = time.perf_counter()
-            fn(item)
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
 
 
 def make_inputs(sets: int, images_per_set: int, config: PatchConfig, device: torch.device, seed: int,

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
+from .timing import time_median
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _time(fn, inputs, rounds):
-    from .bench import time_median
-
     return time_median(fn, inputs, torch.device("cpu"), rounds)
 
 
