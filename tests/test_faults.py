@@ -190,9 +190,9 @@ def test_odd_modes_decode_to_rgb(tmp_path, photos):
 
 def _poison_loss(monkeypatch, poisoned_steps) -> None:
     """Training steps (0-based) in `poisoned_steps` get a NaN loss, as a diverging run would."""
-    import relpos.training
+    import relpos.train.loop as loop
 
-    real, calls = relpos.training.compute_loss, [0]
+    real, calls = loop.compute_loss, [0]
 
     def poisoned(*args, **kwargs):
         loss, correct, logits = real(*args, **kwargs)
@@ -202,7 +202,7 @@ def _poison_loss(monkeypatch, poisoned_steps) -> None:
             calls[0] += 1
         return loss, correct, logits
 
-    monkeypatch.setattr(relpos.training, "compute_loss", poisoned)
+    monkeypatch.setattr(loop, "compute_loss", poisoned)
 
 
 def test_nan_loss_is_skipped_then_training_continues(photos, tmp_path, caplog, monkeypatch):
