@@ -25,6 +25,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .data import bundled_photos, load_rgb
+from .device import resolve_device
 from .metrics import format_pretext, pretext_summary
 from .models import build_tower
 from .ops import extract_patches
@@ -106,8 +107,7 @@ def load_towers(checkpoint: str | os.PathLike, device, random_seed: int = 12345)
 def run_eval(checkpoint: str, out: str, layer: str = "conv5", draws: int = 3, per_class: int = 60, k: int = 5,
              device: str = "auto", retrieval_data: str | None = None, queries: int = 6,
              labelled: str | None = None, random_seeds: int = 3, folds: int = 5, min_per_class: int = 15) -> dict:
-    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
+    device = resolve_device(device)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     state, model, pretrained, random_tower = load_towers(checkpoint, device)

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import signal
 import time
@@ -28,15 +27,6 @@ import numpy as np
 import torch
 
 from .. import backends
-from ..checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    numpy_rng_state,
-    python_rng_state,
-    save_checkpoint,
-    set_numpy_rng_state,
-    set_python_rng_state,
-)
 from ..data import (
     ImageBatch,
     ResidentImages,
@@ -51,18 +41,17 @@ from ..data.dataset import images_per_step
 from ..metrics import MetricsLog, format_pretext, plot_curves, pretext_summary, strict_json
 from ..ops import empty_patches, extract_patches
 from ..plan_guard import raise_on_plan_errors
-from ..pretext import Pretext, build_pretext, compute_loss, pretext_from_checkpoint
+from ..pretext import Pretext, build_pretext, compute_loss
 from ..pretext import evaluate as evaluate_pretext
 from ..run_folder import claim_run_folder
+from ..device import resolve_device
 from .config import TrainConfig
+from .distributed import finish_distributed, init_distributed, ranks_agree
+from .state import NonFiniteLoss, restore_run_state, save_run_state
 
 log = logging.getLogger("relpos.train")
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 class _StopFlag:
@@ -113,26 +102,6 @@ def _ignore_sigint_in_worker(_):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
 
-def _distributed() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _device(config: TrainConfig, local_rank: int) -> torch.device:
-    if config.device != "auto":
-        device = torch.device(config.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-        return device
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def _lr_factor(config: TrainConfig, step: int) -> float:
     if step < config.warmup:
         return (step + 1) / config.warmup
@@ -157,11 +126,6 @@ def evaluate(model, images, config: TrainConfig, device, autocast_dtype, plans: 
                             backend=config.backend, plans=plans or config.eval_plans, autocast_dtype=autocast_dtype)
 
 
-def _unwrap(model):
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
-
-
 def train(config: TrainConfig) -> dict:
     """Run (or resume) pretraining; returns the final summary (also written to OUT/summary.json)."""
     deterministic_before = torch.are_deterministic_algorithms_enabled()
@@ -176,8 +140,8 @@ def _train(config: TrainConfig) -> dict:
     config.check()
     if config.data:  # absolute, so the checkpoint's record of it works from any directory (relpos eval)
         config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()))
-    rank, world, local_rank = _distributed()
-    device = _device(config, local_rank)
+    rank, world, local_rank = init_distributed()
+    device = resolve_device(config.device, local_rank)
     out = Path(config.out)
     is_main = rank == 0
     run_folder = claim_run_folder(out, resume=config.resume, overwrite=config.overwrite) if is_main else None
@@ -232,25 +196,7 @@ def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, devic
         for leftover in out.glob(f".{CHECKPOINT_NAME}.tmp-*"):  # a write cut short by a kill: never renamed, unused
             leftover.unlink(missing_ok=True)
     if config.resume:
-        if not checkpoint_path.exists():
-            raise CheckpointError(f"--resume: no checkpoint at {checkpoint_path}")
-        state = load_checkpoint(checkpoint_path, map_location=device)
-        changed = config.changes_on_resume(state["args"])
-        if changed:
-            raise CheckpointError("--resume continues a run with its own settings; these differ: " + "; ".join(changed)
-                                  + ". Use the checkpoint's values, or start a new run with another --out.")
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, KeyError, ValueError) as error:
-            raise CheckpointError(f"--resume: {checkpoint_path} does not fit this model: {error}") from error
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        set_numpy_rng_state(state["rng"]["numpy"])
-        set_python_rng_state(state["rng"]["python"])
-        start_step = int(state["step"])
-        pretext = pretext_from_checkpoint(state)  # the classes the run was trained with (jigsaw's permutations)
-        log.info("resumed from %s at step %d", checkpoint_path, start_step)
+        start_step, pretext = restore_run_state(checkpoint_path, config, model, optimizer, scheduler, device)
 
     training_model = model
     if world > 1:
@@ -311,17 +257,8 @@ def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, devic
     patch_buffer = None  # reused across steps (out=), so no step pays for freshly faulted-in pages
 
     def save(step: int) -> None:
-        if not is_main:
-            return
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise NonFiniteLoss(f"refusing to checkpoint: parameter {name} is not finite")
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "step": step, "args": dataclasses.asdict(config), "pretext": pretext.state(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": python_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        })
+        if is_main:
+            save_run_state(checkpoint_path, model, optimizer, scheduler, step, config, pretext)
 
     progress = None
     if is_main and config.progress:
@@ -424,11 +361,11 @@ def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, devic
                 if progress is not None:
                     progress.close()
                 print(message, flush=True)
-                _finish_distributed(world)
+                finish_distributed(world)
                 return {"interrupted": True, "step": done}
     if progress is not None:
         progress.close()
-    ranks_agree = _ranks_agree(model) if world > 1 else None
+    agree = ranks_agree(model) if world > 1 else None
     if not pairs_seen and start_step < config.steps:
         raise ValueError(f"no {pretext.item_name} of {patch_config.patch}-px patches could be drawn in any step: the images are "
                          "too small for this --patch/--gap/--jitter and --min-pixels/--max-pixels")
@@ -437,7 +374,7 @@ def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, devic
                "held_out_images": len(held_paths), "train_images": len(train_paths),
                "skipped_files": len(skipped_files), "backend": backend, "device": str(device),
                "compiled": use_compile, "precision": "bf16" if autocast_dtype else "fp32", "world_size": world,
-               "ranks_agree": ranks_agree}
+               "ranks_agree": agree}
     if is_main:
         (out / "summary.json").write_text(strict_json(summary, indent=2))
         plot_curves(out / "metrics.jsonl", out / "curves.png", pretext.name)
@@ -445,36 +382,5 @@ def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, devic
             log.warning("%d files were skipped; see %s", len(skipped_files), skipped_path)
         print(f"wrote {checkpoint_path}, {out / 'metrics.jsonl'}, {out / 'curves.png'} and {out / 'summary.json'}. "
               f"Next: relpos eval {checkpoint_path} --out {out / 'eval'}", flush=True)
-    _finish_distributed(world)
+    finish_distributed(world)
     return summary
-
-
-def weights_digest(model) -> str:
-    """SHA-256 of every parameter, in order: equal digests mean bit-identical weights.
-
-    Buffers (BatchNorm running statistics) are left out: under DDP each rank updates them from its own
-    batch after the last broadcast, and the checkpoint keeps rank 0's, as DDP does.
-    """
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in _unwrap(model).named_parameters():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _ranks_agree(model) -> bool:
-    """Whether every DDP rank ends with the same weights (they must: same init, all-reduced gradients)."""
-    digests = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(digests, weights_digest(model))
-    agree = len(set(digests)) == 1
-    if not agree:
-        log.error("DDP ranks disagree on the weights: %s", digests)
-    return agree
-
-
-def _finish_distributed(world: int) -> None:
-    if world > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
