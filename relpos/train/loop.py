@@ -146,7 +146,7 @@ def _train(config: TrainConfig) -> dict:
     is_main = rank == 0
     run_folder = claim_run_folder(out, resume=config.resume, overwrite=config.overwrite) if is_main else None
     try:
-        return _train_in(config, rank, world, local_rank, device, out, is_main)
+        return _step_loop(_set_up(config, rank, world, device, out, is_main))
     finally:
         if run_folder is not None:
             run_folder.release()
@@ -164,8 +164,70 @@ def _ignored_options(config: TrainConfig) -> list[str]:
     return ignored
 
 
-def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, device: torch.device, out: Path,
-              is_main: bool) -> dict:
+class _SkippedLog:
+    """Files that could not be used and why: logged once each, appended to OUT/skipped.jsonl (kept on resume)."""
+
+    def __init__(self, path: Path, write: bool, resume: bool):
+        self.path, self.write, self.files = path, write, {}
+        if resume and path.exists():
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                self.files[record["path"]] = record["reason"]
+
+    def note(self, failures) -> None:
+        for path, reason in failures:
+            if path not in self.files:
+                self.files[path] = reason
+                log.warning("skipping %s", reason)
+                if self.write:
+                    with open(self.path, "a") as handle:
+                        handle.write(json.dumps({"path": path, "reason": reason}) + "\n")
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the step loop works with, built once by _set_up."""
+
+    config: TrainConfig
+    pretext: Pretext
+    rank: int
+    world: int
+    is_main: bool
+    device: torch.device
+    backend: str
+    autocast_dtype: torch.dtype | None
+    use_compile: bool
+    model: torch.nn.Module
+    training_model: torch.nn.Module  # the model, DDP-wrapped when several processes train
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: object
+    start_step: int
+    out: Path
+    train_paths: list
+    held_paths: list
+    batches: object  # iterator of ImageBatch, one per step from start_step
+    skipped: _SkippedLog
+    metrics: MetricsLog | None
+    nonfinite_streak: int = 0
+    patch_buffer: torch.Tensor | None = None  # reused across steps (out=): no step pays for freshly faulted-in pages
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    @property
+    def items(self) -> str:
+        return self.pretext.item_name + "s"  # pairs, puzzles
+
+    def save(self, step: int) -> None:
+        if self.is_main:
+            save_run_state(self.checkpoint_path, self.model, self.optimizer, self.scheduler, step, self.config,
+                           self.pretext)
+
+
+def _set_up(config: TrainConfig, rank: int, world: int, device: torch.device, out: Path, is_main: bool) -> _Run:
+    """Options, numerics, data split, model, optimiser, schedule, resume, data source, logs."""
     for option in _ignored_options(config):
         log.warning("ignored: %s", option)
     backend = backends.resolve(config.backend, device)
@@ -202,13 +264,9 @@ def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, devic
     if world > 1:
         training_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    loss_fn = compute_loss
-    if use_compile:
-        loss_fn = torch.compile(compute_loss, dynamic=True)
+    loss_fn = torch.compile(compute_loss, dynamic=True) if use_compile else compute_loss
 
-    patch_config = config.patch_config()
     per_step = images_per_step(config.batch, pretext.expected_patches_per_image())
-    items = pretext.item_name + "s"  # pairs, puzzles
     if config.resident:
         resident = ResidentImages(train_paths, device)
         batches = (resident.batch(indices) for indices in
@@ -230,157 +288,158 @@ def _train_in(config: TrainConfig, rank: int, world: int, local_rank: int, devic
 
     metrics = MetricsLog(out / "metrics.jsonl", truncate_after_step=start_step if config.resume else None) \
         if is_main else None
-    skipped_path = out / "skipped.jsonl"
-    skipped_files: dict[str, str] = {}
-    if config.resume and skipped_path.exists():
-        for line in skipped_path.read_text().splitlines():
-            record = json.loads(line)
-            skipped_files[record["path"]] = record["reason"]
-
-    def note_skipped(failures):
-        for path, reason in failures:
-            if path not in skipped_files:
-                skipped_files[path] = reason
-                log.warning("skipping %s", reason)
-                if is_main:
-                    with open(skipped_path, "a") as handle:
-                        handle.write(json.dumps({"path": path, "reason": reason}) + "\n")
-
-    note_skipped(initial_failures)
+    skipped = _SkippedLog(out / "skipped.jsonl", write=is_main, resume=config.resume)
+    skipped.note(initial_failures)
     if is_main and "permutations" in pretext.state():  # the jigsaw classes, readable without torch
         (out / "permutations.json").write_text(json.dumps(pretext.state()["permutations"].tolist()))
     if is_main:
         print(f"relpos train: {device}, backend {backend}, {'bf16' if autocast_dtype else 'fp32'}"
               f"{', compiled' if use_compile else ''}; {len(train_paths)} training images, {len(held_paths)} held out"
-              f"{f', {len(skipped_files)} skipped so far' if skipped_files else ''}; steps {start_step}->{config.steps}"
+              f"{f', {len(skipped.files)} skipped so far' if skipped.files else ''}; steps {start_step}->{config.steps}"
               f" of ~{config.batch} patches; writing to {out}", flush=True)
-    patch_buffer = None  # reused across steps (out=), so no step pays for freshly faulted-in pages
+    return _Run(config=config, pretext=pretext, rank=rank, world=world, is_main=is_main, device=device,
+                backend=backend, autocast_dtype=autocast_dtype, use_compile=use_compile, model=model,
+                training_model=training_model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                start_step=start_step, out=out, train_paths=train_paths, held_paths=held_paths, batches=batches,
+                skipped=skipped, metrics=metrics)
 
-    def save(step: int) -> None:
-        if is_main:
-            save_run_state(checkpoint_path, model, optimizer, scheduler, step, config, pretext)
 
+def _update(run: _Run, step: int, images, plan) -> tuple[float, float | None]:
+    """Render, forward, backward, clip, step (skipped on a non-finite loss or gradient); the loss and accuracy."""
+    config = run.config
+    if run.patch_buffer is None or run.patch_buffer.shape[0] < plan.num_patches:
+        run.patch_buffer = empty_patches(max(plan.num_patches, config.batch * 5 // 4), plan.patch_size,
+                                         run.autocast_dtype or torch.float32, True, run.device)
+    patches = extract_patches(images, plan, color=config.color, backend=run.backend,
+                              out=run.patch_buffer[: plan.num_patches])
+    index = plan.pairs.to(run.device, non_blocking=True)
+    labels = plan.labels.to(run.device, non_blocking=True)
+    try:
+        loss, correct, _ = run.loss_fn(run.training_model, patches, index, labels, run.autocast_dtype)
+    except torch.OutOfMemoryError as error:
+        raise RuntimeError(f"out of device memory at step {step} with {plan.num_patches} patches and "
+                           f"{plan.num_pairs} {run.items}: lower --batch (now {config.batch}) or --width, "
+                           f"or use --precision bf16. The last checkpoint is {run.checkpoint_path}.") from error
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # The norm is taken after DDP's all-reduce, so every rank takes the same decision.
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.model.parameters(), 5.0))
+    loss_value = float(loss.detach())
+    if math.isfinite(loss_value) and math.isfinite(grad_norm):
+        run.nonfinite_streak = 0
+        run.optimizer.step()
+        return loss_value, float(correct) / plan.num_pairs
+    run.nonfinite_streak += 1
+    run.optimizer.zero_grad(set_to_none=True)
+    log.warning("step %d: loss %s, gradient norm %s; skipping the update (%d in a row)", step, loss_value, grad_norm,
+                run.nonfinite_streak)
+    if run.nonfinite_streak >= config.max_nonfinite:
+        raise NonFiniteLoss(f"loss was not finite for {run.nonfinite_streak} steps in a row (last at step {step}); "
+                            f"the last good checkpoint is {run.checkpoint_path}. Try a lower --lr or --precision fp32.")
+    return loss_value, None
+
+
+def _evaluate_held_out(run: _Run, done: int) -> dict | None:
+    accuracy, confusion = evaluate(run.model, iter_decodable_images(run.held_paths), run.config, run.device,
+                                   run.autocast_dtype, pretext=run.pretext)
+    if int(confusion.sum()) == 0:
+        log.warning("step %d: no held-out image gave a %s to evaluate", done, run.pretext.item_name)
+        return None
+    summary = pretext_summary(confusion)
+    run.metrics.write({"kind": "eval", "step": done, **summary, "confusion": confusion.tolist()})
+    log.info("step %d: held-out pretext %s", done, format_pretext(summary, run.items))
+    return summary
+
+
+def _step_loop(run: _Run) -> dict:
+    config, pretext, items = run.config, run.pretext, run.items
     progress = None
-    if is_main and config.progress:
+    if run.is_main and config.progress:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=config.steps, initial=start_step, desc="pretraining", unit="step", dynamic_ncols=True)
-    model.train()
-    nonfinite_streak = 0
-    window_start, window_patches, window_pairs = time.perf_counter(), 0, 0
+        progress = tqdm(total=config.steps, initial=run.start_step, desc="pretraining", unit="step",
+                        dynamic_ncols=True)
+    run.model.train()
+    window_start, window_patches, window_items = time.perf_counter(), 0, 0
     last_eval = None
-    step = start_step
-    steps_without_pairs, pairs_seen = 0, False
+    steps_without_items, items_seen = 0, False
     with _StopFlag() as stop, _logs_above(progress):
-        for step in range(start_step, config.steps):
-            batch: ImageBatch = next(batches)
-            note_skipped(batch.failures)
-            loss_value, accuracy = None, None
+        for step in range(run.start_step, config.steps):
+            batch: ImageBatch = next(run.batches)
+            run.skipped.note(batch.failures)
+            loss_value, accuracy, plan = None, None, None
             if batch.images is not None:
-                images = batch.images.to(device, non_blocking=True)
-                plan = pretext.draw(images.sizes, generator=_step_generator(config.seed, step, rank))
-                note_skipped([(batch.paths[i], f"{batch.paths[i]}: {pretext.too_small()}") for i in plan.skipped])
-            if batch.images is None or plan.num_pairs == 0:
-                steps_without_pairs += 1
-                if not pairs_seen and steps_without_pairs >= _PAIRLESS_STEPS_BEFORE_GIVING_UP:
+                images = batch.images.to(run.device, non_blocking=True)
+                plan = pretext.draw(images.sizes, generator=_step_generator(config.seed, step, run.rank))
+                run.skipped.note([(batch.paths[i], f"{batch.paths[i]}: {pretext.too_small()}") for i in plan.skipped])
+            if plan is None or plan.num_pairs == 0:
+                steps_without_items += 1
+                if not items_seen and steps_without_items >= _PAIRLESS_STEPS_BEFORE_GIVING_UP:
                     raise ValueError(
-                        f"no {pretext.item_name} of {patch_config.patch}-px patches could be drawn in the first "
-                        f"{steps_without_pairs} steps: the images (resized to {config.min_pixels}-{config.max_pixels} "
+                        f"no {pretext.item_name} of {config.patch}-px patches could be drawn in the first "
+                        f"{steps_without_items} steps: the images (resized to {config.min_pixels}-{config.max_pixels} "
                         f"pixels) are too small for one {pretext.item_name} with {config.gap}-px gaps. Lower "
                         "--patch/--gap/--jitter or raise --min-pixels/--max-pixels.")
             else:
-                steps_without_pairs, pairs_seen = 0, True
-                patch_dtype = autocast_dtype or torch.float32
-                if patch_buffer is None or patch_buffer.shape[0] < plan.num_patches:
-                    patch_buffer = empty_patches(max(plan.num_patches, config.batch * 5 // 4), patch_config.patch,
-                                                 patch_dtype, True, device)
-                patches = extract_patches(images, plan, color=config.color, backend=backend,
-                                          out=patch_buffer[: plan.num_patches])
-                pairs = plan.pairs.to(device, non_blocking=True)
-                labels = plan.labels.to(device, non_blocking=True)
-                try:
-                    loss, correct, _ = loss_fn(training_model, patches, pairs, labels, autocast_dtype)
-                except torch.OutOfMemoryError as error:
-                    raise RuntimeError(f"out of device memory at step {step} with {plan.num_patches} patches and "
-                                       f"{plan.num_pairs} {items}: lower --batch (now {config.batch}) or --width, "
-                                       f"or use --precision bf16. The last checkpoint is {checkpoint_path}.") from error
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # The norm is taken after DDP's all-reduce, so every rank takes the same decision.
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0))
-                loss_value = float(loss.detach())
-                if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                    nonfinite_streak += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    log.warning("step %d: loss %s, gradient norm %s; skipping the update (%d in a row)", step,
-                                loss_value, grad_norm, nonfinite_streak)
-                    if nonfinite_streak >= config.max_nonfinite:
-                        raise NonFiniteLoss(f"loss was not finite for {nonfinite_streak} steps in a row (last at "
-                                            f"step {step}); the last good checkpoint is {checkpoint_path}. Try a lower "
-                                            "--lr or --precision fp32.")
-                else:
-                    nonfinite_streak = 0
-                    optimizer.step()
-                    accuracy = float(correct) / plan.num_pairs
+                steps_without_items, items_seen = 0, True
+                loss_value, accuracy = _update(run, step, images, plan)
                 window_patches += plan.num_patches
-                window_pairs += plan.num_pairs
-            scheduler.step()
+                window_items += plan.num_pairs
+            run.scheduler.step()
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
-                raise_on_plan_errors(device)  # the loss was just read, so this read of the flag stalls nothing
-            if is_main and (done % config.log_every == 0 or done == config.steps):
+                raise_on_plan_errors(run.device)  # the loss was just read, so this read of the flag stalls nothing
+            if run.is_main and (done % config.log_every == 0 or done == config.steps):
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 record = {"kind": "train", "step": done, "loss": loss_value, "accuracy": accuracy,
-                          "lr": scheduler.get_last_lr()[0], "patches_per_s": window_patches * world / elapsed,
-                          f"{items}_per_s": window_pairs * world / elapsed}
-                metrics.write(record)
+                          "lr": run.scheduler.get_last_lr()[0], "patches_per_s": window_patches * run.world / elapsed,
+                          f"{items}_per_s": window_items * run.world / elapsed}
+                run.metrics.write(record)
                 if progress is not None:
                     progress.set_postfix(loss=_short(loss_value), acc=_short(accuracy),
                                          patches_s=f"{record['patches_per_s']:.0f}",
                                          **{f"{items}_s": f"{record[f'{items}_per_s']:.0f}"})
-                window_start, window_patches, window_pairs = time.perf_counter(), 0, 0
+                window_start, window_patches, window_items = time.perf_counter(), 0, 0
             if progress is not None:
                 progress.update(1)
-            if is_main and held_paths and (done % config.eval_every == 0 or done == config.steps):
-                accuracy_held, confusion = evaluate(model, iter_decodable_images(held_paths), config, device,
-                                                    autocast_dtype, pretext=pretext)
-                if int(confusion.sum()) == 0:
-                    log.warning("step %d: no held-out image gave a %s to evaluate", done, pretext.item_name)
-                else:
-                    last_eval = pretext_summary(confusion)
-                    metrics.write({"kind": "eval", "step": done, **last_eval, "confusion": confusion.tolist()})
-                    log.info("step %d: held-out pretext %s", done, format_pretext(last_eval, items))
+            if run.is_main and run.held_paths and (done % config.eval_every == 0 or done == config.steps):
+                last_eval = _evaluate_held_out(run, done) or last_eval
             if done % config.checkpoint_every == 0 or done == config.steps:
-                save(done)
+                run.save(done)
             if done == config.stop_after and done < config.steps:
                 stop.signal_name = "stop requested (--stop-after)"
             if stop.signal_name is not None:
-                save(done)
-                message = (f"{stop.signal_name} at step {done}: checkpoint saved to {checkpoint_path}. Resume with: "
-                           f"relpos train --out {config.out} --resume (and the same options)")
+                run.save(done)
+                message = (f"{stop.signal_name} at step {done}: checkpoint saved to {run.checkpoint_path}. Resume "
+                           f"with: relpos train --out {config.out} --resume (and the same options)")
                 if progress is not None:
                     progress.close()
                 print(message, flush=True)
-                finish_distributed(world)
+                finish_distributed(run.world)
                 return {"interrupted": True, "step": done}
     if progress is not None:
         progress.close()
-    agree = ranks_agree(model) if world > 1 else None
-    if not pairs_seen and start_step < config.steps:
-        raise ValueError(f"no {pretext.item_name} of {patch_config.patch}-px patches could be drawn in any step: the images are "
-                         "too small for this --patch/--gap/--jitter and --min-pixels/--max-pixels")
-    summary = {"interrupted": False, "step": config.steps, "task": pretext.name,
+    return _finish(run, last_eval, items_seen)
+
+
+def _finish(run: _Run, last_eval: dict | None, items_seen: bool) -> dict:
+    config, out = run.config, run.out
+    agree = ranks_agree(run.model) if run.world > 1 else None
+    if not items_seen and run.start_step < config.steps:
+        raise ValueError(f"no {run.pretext.item_name} of {config.patch}-px patches could be drawn in any step: the "
+                         "images are too small for this --patch/--gap/--jitter and --min-pixels/--max-pixels")
+    summary = {"interrupted": False, "step": config.steps, "task": run.pretext.name,
                "held_out_accuracy": last_eval["accuracy"] if last_eval else None, "held_out": last_eval,
-               "held_out_images": len(held_paths), "train_images": len(train_paths),
-               "skipped_files": len(skipped_files), "backend": backend, "device": str(device),
-               "compiled": use_compile, "precision": "bf16" if autocast_dtype else "fp32", "world_size": world,
-               "ranks_agree": agree}
-    if is_main:
+               "held_out_images": len(run.held_paths), "train_images": len(run.train_paths),
+               "skipped_files": len(run.skipped.files), "backend": run.backend, "device": str(run.device),
+               "compiled": run.use_compile, "precision": "bf16" if run.autocast_dtype else "fp32",
+               "world_size": run.world, "ranks_agree": agree}
+    if run.is_main:
         (out / "summary.json").write_text(strict_json(summary, indent=2))
-        plot_curves(out / "metrics.jsonl", out / "curves.png", pretext.name)
-        if skipped_files:
-            log.warning("%d files were skipped; see %s", len(skipped_files), skipped_path)
-        print(f"wrote {checkpoint_path}, {out / 'metrics.jsonl'}, {out / 'curves.png'} and {out / 'summary.json'}. "
-              f"Next: relpos eval {checkpoint_path} --out {out / 'eval'}", flush=True)
-    finish_distributed(world)
+        plot_curves(out / "metrics.jsonl", out / "curves.png", run.pretext.name)
+        if run.skipped.files:
+            log.warning("%d files were skipped; see %s", len(run.skipped.files), run.skipped.path)
+        print(f"wrote {run.checkpoint_path}, {out / 'metrics.jsonl'}, {out / 'curves.png'} and "
+              f"{out / 'summary.json'}. Next: relpos eval {run.checkpoint_path} --out {out / 'eval'}", flush=True)
+    finish_distributed(run.world)
     return summary
