@@ -204,7 +204,7 @@ def bench_train_step(config: PatchConfig, device: torch.device, steps: int, widt
                      compiled: bool, bf16: bool) -> dict:
     """Seconds per step fed by the real data path (uint8 images -> fused op) vs fed ready-made patches."""
     from .models import build_model
-    from .training import compute_loss
+    from .pretext import compute_loss
 
     model = build_model("caffenet", width, config.patch).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")

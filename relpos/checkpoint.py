@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 FORMAT = "relpos-checkpoint"
-VERSION = 2  # 2: loadable with weights_only=True (no pickled numpy objects)
+VERSION = 3  # 2: loadable with weights_only=True (no pickled numpy objects); 3: the pretext task ("pretext")
+READABLE_VERSIONS = (2, 3)  # a version-2 checkpoint is a relative-position run
 
 
 class CheckpointError(ValueError):
@@ -75,8 +76,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} is unreadable: {type(error).__name__}: {error}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a relpos checkpoint (no '{FORMAT}' marker)")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this relpos reads {VERSION}")
+    if state.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this relpos reads "
+                              f"{' and '.join(map(str, READABLE_VERSIONS))}")
     for key in ("model", "step", "args"):
         if key not in state:
             raise CheckpointError(f"checkpoint {path} lacks '{key}'")

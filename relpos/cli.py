@@ -9,6 +9,9 @@ from pathlib import Path
 
 from .backends import BACKENDS
 from .cli_types import bounded_int
+from .config import COLOR_MODES
+from .pretext import DEFAULT_PERMUTATIONS, TASKS
+from .pretext.jigsaw import MAX_PERMUTATIONS
 
 EPILOG = "Run `relpos COMMAND --help` for the options of a command."
 
@@ -16,21 +19,24 @@ EPILOG = "Run `relpos COMMAND --help` for the options of a command."
 def _show(args: argparse.Namespace) -> int:
     import torch
 
-    from . import PatchConfig, extract_patches, sample_plan
+    from . import PatchConfig, extract_patches
     from .data import bundled_photos, load_rgb
-    from .show import draw_grids, draw_pairs
+    from .pretext import build_pretext
+    from .show import draw_grids
 
     path = Path(args.image) if args.image else bundled_photos()[0]
     image = load_rgb(path)
-    config = PatchConfig(patch=args.patch, gap=args.gap, jitter=args.jitter)
-    plan = sample_plan([image.shape[:2]], config, seed=args.seed, on_small="raise")
+    pretext = build_pretext(args.task, PatchConfig(patch=args.patch, gap=args.gap, jitter=args.jitter),
+                            args.permutations)
+    plan = pretext.draw([image.shape[:2]], seed=args.seed, on_small="raise")
     patches = extract_patches([image], plan, color=args.color, backend=args.backend)
-    out = Path(args.out)
+    items = f"{pretext.item_name}s"
+    out = Path(args.out or f"{items}.png")
     grids = out.with_name(f"{out.stem}_grids{out.suffix}")
     draw_grids(image, plan, 0, str(grids))
-    draw_pairs(patches, plan, str(out), count=args.pairs, seed=args.seed)
-    print(f"{path.name}: {plan.num_patches} patches, {plan.num_pairs} pairs")
-    print(f"wrote {grids} (sampled grids) and {out} (augmented pairs)")
+    pretext.draw_examples(patches, plan, str(out), count=args.pairs, seed=args.seed)
+    print(f"{path.name}: {plan.num_patches} patches, {plan.num_pairs} {items}")
+    print(f"wrote {grids} (sampled grids) and {out} (augmented {items})")
     del torch
     return 0
 
@@ -38,17 +44,21 @@ def _show(args: argparse.Namespace) -> int:
 def _add_show(commands) -> None:
     parser = commands.add_parser(
         "show",
-        help="draw the sampled grids and a sheet of augmented pairs for one image",
-        description="Sample grids and pairs on one image (a bundled photo by default), render the patches with "
-        "the fused op and draw them, so the pipeline can be checked by eye.",
+        help="draw the sampled grids and a sheet of augmented pairs (or jigsaw puzzles) for one image",
+        description="Draw a pretext task's plan on one image (a bundled photo by default), render the patches "
+        "with the fused op and draw them, so the pipeline can be checked by eye: pairs with their relative "
+        "position (--task relpos) or puzzles with their permutation (--task jigsaw).",
     )
     parser.add_argument("image", nargs="?", help="image file (default: a bundled photograph)")
-    parser.add_argument("--out", default="pairs.png", help="PNG of augmented pairs; grids go to <out>_grids.png "
-                        "(default: %(default)s)")
-    parser.add_argument("--color", default="drop", choices=("drop", "project", "none"),
-                        help="colour handling (default: %(default)s)")
+    parser.add_argument("--task", default="relpos", choices=tuple(TASKS), help="pretext task (default: %(default)s)")
+    parser.add_argument("--permutations", type=bounded_int(2, MAX_PERMUTATIONS), default=DEFAULT_PERMUTATIONS,
+                        help="jigsaw: number of permutations (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="PNG of augmented pairs or puzzles; grids go to "
+                        "<out>_grids.png (default: pairs.png or puzzles.png)")
+    parser.add_argument("--color", default="drop", choices=COLOR_MODES, help="colour handling (default: %(default)s)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="fused op backend (default: %(default)s)")
-    parser.add_argument("--pairs", type=bounded_int(1, 256), default=16, help="pairs on the sheet (default: %(default)s)")
+    parser.add_argument("--pairs", "--puzzles", type=bounded_int(1, 256), default=16,
+                        help="pairs or puzzles on the sheet (default: %(default)s)")
     parser.add_argument("--patch", type=bounded_int(8, 1024), default=96, help="patch side in pixels (default: %(default)s)")
     parser.add_argument("--gap", type=bounded_int(0, 4096), default=48, help="gap between grid cells (default: %(default)s)")
     parser.add_argument("--jitter", type=bounded_int(0, 4096), default=7, help="max corner jitter (default: %(default)s)")
@@ -69,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_show(commands)
-    for module in ("train_cli", "evaluation", "bench", "export", "data_cli"):
+    for module in ("train.cli", "evaluation", "bench", "export", "data_cli"):
         try:
             add = __import__(f"relpos.{module}", fromlist=["add_parser"]).add_parser
         except ModuleNotFoundError:

@@ -50,6 +50,12 @@ class PatchConfig:
                 f"PatchConfig.downsample_area must satisfy 1 <= low <= high <= patch**2, got {self.downsample_area}"
             )
 
+    @classmethod
+    def scaled(cls, patch: int = 96, **fields) -> "PatchConfig":
+        """A config whose down-sampling range is the paper's, 10..95 px of 96, scaled to the patch size."""
+        area = (max(1, round(patch * 10 / 96) ** 2), max(1, round(patch * 95 / 96) ** 2))
+        return cls(patch=patch, downsample_area=area, **fields)
+
     @property
     def min_side(self) -> int:
         """An image whose resized side is not larger than this cannot give one pair along that side."""

@@ -17,7 +17,7 @@ def check_device_text(text: str, option: str = "--device") -> str:
     return text
 
 
-def resolve_device(text: str, option: str = "--device", local_rank: int = 0) -> torch.device:
+def resolve_device(text: str = "auto", local_rank: int = 0, option: str = "--device") -> torch.device:
     """The device `text` asks for: 'auto' is this process's GPU (LOCAL_RANK under torchrun) when torch sees one."""
     check_device_text(text, option)
     if text == "auto":

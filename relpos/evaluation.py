@@ -26,9 +26,11 @@ from .checkpoint import atomic_write_bytes, load_checkpoint
 from .cli_types import bounded_int, device_text
 from .data import bundled_photos, load_rgb
 from .metrics import format_pretext, pretext_summary, strict_json
-from .models import build_model, build_tower
+from .models import build_tower
 from .ops import extract_patches
 from .plan import Plan
+from .pretext import evaluate
+from .train.config import pretext_from_checkpoint
 from .probe import knn_accuracy, linear_probe
 from .devices import resolve_device
 from .run_folder import claim_run_folder
@@ -97,7 +99,7 @@ def features(tower, images, plan: Plan, layer: str, device, batch: int = 128, de
 def load_towers(checkpoint: str | os.PathLike, device, random_seed: int = 12345):
     state = load_checkpoint(checkpoint)
     args = state["args"]
-    model = build_model(args["arch"], args["width"], args["patch"])
+    model = pretext_from_checkpoint(state).build_model(args["arch"], args["width"])
     model.load_state_dict(state["model"])
     torch.manual_seed(random_seed)
     random_tower = build_tower(args["arch"], args["width"], args["patch"])
@@ -156,10 +158,9 @@ def run_eval(checkpoint: str, out: str, layer: str = "conv5", draws: int = 3, pe
 
 def _pretext(state, model, device, out_dir: Path) -> dict:
     from .data import iter_decodable_images, list_images, split_holdout
-    from .training import TrainConfig, evaluate
 
     args = state["args"]
-    config = TrainConfig.from_dict(args)
+    pretext = pretext_from_checkpoint(state)
     paths = list_images(args["data"]) if args.get("data") else bundled_photos()
     _, held = split_holdout(paths, args["holdout"] if args["holdout"] > 0 else 0.2)
     decoded = []  # counts the images as they stream from disk (held-out sets can be large)
@@ -169,31 +170,32 @@ def _pretext(state, model, device, out_dir: Path) -> dict:
             decoded.append(None)
             yield image
 
-    _, confusion = evaluate(model, stream(), config, device, None, plans=8)
+    _, confusion = evaluate(model, pretext, stream(), device, color=args["color"], backend="auto", plans=8)
     summary = pretext_summary(confusion)
-    _plot_confusion(confusion, out_dir / "confusion.png", summary)
-    return {"held_out_images": len(decoded), **summary, "confusion": confusion.tolist()}
+    _plot_confusion(confusion, out_dir / "confusion.png", summary, pretext.class_names)
+    return {"task": pretext.name, "held_out_images": len(decoded), **summary, "confusion": confusion.tolist()}
 
 
-def _plot_confusion(confusion: torch.Tensor, path: Path, summary: dict) -> None:
+def _plot_confusion(confusion: torch.Tensor, path: Path, summary: dict, names: tuple[str, ...]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .show import LABEL_NAMES, save_atomically
+    from .show import save_atomically
 
     rates = confusion.double() / confusion.sum(1, keepdim=True).clamp_min(1)
     figure, axis = plt.subplots(figsize=(6.5, 5.5))
     image = axis.imshow(rates.numpy(), cmap="viridis", vmin=0, vmax=1)
-    axis.set_xticks(range(8), LABEL_NAMES, rotation=45, ha="right")
-    axis.set_yticks(range(8), LABEL_NAMES)
-    axis.set_xlabel("predicted position")
-    axis.set_ylabel("true position")
-    for i in range(8):
-        for j in range(8):
-            axis.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                      color="white" if rates[i, j] < 0.5 else "black")
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    if len(names) <= 12:  # a few classes: named, with their rates written in (jigsaw's K permutations: colour only)
+        axis.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        axis.set_yticks(range(len(names)), names)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                axis.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                          color="white" if rates[i, j] < 0.5 else "black")
     figure.colorbar(image, ax=axis)
     axis.set_title(f"held-out pretext accuracy {summary['accuracy']:.3f} ± {summary['stderr']:.3f}\n"
                    f"majority label {summary['majority']:.3f}, balanced accuracy {summary['balanced_accuracy']:.3f}",
@@ -203,19 +205,18 @@ def _plot_confusion(confusion: torch.Tensor, path: Path, summary: dict) -> None:
 
 def _pictures(state, pretrained, random_tower, device, out_dir: Path, data: str | None, queries: int, layer: str):
     from .data import decodable_images, list_images
-    from .sampler import sample_plan
-    from .show import draw_grids, draw_pairs
-    from .training import TrainConfig
+    from .show import draw_grids
 
     args = state["args"]
-    config = TrainConfig.from_dict(args).patch_config()
+    pretext = pretext_from_checkpoint(state)
     images = decodable_images(list_images(data) if data else bundled_photos())
     first = images[0]
-    plan = sample_plan([first.shape[:2]], config, seed=0)
+    plan = pretext.draw([first.shape[:2]], seed=0)
     if plan.num_pairs:
         draw_grids(first, plan, 0, str(out_dir / "grids.png"))
-        draw_pairs(extract_patches([first], plan, color=args["color"]), plan, str(out_dir / "pairs.png"))
-    retrieval(images, config, pretrained, random_tower, device, out_dir / "neighbours.png", queries, layer)
+        pretext.draw_examples(extract_patches([first], plan, color=args["color"]), plan,
+                              str(out_dir / f"{pretext.item_name}s.png"), count=16, seed=0)
+    retrieval(images, pretext.config, pretrained, random_tower, device, out_dir / "neighbours.png", queries, layer)
 
 
 @torch.no_grad()
@@ -269,7 +270,9 @@ def format_table(results: dict) -> str:
             lines.append(f"{task:<15}{name:<12}{probe:>16}{knn:>16}{row['majority']:>10.3f}")
     lines.append("(± on photo-regions: standard deviation over draws of crops; faces: one fixed split)")
     pretext = results["pretext"]
-    lines.append(f"held-out pretext on {pretext['held_out_images']} images: {format_pretext(pretext)}")
+    unit = "puzzles" if pretext.get("task") == "jigsaw" else "pairs"
+    lines.append(f"held-out pretext ({pretext.get('task', 'relpos')}) on {pretext['held_out_images']} images: "
+                 f"{format_pretext(pretext, unit)}")
     if "labelled" in results:
         from .labelled import format_labelled
 
@@ -279,7 +282,7 @@ def format_table(results: dict) -> str:
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6")
 LABELLED_DEFAULTS = {"random_seeds": 3, "folds": 5, "min_per_class": 15}
-EVAL_FILES = ("eval.json", "confusion.png", "neighbours.png", "grids.png", "pairs.png")
+EVAL_FILES = ("eval.json", "confusion.png", "neighbours.png", "grids.png", "pairs.png", "puzzles.png")
 
 
 def add_parser(commands) -> None:
@@ -329,5 +332,6 @@ def _run(args) -> int:
     finally:
         folder.release()
     print(format_table(results))
-    print(f"wrote {Path(args.out) / 'eval.json'}, confusion.png, neighbours.png, grids.png, pairs.png")
+    examples = "puzzles.png" if results["pretext"]["task"] == "jigsaw" else "pairs.png"
+    print(f"wrote {Path(args.out) / 'eval.json'}, confusion.png, neighbours.png, grids.png, {examples}")
     return 0

@@ -164,7 +164,8 @@ def evaluate_labelled(folder: str, state: dict, device, random_seeds: int = 3, f
     """The protocol above for a checkpoint's state on a `relpos data photos` folder."""
     from .data import load_rgb
     from .data.photos import read_manifest
-    from .models import build_model, build_tower
+    from .models import build_tower
+    from .train.config import pretext_from_checkpoint
 
     if random_seeds < 1:
         raise ValueError(f"random_seeds must be at least 1, got {random_seeds}")
@@ -176,7 +177,7 @@ def evaluate_labelled(folder: str, state: dict, device, random_seeds: int = 3, f
                          f"pretraining ({dropped})")
     images = [load_rgb(r["path"]) for r in chosen]
     labels = torch.tensor([classes.index(r["label"]) for r in chosen])
-    model = build_model(args["arch"], args["width"], args["patch"])
+    model = pretext_from_checkpoint(state).build_model(args["arch"], args["width"])  # relpos or jigsaw
     model.load_state_dict(state["model"])
     towers = {"pretrained": model.tower.to(device).eval()}
     for seed in range(random_seeds):

@@ -53,8 +53,10 @@ def pretext_summary(confusion) -> dict:
     """Honest numbers of a classification confusion matrix (rows: true label, columns: predicted).
 
     accuracy beside the majority-label rate of the same items (what always answering the most common true label
-    scores; the labels of relative positions are not balanced, so this, not 1/8, is the baseline), balanced
-    accuracy (mean recall over the classes present) and the binomial standard error of the accuracy.
+    scores; the labels of relative positions are not balanced, so this, not 1/8, is the baseline; jigsaw's
+    permutations are drawn uniformly, yet a few hundred held-out puzzles still have a commonest one above 1/K),
+    the chance rate of a uniform guess (1 / classes), balanced accuracy (mean recall over the classes present) and
+    the binomial standard error of the accuracy.
     """
     rows = [[int(v) for v in row] for row in (confusion.tolist() if hasattr(confusion, "tolist") else confusion)]
     if not rows or any(len(row) != len(rows) for row in rows):
@@ -67,16 +69,18 @@ def pretext_summary(confusion) -> dict:
         raise ValueError("confusion is empty (no evaluated items)")
     accuracy = sum(rows[i][i] for i in range(len(rows))) / items
     recalls = [rows[i][i] / totals[i] for i in range(len(rows)) if totals[i]]
-    return {"accuracy": accuracy, "majority": max(totals) / items, "balanced_accuracy": sum(recalls) / len(recalls),
+    return {"accuracy": accuracy, "majority": max(totals) / items, "chance": 1 / len(rows),
+            "balanced_accuracy": sum(recalls) / len(recalls),
             "stderr": math.sqrt(accuracy * (1 - accuracy) / items), "items": items}
 
 
-def format_pretext(summary: dict) -> str:
+def format_pretext(summary: dict, unit: str = "pairs") -> str:
+    """One line: accuracy ± standard error beside the majority-label baseline; `unit` names the items."""
     return (f"accuracy {summary['accuracy']:.3f} ± {summary['stderr']:.3f} (majority label {summary['majority']:.3f}, "
-            f"balanced accuracy {summary['balanced_accuracy']:.3f}, {summary['items']} pairs)")
+            f"balanced accuracy {summary['balanced_accuracy']:.3f}, {summary['items']} {unit})")
 
 
-def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
+def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike, task: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,8 +101,8 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
     if held:
         accuracy_axis.plot([r["step"] for r in held], [gap(r["accuracy"]) for r in held], "o-",
                            label="held-out accuracy")
-        # the baseline is always answering the commonest label of the same held-out pairs (not 1/8: edge
-        # neighbours outnumber diagonals); the pairs are fixed, so any record's confusion gives it
+        # the baseline is always answering the commonest label of the same held-out items (not 1/8: edge
+        # neighbours outnumber diagonals); the items are fixed, so any record's confusion gives it
         majority = next((pretext_summary(r["confusion"])["majority"] for r in reversed(held) if r.get("confusion")),
                         None)
         if majority is not None:
@@ -111,5 +115,5 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
     accuracy_axis.set_ylim(0, 1)
     loss_axis.legend()
     accuracy_axis.legend()
-    figure.suptitle("relpos pretraining")
+    figure.suptitle(f"relpos pretraining{f' ({task})' if task else ''}")
     save_atomically(figure, str(out_path))

@@ -1,4 +1,4 @@
-"""The siamese network: a tower applied once per patch, pair features gathered by index, a pair head.
+"""The siamese network: a tower applied once per patch, item features gathered by index, a classifier head.
 
 `caffenet` is the authors' tower (CaffeNet conv1..conv5 with BN on conv3..5 and fc6); `resnet18` is a modern
 option adapted to 96-px patches. `width` scales every layer (1.0 = the paper's sizes), so small versions
@@ -84,34 +84,48 @@ class ResNet18Tower(nn.Module):
         return self.features(x).mean(dim=(2, 3))
 
 
-class PairHead(nn.Module):
-    """fc7 (BN) -> fc8 -> 8-way classifier on the concatenated features of the two patches."""
+class ClassifierHead(nn.Module):
+    """fc7 (BN) -> fc8 -> classifier on the concatenated features of an item's `inputs` patches."""
 
-    def __init__(self, in_dim: int, width: float = 1.0, hidden: int = 4096):
+    def __init__(self, in_dim: int, inputs: int, classes: int, width: float = 1.0, hidden: int = 4096):
         super().__init__()
         hidden = _scaled(hidden, width)
         self.layers = nn.Sequential(
-            nn.Linear(2 * in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(inputs * in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, 8),
+            nn.Linear(hidden, classes),
         )
 
-    def forward(self, pair_features: torch.Tensor) -> torch.Tensor:
-        return self.layers(pair_features)
+    def forward(self, item_features: torch.Tensor) -> torch.Tensor:
+        return self.layers(item_features)
 
 
-class RelposNet(nn.Module):
-    """Encodes each patch once, gathers the two features of every pair, classifies the relative position."""
+class PairHead(ClassifierHead):
+    """The relative-position head: two patches, 8 classes."""
+
+    def __init__(self, in_dim: int, width: float = 1.0, hidden: int = 4096):
+        super().__init__(in_dim, 2, 8, width, hidden)
+
+
+def head_input(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[M, k * D]: the features of every item's k patches side by side, in the order `index` lists them."""
+    return torch.cat([features[index[:, j]] for j in range(index.shape[1])], dim=1)
+
+
+class PretextNet(nn.Module):
+    """Encodes each patch once, concatenates the features of every item's patches (pretext.head_input) and
+    classifies the item: the pair's relative position, the puzzle's permutation."""
 
     def __init__(self, tower: nn.Module, head: nn.Module):
         super().__init__()
         self.tower = tower
         self.head = head
 
-    def forward(self, patches: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        features = self.tower(patches)
-        pair_features = torch.cat([features[pairs[:, 0]], features[pairs[:, 1]]], dim=1)
-        return self.head(pair_features)
+    def forward(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.head(head_input(self.tower(patches), index))
+
+
+RelposNet = PretextNet  # the name before jigsaw puzzles
 
 
 def build_tower(arch: str = "caffenet", width: float = 1.0, patch: int = 96) -> nn.Module:
@@ -127,6 +141,7 @@ def build_tower(arch: str = "caffenet", width: float = 1.0, patch: int = 96) -> 
     raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
 
 
-def build_model(arch: str = "caffenet", width: float = 1.0, patch: int = 96) -> RelposNet:
+def build_model(arch: str = "caffenet", width: float = 1.0, patch: int = 96) -> PretextNet:
+    """The relative-position network (other tasks: relpos.pretext.build_pretext(...).build_model)."""
     tower = build_tower(arch, width, patch)
-    return RelposNet(tower, PairHead(tower.out_dim, width))
+    return PretextNet(tower, PairHead(tower.out_dim, width))

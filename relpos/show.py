@@ -1,4 +1,4 @@
-"""Pictures for checking the pipeline by eye: sampled grids and pairs on an image, and augmented pair sheets."""
+"""Pictures for checking the pipeline by eye: sampled grids on an image, sheets of augmented pairs and of puzzles."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import matplotlib.patches as mpatches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .plan import HEIGHT, LEFT, TOP, WIDTH, Plan  # noqa: E402
-
-LABEL_NAMES = ("up-left", "up", "up-right", "left", "right", "down-left", "down", "down-right")
+from .plan import HEIGHT, LABEL_NAMES, LEFT, TOP, WIDTH, Plan  # noqa: E402
 
 
 def _display(patch: torch.Tensor) -> torch.Tensor:
@@ -49,7 +47,7 @@ def draw_grids(image_hwc: torch.Tensor, plan: Plan, image_index: int, path: str)
             axis.add_patch(mpatches.Rectangle((left * sx, top * sy), size * sx, size * sy, fill=False, lw=1.5,
                                               ec=colour))
         centre = lambda n: ((int(plan.patches[n, LEFT]) + size / 2) * sx, (int(plan.patches[n, TOP]) + size / 2) * sy)  # noqa: E731
-        for first, second in plan.pairs.tolist():
+        for first, second in (plan.pairs.tolist() if plan.pairs.shape[1] == 2 else []):  # puzzles: no links
             if first in set(rows.tolist()) and first < second:
                 (x0, y0), (x1, y1) = centre(first), centre(second)
                 axis.plot([x0, x1], [y0, y1], color="white", lw=0.6, alpha=0.7)
@@ -80,4 +78,32 @@ def draw_pairs(patches: torch.Tensor, plan: Plan, path: str, count: int = 16, se
         axis.imshow(canvas.numpy())
         axis.set_title(f"label {label} ({LABEL_NAMES[label]})", fontsize=9)
     figure.suptitle("augmented pairs: first patch in the centre, second where its label puts it")
+    save_atomically(figure, path)
+
+
+def draw_puzzles(patches: torch.Tensor, plan: Plan, path: str, count: int = 8, seed: int = 0) -> None:
+    """A sheet of jigsaw puzzles: each as the network sees it (tiles in shuffled order, left) and solved (right),
+    titled with its class (the permutation's index) and the permutation (slot j shows tile perm[j])."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(plan.num_pairs, generator=generator)[:count].tolist()
+    columns = 2
+    rows = (len(chosen) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(6.4 * columns, 3.5 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    size = patches.shape[-1]
+    step = size + 2
+    for axis, k in zip(axes.flat, chosen):
+        order = plan.pairs[k].tolist()
+        canvas = torch.ones((3 * step, 7 * step, 3))
+        for slot, row in enumerate(order):
+            tile = _display(patches[row])
+            y, x = divmod(slot, 3)
+            canvas[y * step : y * step + size, x * step : x * step + size] = tile  # shuffled
+            y, x = divmod(row - min(order), 3)
+            canvas[y * step : y * step + size, (4 + x) * step : (4 + x) * step + size] = tile  # solved
+        axis.imshow(canvas.numpy())
+        permutation = [row - min(order) for row in order]
+        axis.set_title(f"class {int(plan.labels[k])}: permutation {' '.join(map(str, permutation))}", fontsize=9)
+    figure.suptitle("jigsaw puzzles: shuffled as the network sees them (left), solved (right)")
     save_atomically(figure, path)

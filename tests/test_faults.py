@@ -33,12 +33,17 @@ def photos(tmp_path_factory):
     return small_photo_folder(tmp_path_factory.mktemp("photos"))
 
 
+# The jigsaw geometry of the tiny runs: 40-px tiles (the caffenet tower needs 36+), a 3x3 grid fits the photos.
+JIGSAW = ("--task", "jigsaw", "--permutations", "12", "--patch", "40", "--gap", "4", "--jitter", "2", "--batch", "72",
+          "--min-pixels", "45000", "--max-pixels", "60000")
+
+
 def _train_command(photos, out, steps, extra=()):
     return [sys.executable, "-m", "relpos.cli", "train", "--data", str(photos), "--out", str(out), "--steps", str(steps),
             "--batch", "48", "--width", "0.125", "--workers", "0", "--patch", "48", "--gap", "24", "--jitter", "3",
             "--min-pixels", "30000", "--max-pixels", "50000", "--eval-every", "100", "--eval-plans", "1",
             "--checkpoint-every", "1", "--log-every", "1", "--seed", "3", "--lr", "2e-3", "--warmup", "2",
-            "--no-progress", "--device", "cpu", *extra]
+            "--no-progress", "--device", "cpu", *extra]  # later options win: extra may set the task's own
 
 
 def _steps_logged(out: Path) -> int:
@@ -68,18 +73,28 @@ def _final_weights(out):
 
 @pytest.fixture(scope="module")
 def uninterrupted(photos, tmp_path_factory):
-    out = tmp_path_factory.mktemp("straight")
-    result = subprocess.run(_train_command(photos, out, 8), capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    return _final_weights(out)
+    """The final weights of an uninterrupted 8-step run, per task (run once, on first use)."""
+    weights = {}
+
+    def of(task_options):
+        if task_options not in weights:
+            out = tmp_path_factory.mktemp("straight")
+            result = subprocess.run(_train_command(photos, out, 8, task_options), capture_output=True, text=True,
+                                    timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            assert result.returncode == 0, result.stderr[-2000:]
+            weights[task_options] = _final_weights(out)
+        return weights[task_options]
+
+    return of
 
 
-@pytest.mark.parametrize("during_checkpoint_write", [False, True], ids=["between-steps", "mid-checkpoint-write"])
-def test_sigkill_then_resume_reaches_the_same_weights(photos, tmp_path, uninterrupted, during_checkpoint_write):
+@pytest.mark.parametrize("task_options,during_checkpoint_write", [((), False), ((), True), (JIGSAW, False)],
+                         ids=["relpos-between-steps", "relpos-mid-checkpoint-write", "jigsaw-between-steps"])
+def test_sigkill_then_resume_reaches_the_same_weights(photos, tmp_path, uninterrupted, task_options,
+                                                      during_checkpoint_write):
     out = tmp_path / "killed"
     kill_at = random.randint(2, 6)
-    command = _train_command(photos, out, 8)
+    command = _train_command(photos, out, 8, task_options)
     if during_checkpoint_write:  # the same run through a wrapper whose checkpoint writes pause half-way for 3 s
         command = [sys.executable, str(WRAPPERS / "slow_checkpoint_write.py"), "3", *command[3:]]
     process = _start(command)
@@ -94,12 +109,12 @@ def test_sigkill_then_resume_reaches_the_same_weights(photos, tmp_path, uninterr
     assert process.returncode == -signal.SIGKILL
     state = load_checkpoint(out / "checkpoint.pt")  # whatever is there is complete and readable
     assert 1 <= state["step"] <= 8
-    resumed = subprocess.run(_train_command(photos, out, 8, ["--resume"]), capture_output=True, text=True,
-                             timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    resumed = subprocess.run(_train_command(photos, out, 8, (*task_options, "--resume")), capture_output=True,
+                             text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not list(out.glob(".checkpoint.pt.tmp-*"))
     final = _final_weights(out)
-    for name, tensor in uninterrupted.items():
+    for name, tensor in uninterrupted(tuple(task_options)).items():
         assert torch.equal(final[name], tensor), name
 
 
@@ -190,9 +205,9 @@ def test_odd_modes_decode_to_rgb(tmp_path, photos):
 
 def _poison_loss(monkeypatch, poisoned_steps) -> None:
     """Training steps (0-based) in `poisoned_steps` get a NaN loss, as a diverging run would."""
-    import relpos.training
+    import relpos.train.loop as loop
 
-    real, calls = relpos.training.compute_loss, [0]
+    real, calls = loop.compute_loss, [0]
 
     def poisoned(*args, **kwargs):
         loss, correct, logits = real(*args, **kwargs)
@@ -202,7 +217,7 @@ def _poison_loss(monkeypatch, poisoned_steps) -> None:
             calls[0] += 1
         return loss, correct, logits
 
-    monkeypatch.setattr(relpos.training, "compute_loss", poisoned)
+    monkeypatch.setattr(loop, "compute_loss", poisoned)
 
 
 def test_nan_loss_is_skipped_then_training_continues(photos, tmp_path, caplog, monkeypatch):

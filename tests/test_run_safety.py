@@ -161,6 +161,7 @@ BAD_TRAIN_OPTIONS = [
     ("--eval-plans", "0"), ("--patch", "0"), ("--patch", "100000"), ("--gap", "-1"), ("--jitter", "-5"),
     ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--max-nonfinite", "0"), ("--workers", "-1"),
     ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"), ("--device", "bogus"), ("--device", "cuda:x"),
+    ("--permutations", "1"), ("--permutations", "5000"),
 ]
 
 
@@ -245,7 +246,8 @@ def test_both_decode_paths_refuse_huge_files_before_reading(tmp_path, monkeypatc
 
 
 BAD_SHOW_OPTIONS = [("--pairs", "0"), ("--pairs", "-2"), ("--patch", "0"), ("--patch", "x"), ("--gap", "-1"),
-                    ("--jitter", "-3"), ("--seed", "-1"), ("--backend", "fast")]
+                    ("--jitter", "-3"), ("--seed", "-1"), ("--backend", "fast"), ("--permutations", "1"),
+                    ("--puzzles", "0")]
 
 
 @pytest.mark.parametrize("option,value", BAD_SHOW_OPTIONS, ids=[f"{o}={v}" for o, v in BAD_SHOW_OPTIONS])
@@ -275,7 +277,7 @@ def test_held_out_images_are_streamed_not_kept(photos, tmp_path, monkeypatch):
     """At most a couple of decoded held-out images are alive at once during evaluation (a list would hold all)."""
     import weakref
 
-    import relpos.training as training
+    import relpos.train.loop as training
 
     alive_at_most = []
     real = training.iter_decodable_images

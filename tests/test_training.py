@@ -92,18 +92,25 @@ def test_compiled_and_eager_give_the_same_loss(photos):
         torch.testing.assert_close(p.grad, eager_grad, rtol=2e-2, atol=2e-3)
 
 
-def test_ddp_two_processes_with_gloo_agree(photos, tmp_path):
+# jigsaw with 40-px tiles in a 3x3 grid that fits the small photos (as in test_faults.JIGSAW)
+_JIGSAW = ["--task", "jigsaw", "--permutations", "12", "--patch", "40", "--gap", "4", "--jitter", "2", "--batch", "72",
+           "--min-pixels", "45000", "--max-pixels", "60000"]
+
+
+@pytest.mark.parametrize("task_options", [[], _JIGSAW], ids=["relpos", "jigsaw"])
+def test_ddp_two_processes_with_gloo_agree(photos, tmp_path, task_options):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(29500 + os.getpid() % 1000), "-m", "relpos.cli", "train", "--data", str(photos), "--out", str(out),
                "--steps", "4", "--batch", "48", "--width", "0.125", "--workers", "0", "--patch", "48", "--gap", "24",
                "--jitter", "3", "--min-pixels", "30000", "--max-pixels", "50000", "--eval-every", "4",
-               "--eval-plans", "1", "--no-progress", "--device", "cpu"]
+               "--eval-plans", "1", "--no-progress", "--device", "cpu", *task_options]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_agree"] is True
+    assert summary["task"] == (task_options[1] if task_options else "relpos")
 
 
 def test_export_tower(photos, tmp_path):

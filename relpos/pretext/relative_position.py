@@ -1,0 +1,34 @@
+"""Relative patch position (Doersch, Gupta & Efros, ICCV 2015): which of the 8 neighbours is the second patch?"""
+
+from __future__ import annotations
+
+from ..plan import LABEL_NAMES
+from .base import Pretext
+
+# Class k is the second patch's position relative to the first (relpos.plan.OFFSET_TO_LABEL):  0 1 2
+#                                                                                             3 _ 4
+#                                                                                             5 6 7
+
+
+class RelativePosition(Pretext):
+    name = "relpos"
+    item_name = "pair"
+    patches_per_item = 2
+    class_names = LABEL_NAMES
+
+    @property
+    def min_side(self) -> int:
+        return self.config.min_side
+
+    def draw(self, image_sizes, generator=None, seed=None, on_small="skip"):
+        from ..sampler import sample_plan
+
+        return sample_plan(image_sizes, self.config, generator=generator, seed=seed, on_small=on_small)
+
+    def too_small(self) -> str:
+        return f"too small for one pair of {self.config.patch}-px patches"
+
+    def draw_examples(self, patches, plan, path, count, seed):
+        from ..show import draw_pairs
+
+        draw_pairs(patches, plan, path, count=count, seed=seed)
