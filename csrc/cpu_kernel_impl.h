@@ -10,8 +10,9 @@
 struct PatchBuffers {
   std::vector<Taps> crop_y, crop_x, down_y, down_x, up_y, up_x;
   std::vector<int64_t> x0, x1;
-  std::vector<int32_t> x0_32, x1_32;  // the same offsets as gather indices (a row's offsets fit in int32)
-  std::vector<float> wx0, wx1, rows, crop, small, wide, values;
+  std::vector<int32_t> x0_32, x1_32;
+  std::vector<uint8_t> narrow_done;  // crop rows whose down-sampled horizontal blend is in `narrow`  // the same offsets as gather indices (a row's offsets fit in int32)
+  std::vector<float> wx0, wx1, rows, crop, narrow, small, wide, values;
 };
 
 // `data_end`: one past the last byte of the packed images, so that whole-word gathers never read beyond them.
@@ -80,13 +81,37 @@ inline void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, const
   }
   if (g.down <= 0) return;
   const int D = g.down;
+  // Down-sampling, separable too: the horizontal blend of each crop row a small row reads, once ([P, D]), then
+  // the vertical blends. The same products in the same order as blend(): wy0 * (wx0 * a + wx1 * b) + ...
+  float* narrow = b.narrow.data();
+  int32_t* sx0 = b.x0_32.data();  // the column taps of the down pass (the crop's were used above)
+  int32_t* sx1 = b.x1_32.data();
+  float* swx0 = b.wx0.data();
+  float* swx1 = b.wx1.data();
+  for (int sx = 0; sx < D; ++sx)
+    sx0[sx] = b.down_x[sx].i0, sx1[sx] = b.down_x[sx].i1, swx0[sx] = b.down_x[sx].w0, swx1[sx] = b.down_x[sx].w1;
+  std::fill(b.narrow_done.begin(), b.narrow_done.end(), 0);
   for (int sy = 0; sy < D; ++sy) {
-    const Taps& ty = b.down_y[sy];
-    for (int sx = 0; sx < D; ++sx) {
-      const Taps& tx = b.down_x[sx];
-      b.small[sy * D + sx] = blend(ty, tx, b.crop[ty.i0 * P + tx.i0], b.crop[ty.i0 * P + tx.i1],
-                                   b.crop[ty.i1 * P + tx.i0], b.crop[ty.i1 * P + tx.i1]);
+    for (const int r : {b.down_y[sy].i0, b.down_y[sy].i1}) {
+      if (b.narrow_done[r]) continue;
+      const float* src = &b.crop[r * P];
+      float* dst = narrow + r * D;
+      int sx = 0;
+#if RELPOS_AVX2
+      for (; sx + 8 <= D; sx += 8) {
+        const __m256 v0 = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sx0 + sx)), 4);
+        const __m256 v1 = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sx1 + sx)), 4);
+        _mm256_storeu_ps(dst + sx, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(swx0 + sx), v0),
+                                                 _mm256_mul_ps(_mm256_loadu_ps(swx1 + sx), v1)));
+      }
+#endif
+      for (; sx < D; ++sx) dst[sx] = swx0[sx] * src[sx0[sx]] + swx1[sx] * src[sx1[sx]];
+      b.narrow_done[r] = 1;
     }
+    const Taps& ty = b.down_y[sy];
+    const float* h0 = narrow + ty.i0 * D;
+    const float* h1 = narrow + ty.i1 * D;
+    for (int sx = 0; sx < D; ++sx) b.small[sy * D + sx] = ty.w0 * h0[sx] + ty.w1 * h1[sx];
   }
   // Up-sampling, separable like the crop: each small row's horizontal blend once, then contiguous vertical blends.
   float* wide = b.wide.data();  // [D, P]
@@ -277,7 +302,7 @@ void extract_kernel(const uint8_t* data, int64_t data_bytes, const int64_t* meta
     PatchBuffers b;
     b.crop_y.resize(patch), b.crop_x.resize(patch), b.up_y.resize(patch), b.up_x.resize(patch);
     b.down_y.resize(patch), b.down_x.resize(patch);
-    b.crop.resize(pixels), b.small.resize(pixels), b.wide.resize(pixels), b.values.resize(3 * static_cast<size_t>(pixels));
+    b.crop.resize(pixels), b.narrow.resize(pixels), b.narrow_done.resize(patch), b.small.resize(pixels), b.wide.resize(pixels), b.values.resize(3 * static_cast<size_t>(pixels));
     b.x0.resize(patch), b.x1.resize(patch), b.x0_32.resize(patch), b.x1_32.resize(patch), b.wx0.resize(patch), b.wx1.resize(patch), b.rows.resize(2 * patch);
     for (int64_t begin = next.fetch_add(chunk); begin < num_patches; begin = next.fetch_add(chunk)) {
       const int64_t end = std::min(begin + chunk, num_patches);
