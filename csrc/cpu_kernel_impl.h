@@ -15,6 +15,39 @@ struct PatchBuffers {
   std::vector<float> wx0, wx1, rows, crop, narrow, small, wide, values;
 };
 
+// dst[i] = w0 * a[i] + w1 * b[i]: a vertical pass (two products, then the sum; no FMA), eight at a time.
+inline void blend_rows(const float* __restrict a, const float* __restrict b, float w0, float w1, int n,
+                       float* __restrict dst) {
+  int i = 0;
+#if RELPOS_AVX2
+  const __m256 v0 = _mm256_set1_ps(w0), v1 = _mm256_set1_ps(w1);
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_add_ps(_mm256_mul_ps(v0, _mm256_loadu_ps(a + i)),
+                                            _mm256_mul_ps(v1, _mm256_loadu_ps(b + i))));
+#endif
+  for (; i < n; ++i) dst[i] = w0 * a[i] + w1 * b[i];
+}
+
+// dst[i] = w0[i] * src[i0[i]] + w1[i] * src[i1[i]]: a horizontal pass over a float row, gathering eight at a time.
+inline void blend_columns(const float* __restrict src, const int32_t* i0, const int32_t* i1, const float* w0,
+                          const float* w1, int n, float* __restrict dst) {
+  int i = 0;
+#if RELPOS_AVX2
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + i)), 4);
+    const __m256 b = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + i)), 4);
+    _mm256_storeu_ps(dst + i, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(w0 + i), a),
+                                            _mm256_mul_ps(_mm256_loadu_ps(w1 + i), b)));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = w0[i] * src[i0[i]] + w1[i] * src[i1[i]];
+}
+
+// Column taps as plain arrays (indices times `stride`), for blend_columns and the byte gathers.
+inline void column_taps(const Taps* taps, int n, int32_t* i0, int32_t* i1, float* w0, float* w1) {
+  for (int i = 0; i < n; ++i) i0[i] = taps[i].i0, i1[i] = taps[i].i1, w0[i] = taps[i].w0, w1[i] = taps[i].w1;
+}
+
 // `data_end`: one past the last byte of the packed images, so that whole-word gathers never read beyond them.
 inline void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, const uint8_t* data_end, float* out) {
   const int P = g.patch;
@@ -75,57 +108,33 @@ inline void render_channel(const PatchGeometry& g, int c, PatchBuffers& b, const
     const Taps& ty = b.crop_y[py];
     const float* h0 = horizontal(ty.i0, -1);
     const float* h1 = horizontal(ty.i1, ty.i0);
-    float* dst = g.down > 0 ? &b.crop[py * P] : &out[py * P];
-    const float wy0 = ty.w0, wy1 = ty.w1;
-    for (int px = 0; px < P; ++px) dst[px] = wy0 * h0[px] + wy1 * h1[px];
+    blend_rows(h0, h1, ty.w0, ty.w1, P, g.down > 0 ? &b.crop[py * P] : &out[py * P]);
   }
   if (g.down <= 0) return;
   const int D = g.down;
   // Down-sampling, separable too: the horizontal blend of each crop row a small row reads, once ([P, D]), then
   // the vertical blends. The same products in the same order as blend(): wy0 * (wx0 * a + wx1 * b) + ...
   float* narrow = b.narrow.data();
-  int32_t* sx0 = b.x0_32.data();  // the column taps of the down pass (the crop's were used above)
-  int32_t* sx1 = b.x1_32.data();
-  float* swx0 = b.wx0.data();
-  float* swx1 = b.wx1.data();
-  for (int sx = 0; sx < D; ++sx)
-    sx0[sx] = b.down_x[sx].i0, sx1[sx] = b.down_x[sx].i1, swx0[sx] = b.down_x[sx].w0, swx1[sx] = b.down_x[sx].w1;
+  int32_t* tap0 = b.x0_32.data();  // the crop's column taps are no longer needed: reuse their arrays
+  int32_t* tap1 = b.x1_32.data();
+  column_taps(b.down_x.data(), D, tap0, tap1, wx0, wx1);
   std::fill(b.narrow_done.begin(), b.narrow_done.end(), 0);
   for (int sy = 0; sy < D; ++sy) {
-    for (const int r : {b.down_y[sy].i0, b.down_y[sy].i1}) {
+    const Taps& ty = b.down_y[sy];
+    for (const int r : {ty.i0, ty.i1}) {
       if (b.narrow_done[r]) continue;
-      const float* src = &b.crop[r * P];
-      float* dst = narrow + r * D;
-      int sx = 0;
-#if RELPOS_AVX2
-      for (; sx + 8 <= D; sx += 8) {
-        const __m256 v0 = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sx0 + sx)), 4);
-        const __m256 v1 = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sx1 + sx)), 4);
-        _mm256_storeu_ps(dst + sx, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(swx0 + sx), v0),
-                                                 _mm256_mul_ps(_mm256_loadu_ps(swx1 + sx), v1)));
-      }
-#endif
-      for (; sx < D; ++sx) dst[sx] = swx0[sx] * src[sx0[sx]] + swx1[sx] * src[sx1[sx]];
+      blend_columns(&b.crop[r * P], tap0, tap1, wx0, wx1, D, narrow + r * D);
       b.narrow_done[r] = 1;
     }
-    const Taps& ty = b.down_y[sy];
-    const float* h0 = narrow + ty.i0 * D;
-    const float* h1 = narrow + ty.i1 * D;
-    for (int sx = 0; sx < D; ++sx) b.small[sy * D + sx] = ty.w0 * h0[sx] + ty.w1 * h1[sx];
+    blend_rows(narrow + ty.i0 * D, narrow + ty.i1 * D, ty.w0, ty.w1, D, &b.small[sy * D]);
   }
   // Up-sampling, separable like the crop: each small row's horizontal blend once, then contiguous vertical blends.
   float* wide = b.wide.data();  // [D, P]
-  for (int sy = 0; sy < D; ++sy)
-    for (int px = 0; px < P; ++px) {
-      const Taps& tx = b.up_x[px];
-      wide[sy * P + px] = tx.w0 * b.small[sy * D + tx.i0] + tx.w1 * b.small[sy * D + tx.i1];
-    }
+  column_taps(b.up_x.data(), P, tap0, tap1, wx0, wx1);
+  for (int sy = 0; sy < D; ++sy) blend_columns(&b.small[sy * D], tap0, tap1, wx0, wx1, P, wide + sy * P);
   for (int py = 0; py < P; ++py) {
     const Taps& ty = b.up_y[py];
-    const float* h0 = wide + ty.i0 * P;
-    const float* h1 = wide + ty.i1 * P;
-    const float wy0 = ty.w0, wy1 = ty.w1;
-    for (int px = 0; px < P; ++px) out[py * P + px] = wy0 * h0[px] + wy1 * h1[px];
+    blend_rows(wide + ty.i0 * P, wide + ty.i1 * P, ty.w0, ty.w1, P, &out[py * P]);
   }
 }
 
