@@ -1,0 +1,629 @@
+// The CUDA kernel of relpos::extract_patches as barrier-separated phases. One thread block renders one patch:
+//
+//   taps       resize taps (first index, weight) per output row and column, for the crop and, for down-sampled
+//              patches, for the down (P -> d) and up (d -> P) steps, computed once per patch; noise channels
+//   per rendered channel:
+//     stage    the channel's source window, copied to shared memory with coalesced loads (if it fits)
+//     h pass   horizontal blend of every needed source row (from the window, or from global memory)
+//     v pass   vertical blend: the crop (for a down-sampled patch, crop -> small -> wide -> P x P)
+//   sums       the float64 channel sums over the patch held in shared memory (colour projection in place)
+//   store      normalise and write, four elements per store where aligned (NCHW and channels-last)
+//
+// Every phase is a torch-free function of (thread index, threads per block, shared buffer, parameters) that
+// reads only what earlier phases wrote: the kernel runs them between __syncthreads() (BlockExec in
+// extract_patches.cu), tests/cuda_phases_harness.cpp runs them for every thread of a block in several orders on
+// the CPU. The control flow between phases (render_patch) depends only on the plan row and on shared memory
+// written before the last barrier, so it is the same in every thread.
+//
+// The floats are those of the C++ op (csrc/cpu_kernel_impl.h), operation for operation: horizontal blend
+// wx0 * a + wx1 * b of a source row, then wy0 * h0 + wy1 * h1; the small image by blend(); the up-sampling
+// separable; noise from relpos_math.h; sums v and v * v in double. Compiled with --fmad=false (device) and
+// -ffp-contract=off (host), so no multiply-add is fused. The double sums are added in another order than on
+// the CPU, which changes the float mean or scale only if a sum lies within a few double ulps of a float
+// rounding boundary (as for the Triton kernel).
+//
+// Patches whose buffers do not fit the shared memory budget (large patch sizes) take the per-pixel path:
+// every pixel computed by relpos_math.h's nested evaluation, once for the sums and once for the store.
+#pragma once
+#include <stdint.h>
+
+#include "../relpos_math.h"
+#include "extract_params.h"
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+namespace relpos {
+namespace staged {
+
+// Division by a runtime divisor d in [1, 2^31) for numerators in [0, 2^31): a multiply-high, an add and a
+// shift (the method of PyTorch's IntDivider), instead of a division subroutine in the inner loops.
+struct FastDiv {
+  uint32_t divisor, multiplier, shift;
+};
+
+RELPOS_HD FastDiv make_fastdiv(uint32_t d) {
+  FastDiv f;
+  f.divisor = d;
+  f.shift = 0;
+  while (f.shift < 32 && (uint32_t{1} << f.shift) < d) ++f.shift;
+  const uint64_t one = 1;
+  f.multiplier = static_cast<uint32_t>(((one << 32) * ((one << f.shift) - d)) / d + 1);
+  return f;
+}
+
+RELPOS_HD uint32_t fast_div(const FastDiv& f, uint32_t n) {
+  const uint32_t high = static_cast<uint32_t>((static_cast<uint64_t>(n) * f.multiplier) >> 32);
+  return static_cast<uint32_t>((static_cast<uint64_t>(high) + n) >> f.shift);
+}
+
+// A resize tap as stored in shared memory: first index and second weight. The second index and first weight
+// follow exactly as linear_taps makes them: i1 = min(i0 + 1, in_size - 1), w0 = 1 - w1.
+struct Tap {
+  int i0;
+  float w1;
+};
+
+RELPOS_HD Tap pack_tap(const Taps& t) { return Tap{t.i0, t.w1}; }
+
+RELPOS_HD Taps unpack_tap(Tap t, int in_size) {
+  Taps r;
+  r.i0 = t.i0;
+  r.i1 = t.i0 + 1 < in_size ? t.i0 + 1 : in_size - 1;
+  r.w1 = t.w1;
+  r.w0 = 1.f - t.w1;
+  return r;
+}
+
+constexpr int kBuffers = 4;          // float buffers of (P + 2) x P: three final channels and one to work in
+constexpr int kMaxWarps = 32;        // 1024 threads
+constexpr int kReduceDoubles = (kMaxWarps + 1) * 6;
+constexpr int64_t kMinWindow = 2048;  // bytes; also the block reduction's scratch (kReduceDoubles doubles)
+
+// Where everything lies in the dynamic shared memory of one block (byte offsets, 16-byte aligned).
+struct Layout {
+  int patch;
+  int threads;
+  bool staged;           // false: the per-pixel path (only the reduction scratch is used)
+  int buffer_rows;       // rows of P floats per buffer: P + 2 (every source row of a crop that is not shrunk)
+  int64_t buffer_bytes;  // buffer b starts at b * buffer_bytes
+  int64_t crop_y, crop_x, down, up;  // Tap tables of P entries
+  int64_t window, window_bytes;      // the staged source window of one channel; also the reduction scratch
+  int64_t total;
+};
+
+RELPOS_HD int64_t align16(int64_t x) { return (x + 15) / 16 * 16; }
+
+// The layout for patch size `patch`, `threads` per block (a multiple of 32, at most 1024) and `budget` bytes
+// of shared memory per block. Staged when the four buffers, the tap tables and a minimal window fit and the
+// patch is at most as wide as the block (each column pass gives every column its own thread).
+RELPOS_HD Layout make_layout(int patch, int threads, int64_t budget) {
+  Layout L = {};
+  L.patch = patch;
+  L.threads = threads;
+  L.buffer_rows = patch + 2;
+  L.buffer_bytes = align16(int64_t{L.buffer_rows} * patch * 4);
+  const int64_t tap_bytes = align16(int64_t{patch} * static_cast<int64_t>(sizeof(Tap)));
+  int64_t at = kBuffers * L.buffer_bytes;
+  L.crop_y = at, at += tap_bytes;
+  L.crop_x = at, at += tap_bytes;
+  L.down = at, at += tap_bytes;
+  L.up = at, at += tap_bytes;
+  L.window = at;
+  L.staged = patch <= threads && at + kMinWindow <= budget;
+  if (!L.staged) {
+    L.window = 0;
+    L.window_bytes = kMinWindow;
+    L.total = kMinWindow;
+    return L;
+  }
+  L.window_bytes = (budget - at) / 16 * 16;
+  L.total = at + L.window_bytes;
+  return L;
+}
+
+// Byte offset of channel c, row y, column x of an image in the packed buffer (64-bit: the buffer may exceed
+// 2^31 bytes, and so may any one term).
+RELPOS_HD int64_t source_offset(const int64_t* meta_row, int c, int y, int x) {
+  return meta_row[kOffset] + c * meta_row[kStrideC] + y * meta_row[kStrideY] + x * meta_row[kStrideX];
+}
+
+// Element offset of output element (n, c, y, x) from its strides.
+RELPOS_HD int64_t output_offset(const int64_t strides[4], int64_t n, int c, int y, int x) {
+  return n * strides[0] + c * strides[1] + y * strides[2] + x * strides[3];
+}
+
+// ----------------------------------------------------------------------------------------- output types
+// Storage and rounding of each output type; the software conversions are c10's (round to nearest even) and
+// the device uses the equivalent intrinsics.
+struct OutF32 {
+  using storage = float;
+  static constexpr int bytes = 4;
+  RELPOS_HD static float convert(float v) { return v; }
+};
+
+RELPOS_HD uint32_t float_bits(float f) {
+  union {
+    float f;
+    uint32_t u;
+  } x;
+  x.f = f;
+  return x.u;
+}
+
+RELPOS_HD float bits_float(uint32_t u) {
+  union {
+    float f;
+    uint32_t u;
+  } x;
+  x.u = u;
+  return x.f;
+}
+
+struct OutBF16 {
+  using storage = uint16_t;
+  static constexpr int bytes = 2;
+  RELPOS_HD static uint16_t convert(float v) {
+#if defined(__CUDA_ARCH__)
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+#else
+    if (v != v) return 0x7FC0;
+    const uint32_t bits = float_bits(v);
+    return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+#endif
+  }
+};
+
+struct OutF16 {
+  using storage = uint16_t;
+  static constexpr int bytes = 2;
+  RELPOS_HD static uint16_t convert(float v) {
+#if defined(__CUDA_ARCH__)
+    return __half_as_ushort(__float2half_rn(v));
+#else
+    // c10::detail::fp16_ieee_from_fp32_value
+    const float scale_to_inf = bits_float(0x77800000u), scale_to_zero = bits_float(0x08800000u);
+    float base = (fabsf(v) * scale_to_inf) * scale_to_zero;
+    const uint32_t w = float_bits(v), shl1_w = w + w, sign = w & 0x80000000u;
+    uint32_t bias = shl1_w & 0xFF000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    base = bits_float((bias >> 1) + 0x07800000u) + base;
+    const uint32_t bits = float_bits(base);
+    const uint32_t exp_bits = (bits >> 13) & 0x00007C00u, mantissa_bits = bits & 0x00000FFFu;
+    return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : exp_bits + mantissa_bits));
+#endif
+  }
+};
+
+// Four consecutive outputs with one store (16 bytes for float32, 8 for 16-bit types); dst is aligned to that.
+RELPOS_HD void store4(float* dst, float a, float b, float c, float d) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<float4*>(dst) = make_float4(a, b, c, d);
+#else
+  dst[0] = a, dst[1] = b, dst[2] = c, dst[3] = d;
+#endif
+}
+
+RELPOS_HD void store4(uint16_t* dst, uint16_t a, uint16_t b, uint16_t c, uint16_t d) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint2*>(dst) = make_uint2(a | (uint32_t{b} << 16), c | (uint32_t{d} << 16));
+#else
+  dst[0] = a, dst[1] = b, dst[2] = c, dst[3] = d;
+#endif
+}
+
+// uint8 -> float, exact: the bits of 2^23 + v minus 2^23 (two full-rate instructions instead of a conversion).
+RELPOS_HD float byte_to_float(uint32_t v) { return bits_float(0x4B000000u | v) - 8388608.0f; }
+
+// ------------------------------------------------------------------------------------------ per patch
+// What every thread knows about the patch it renders: read from the plan row and the image table, plus the
+// window and pass mode chosen from the tap tables once they are in shared memory.
+struct Patch {
+  int64_t n;
+  const uint8_t* data;
+  const int64_t* meta_row;
+  int rows, cols;  // source image
+  PatchGeometry g;
+  int kept, color, P, Q;
+  uint64_t seed;
+  // Set after the taps phase:
+  int wr0, wr1, wc0, wc1;  // source window rows [wr0, wr1], columns [wc0, wc1]
+  int window_cols;
+  bool staged_window;      // the window of one channel fits the shared memory window
+  bool dense;              // h pass rows are source rows wr0.. (every one needed); else two per output row
+};
+
+RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n) {
+  Patch s = {};
+  s.n = n;
+  const int32_t* row = p.plan + n * kPlanColumns;
+  s.meta_row = p.meta + int64_t{row[kImage]} * kMetaColumns;
+  s.data = p.data;
+  s.rows = static_cast<int>(s.meta_row[kRows]);
+  s.cols = static_cast<int>(s.meta_row[kCols]);
+  const ImageView image{p.data + s.meta_row[kOffset], s.meta_row[kRows], s.meta_row[kCols],
+                        s.meta_row[kStrideC], s.meta_row[kStrideY], s.meta_row[kStrideX]};
+  s.g = make_geometry(image, row, p.patch);
+  s.kept = row[kChannel];
+  s.color = p.color;
+  s.P = p.patch;
+  s.Q = p.patch * p.patch;
+  s.seed = p.seed;
+  return s;
+}
+
+template <typename T>
+RELPOS_HD T* at(unsigned char* smem, int64_t offset) {
+  return reinterpret_cast<T*>(smem + offset);
+}
+
+// Phase: the tap tables (one output row and column per thread) and, merged into it, the noise of the dropped
+// channels into their buffers (noise_buffer[c] >= 0 for those).
+RELPOS_HD void phase_taps(int t, int T, unsigned char* smem, const Layout& L, const Patch& s) {
+  const int P = s.P, D = s.g.down;
+  for (int i = t; i < P; i += T) {
+    at<Tap>(smem, L.crop_y)[i] = pack_tap(linear_taps(s.g.top + i, s.rows, s.g.resized_rows));
+    at<Tap>(smem, L.crop_x)[i] = pack_tap(linear_taps(s.g.left + i, s.cols, s.g.resized_cols));
+    if (D > 0) {
+      at<Tap>(smem, L.up)[i] = pack_tap(linear_taps(i, D, P));
+      if (i < D) at<Tap>(smem, L.down)[i] = pack_tap(linear_taps(i, P, D));
+    }
+  }
+}
+
+// Phase: noise of channel c (elements c * Q ... c * Q + Q - 1 of the patch) into dst, one Philox block of four
+// values per thread and step; a block that straddles two channels is drawn for each (at most two per patch).
+RELPOS_HD void phase_noise(int t, int T, float* dst, const Patch& s, int c) {
+  const uint32_t first = static_cast<uint32_t>(c) * s.Q, count = static_cast<uint32_t>(s.Q);
+  const uint32_t first_block = first >> 2, last_block = (first + count - 1) >> 2;
+  for (uint32_t block = first_block + t; block <= last_block; block += T) {
+    uint32_t words[4];
+    philox4x32_10(s.seed, block, static_cast<uint32_t>(s.n), words);
+    const int64_t e = int64_t{block} * 4 - first;  // element of words[0] within the channel
+    if (e >= 0 && e + 3 < count && (count & 3) == 0) {
+      dst[e] = word_to_noise(words[0]), dst[e + 1] = word_to_noise(words[1]);
+      dst[e + 2] = word_to_noise(words[2]), dst[e + 3] = word_to_noise(words[3]);
+      continue;
+    }
+    for (int k = 0; k < 4; ++k)
+      if (e + k >= 0 && e + k < count) dst[e + k] = word_to_noise(words[k]);
+  }
+}
+
+// Chooses the window and the h pass mode from the tap tables (uniform: every thread reads the same values).
+RELPOS_HD void choose_window(Patch& s, unsigned char* smem, const Layout& L) {
+  const Tap* ty = at<Tap>(smem, L.crop_y);
+  const Tap* tx = at<Tap>(smem, L.crop_x);
+  s.wr0 = ty[0].i0;
+  s.wr1 = unpack_tap(ty[s.P - 1], s.rows).i1;
+  s.wc0 = tx[0].i0;
+  s.wc1 = unpack_tap(tx[s.P - 1], s.cols).i1;
+  s.window_cols = s.wc1 - s.wc0 + 1;
+  s.staged_window = int64_t{s.wr1 - s.wr0 + 1} * s.window_cols <= L.window_bytes;
+  s.dense = s.wr1 - s.wr0 + 1 <= L.buffer_rows;
+}
+
+// Phase: channel c's source window [wr0, wr1] x [wc0, wc1] into shared memory, row after row; consecutive
+// threads read consecutive columns (consecutive bytes when the image is planar).
+RELPOS_HD void phase_stage(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int c,
+                           const FastDiv& by_cols) {
+  uint8_t* window = at<uint8_t>(smem, L.window);
+  const int count = (s.wr1 - s.wr0 + 1) * s.window_cols;
+  const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
+  const uint8_t* origin = s.data + source_offset(s.meta_row, c, s.wr0, s.wc0);
+  for (int e = t; e < count; e += T) {
+    const int r = static_cast<int>(fast_div(by_cols, static_cast<uint32_t>(e)));
+    const int x = e - r * s.window_cols;
+    window[e] = origin[r * sy + x * sx];
+  }
+}
+
+// The source row (absolute index) that h pass slot `slot` of band [band_begin, ...) holds.
+RELPOS_HD int slot_row(const Patch& s, const Tap* ty, int band_begin, int slot) {
+  if (s.dense) return s.wr0 + slot;
+  const Taps taps = unpack_tap(ty[band_begin + (slot >> 1)], s.rows);
+  return slot & 1 ? taps.i1 : taps.i0;
+}
+
+// Phase: horizontal blend of `slots` source rows into h (rows of P floats). Thread t owns column t % P and
+// takes every (T / P)-th slot from t / P, so the column's taps stay in registers.
+template <bool kFromWindow>
+RELPOS_HD void phase_h(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int c, int band_begin,
+                       int slots, float* h, const FastDiv& by_p) {
+  const int P = s.P;
+  const int first = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(t)));
+  const int step = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(T)));
+  if (first >= step) return;
+  const int px = t - first * P;
+  const Taps tx = unpack_tap(at<Tap>(smem, L.crop_x)[px], s.cols);
+  const Tap* ty = at<Tap>(smem, L.crop_y);
+  const float wx0 = tx.w0, wx1 = tx.w1;
+  if (kFromWindow) {
+    const uint8_t* window = at<uint8_t>(smem, L.window);
+    const int x0 = tx.i0 - s.wc0, x1 = tx.i1 - s.wc0;
+    for (int slot = first; slot < slots; slot += step) {
+      const int row = (slot_row(s, ty, band_begin, slot) - s.wr0) * s.window_cols;
+      const float v0 = byte_to_float(window[row + x0]), v1 = byte_to_float(window[row + x1]);
+      h[slot * P + px] = wx0 * v0 + wx1 * v1;
+    }
+  } else {
+    const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
+    const uint8_t* plane = s.data + source_offset(s.meta_row, c, 0, 0);
+    const int64_t x0 = tx.i0 * sx, x1 = tx.i1 * sx;
+    for (int slot = first; slot < slots; slot += step) {
+      const int64_t row = slot_row(s, ty, band_begin, slot) * sy;
+      const float v0 = byte_to_float(plane[row + x0]), v1 = byte_to_float(plane[row + x1]);
+      h[slot * P + px] = wx0 * v0 + wx1 * v1;
+    }
+  }
+}
+
+// Phase: vertical blend of output rows [band_begin, band_end) of the crop from the h rows into dst (P x P).
+RELPOS_HD void phase_v(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int band_begin,
+                       int band_end, const float* h, float* dst, const FastDiv& by_p) {
+  const int P = s.P;
+  const int first = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(t)));
+  const int step = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(T)));
+  if (first >= step) return;
+  const int px = t - first * P;
+  const Tap* ty = at<Tap>(smem, L.crop_y);
+  for (int py = band_begin + first; py < band_end; py += step) {
+    const Taps taps = unpack_tap(ty[py], s.rows);
+    const int s0 = s.dense ? taps.i0 - s.wr0 : 2 * (py - band_begin);
+    const int s1 = s.dense ? taps.i1 - s.wr0 : s0 + 1;
+    dst[py * P + px] = taps.w0 * h[s0 * P + px] + taps.w1 * h[s1 * P + px];
+  }
+}
+
+// Phase: the crop (P x P) down-sampled to small (D x D), by blend() like the C++ op.
+RELPOS_HD void phase_small(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* crop,
+                           float* small, const FastDiv& by_d) {
+  const int P = s.P, D = s.g.down;
+  const int first = static_cast<int>(fast_div(by_d, static_cast<uint32_t>(t)));
+  const int step = static_cast<int>(fast_div(by_d, static_cast<uint32_t>(T)));
+  if (first >= step) return;
+  const int sx = t - first * D;
+  const Tap* down = at<Tap>(smem, L.down);
+  const Taps tx = unpack_tap(down[sx], P);
+  for (int sy = first; sy < D; sy += step) {
+    const Taps ty = unpack_tap(down[sy], P);
+    small[sy * D + sx] = blend(ty, tx, crop[ty.i0 * P + tx.i0], crop[ty.i0 * P + tx.i1], crop[ty.i1 * P + tx.i0],
+                               crop[ty.i1 * P + tx.i1]);
+  }
+}
+
+// Phase: horizontal up-sampling of every small row to P columns (wide, D x P).
+RELPOS_HD void phase_wide(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* small,
+                          float* wide, const FastDiv& by_p) {
+  const int P = s.P, D = s.g.down;
+  const int first = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(t)));
+  const int step = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(T)));
+  if (first >= step) return;
+  const int px = t - first * P;
+  const Taps tx = unpack_tap(at<Tap>(smem, L.up)[px], D);
+  for (int sy = first; sy < D; sy += step)
+    wide[sy * P + px] = tx.w0 * small[sy * D + tx.i0] + tx.w1 * small[sy * D + tx.i1];
+}
+
+// Phase: vertical up-sampling of wide to the P x P patch.
+RELPOS_HD void phase_up(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* wide,
+                        float* dst, const FastDiv& by_p) {
+  const int P = s.P, D = s.g.down;
+  const int first = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(t)));
+  const int step = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(T)));
+  if (first >= step) return;
+  const int px = t - first * P;
+  const Tap* up = at<Tap>(smem, L.up);
+  for (int py = first; py < P; py += step) {
+    const Taps ty = unpack_tap(up[py], D);
+    dst[py * P + px] = ty.w0 * wide[ty.i0 * P + px] + ty.w1 * wide[ty.i1 * P + px];
+  }
+}
+
+// A thread's share of the patch statistics: sum[0..2], then sum of squares[0..2].
+struct Sums {
+  double v[6];
+};
+
+// Reduction phase: this thread's sums over its elements of the three channel buffers, after the colour
+// projection (done in place: each element is read and written by the same thread).
+RELPOS_HD Sums phase_sums(int t, int T, float* const values[3], const Patch& s) {
+  Sums r = {{0, 0, 0, 0, 0, 0}};
+  for (int i = t; i < s.Q; i += T) {
+    float v[3] = {values[0][i], values[1][i], values[2][i]};
+    if (s.color == kColorProject) {
+      project_green_magenta(v);
+      values[0][i] = v[0], values[1][i] = v[1], values[2][i] = v[2];
+    }
+    for (int c = 0; c < 3; ++c) {
+      const double d = v[c];
+      r.v[c] += d;
+      r.v[3 + c] += d * d;
+    }
+  }
+  return r;
+}
+
+// Normalisation of the patch from the block totals (the same in every thread).
+struct Norm {
+  float mean[3], scale;
+};
+
+RELPOS_HD Norm make_norm(const Sums& total, const Patch& s) {
+  PatchStats stats;
+  for (int c = 0; c < 3; ++c) stats.sum[c] = total.v[c], stats.sum_sq[c] = total.v[3 + c];
+  Norm norm;
+  finish_stats(stats, s.color, s.kept, s.Q, norm.mean, &norm.scale);
+  return norm;
+}
+
+// Phase: normalise and store. NCHW and channels-last patches are one contiguous run of 3 P^2 elements: each
+// thread stores groups of four consecutive ones with one wide store where the run allows; any other layout
+// element by element.
+template <typename Out>
+RELPOS_HD void phase_store(int t, int T, const ExtractParams& p, const Patch& s, float* const values[3],
+                           const Norm& norm, const FastDiv& by_p) {
+  using storage = typename Out::storage;
+  const int P = s.P, Q = s.Q;
+  const int64_t* st = p.out_strides;
+  storage* base = static_cast<storage*>(p.out) + s.n * st[0];
+  const bool nchw = st[3] == 1 && st[2] == P && st[1] == Q;
+  const bool nhwc = st[1] == 1 && st[3] == 3 && st[2] == 3 * int64_t{P};
+  auto value = [&](int c, int i) {  // selects rather than indexes, so nothing goes to local memory
+    const float* plane = c == 0 ? values[0] : (c == 1 ? values[1] : values[2]);
+    const float mean = c == 0 ? norm.mean[0] : (c == 1 ? norm.mean[1] : norm.mean[2]);
+    return Out::convert((plane[i] - mean) * norm.scale);
+  };
+  if (nchw || nhwc) {
+    const FastDiv by_q = make_fastdiv(static_cast<uint32_t>(Q));
+    auto element = [&](int j) {  // j-th element of the run
+      if (nchw) {
+        const int c = static_cast<int>(fast_div(by_q, static_cast<uint32_t>(j)));
+        return value(c, j - c * Q);
+      }
+      const int i = j / 3;
+      return value(j - 3 * i, i);
+    };
+    const int count = 3 * Q;
+    const bool wide = (count & 3) == 0 && reinterpret_cast<uintptr_t>(base) % (4 * Out::bytes) == 0;
+    if (wide) {
+      for (int j = 4 * t; j < count; j += 4 * T) store4(base + j, element(j), element(j + 1), element(j + 2), element(j + 3));
+    } else {
+      for (int j = t; j < count; j += T) base[j] = element(j);
+    }
+    return;
+  }
+  for (int j = t; j < 3 * Q; j += T) {
+    const int c = j / Q, i = j - c * Q;
+    const int y = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(i)));
+    base[c * st[1] + y * st[2] + (i - y * P) * st[3]] = value(c, i);
+  }
+}
+
+// ------------------------------------------------------------------------------ per-pixel path phases
+// For patches whose buffers do not fit: each pixel by relpos_math.h's nested evaluation (the values the
+// staged passes compute), once for the sums and again for the store.
+RELPOS_HD Sums phase_pixel_sums(int t, int T, const Patch& s, const FastDiv& by_p) {
+  Sums r = {{0, 0, 0, 0, 0, 0}};
+  for (int i = t; i < s.Q; i += T) {
+    const int py = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(i)));
+    float v[3];
+    pixel_values(s.g, s.color, s.kept, s.seed, static_cast<uint32_t>(s.n), py, i - py * s.P, v);
+    for (int c = 0; c < 3; ++c) {
+      const double d = v[c];
+      r.v[c] += d;
+      r.v[3 + c] += d * d;
+    }
+  }
+  return r;
+}
+
+template <typename Out>
+RELPOS_HD void phase_pixel_store(int t, int T, const ExtractParams& p, const Patch& s, const Norm& norm,
+                                 const FastDiv& by_p) {
+  typename Out::storage* base = static_cast<typename Out::storage*>(p.out);
+  for (int i = t; i < s.Q; i += T) {
+    const int py = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(i))), px = i - py * s.P;
+    float v[3];
+    pixel_values(s.g, s.color, s.kept, s.seed, static_cast<uint32_t>(s.n), py, px, v);
+    for (int c = 0; c < 3; ++c)
+      base[output_offset(p.out_strides, s.n, c, py, px)] = Out::convert((v[c] - norm.mean[c]) * norm.scale);
+  }
+}
+
+// ----------------------------------------------------------------------------------------------- driver
+// Which buffer holds channel c at the end, and which two it works in (x: h rows, then the small image; y: the
+// crop, then the wide image). A plain crop ends in y, a down-sampled one in x. Fixed by colour and down-sampling
+// alone, so every thread knows it without shared state: rendered channels take (0, c + 1) or (c, c + 1);
+// colour dropping renders one channel in (0, 1) and puts the noise channels in 2 and 3, which the taps phase
+// fills before the kept channel is rendered.
+RELPOS_HD int work_x(const Patch& s, int c) {
+  return s.color != kColorDrop && s.g.down > 0 ? c : 0;
+}
+RELPOS_HD int work_y(const Patch& s, int c) { return s.color == kColorDrop ? 1 : c + 1; }
+RELPOS_HD int home_buffer(const Patch& s, int c) {
+  if (!keeps_channel(s.color, s.kept, c)) return c == (s.kept == 0 ? 1 : 0) ? 2 : 3;  // noise: 2, then 3
+  return s.g.down > 0 ? work_x(s, c) : work_y(s, c);
+}
+
+RELPOS_HD float* buffer_at(unsigned char* smem, const Layout& L, int b) { return at<float>(smem, b * L.buffer_bytes); }
+
+// The phases of one patch in order. Exec runs a phase for every thread of the block followed by a barrier
+// (exec.phase(f) with f(t, T)), and a reduction phase followed by the block sum of its Sums
+// (exec.reduce(f, scratch)), in the order of BlockExec's warp tree.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename Out, typename Exec>
+RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, const ExtractParams& p, int64_t n) {
+  Patch s = make_patch(p, n);
+  const FastDiv by_p = make_fastdiv(static_cast<uint32_t>(s.P));
+  double* scratch = at<double>(smem, L.window);
+  exec.phase([&](int t, int T) {
+    phase_taps(t, T, smem, L, s);
+    if (s.color == kColorDrop)
+      for (int c = 0; c < 3; ++c)
+        if (c != s.kept) phase_noise(t, T, buffer_at(smem, L, home_buffer(s, c)), s, c);
+  });
+  choose_window(s, smem, L);
+  const FastDiv by_cols = make_fastdiv(static_cast<uint32_t>(s.window_cols));
+  const FastDiv by_d = make_fastdiv(static_cast<uint32_t>(s.g.down > 0 ? s.g.down : 1));
+  const int band_rows = s.dense ? s.P : L.buffer_rows / 2;
+  for (int c = 0; c < 3; ++c) {
+    if (!keeps_channel(s.color, s.kept, c)) continue;
+    float* h = buffer_at(smem, L, work_x(s, c));
+    float* crop = buffer_at(smem, L, work_y(s, c));
+    if (s.staged_window) exec.phase([&](int t, int T) { phase_stage(t, T, smem, L, s, c, by_cols); });
+    for (int begin = 0; begin < s.P; begin += band_rows) {
+      const int end = begin + band_rows < s.P ? begin + band_rows : s.P;
+      const int slots = s.dense ? s.wr1 - s.wr0 + 1 : 2 * (end - begin);
+      exec.phase([&](int t, int T) {
+        if (s.staged_window) {
+          phase_h<true>(t, T, smem, L, s, c, begin, slots, h, by_p);
+        } else {
+          phase_h<false>(t, T, smem, L, s, c, begin, slots, h, by_p);
+        }
+      });
+      exec.phase([&](int t, int T) { phase_v(t, T, smem, L, s, begin, end, h, crop, by_p); });
+    }
+    if (s.g.down > 0) {  // crop (y) -> small (x) -> wide (y) -> patch (x)
+      float* small = h;
+      float* wide = crop;
+      exec.phase([&](int t, int T) { phase_small(t, T, smem, L, s, crop, small, by_d); });
+      exec.phase([&](int t, int T) { phase_wide(t, T, smem, L, s, small, wide, by_p); });
+      exec.phase([&](int t, int T) { phase_up(t, T, smem, L, s, wide, small, by_p); });
+    }
+  }
+  float* const values[3] = {buffer_at(smem, L, home_buffer(s, 0)), buffer_at(smem, L, home_buffer(s, 1)),
+                            buffer_at(smem, L, home_buffer(s, 2))};
+  const Sums total = exec.reduce([&](int t, int T) { return phase_sums(t, T, values, s); }, scratch);
+  const Norm norm = make_norm(total, s);
+  exec.phase([&](int t, int T) { phase_store<Out>(t, T, p, s, values, norm, by_p); });
+}
+
+// The per-pixel path (layout not staged): sums, then the store, each pixel computed twice.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename Out, typename Exec>
+RELPOS_HD void render_patch_per_pixel(Exec& exec, unsigned char* smem, const ExtractParams& p, int64_t n) {
+  const Patch s = make_patch(p, n);
+  const FastDiv by_p = make_fastdiv(static_cast<uint32_t>(s.P));
+  const Sums total = exec.reduce([&](int t, int T) { return phase_pixel_sums(t, T, s, by_p); },
+                                 at<double>(smem, 0));
+  const Norm norm = make_norm(total, s);
+  exec.phase([&](int t, int T) { phase_pixel_store<Out>(t, T, p, s, norm, by_p); });
+}
+
+// The block sum of BlockExec: a shuffle-down tree within each warp (offsets 16, 8, 4, 2, 1), then the same
+// tree over the warps' partial sums (absent warps add 0). The CPU harness applies this to every thread's Sums.
+RELPOS_HD double tree_sum32(double lanes[32]) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    for (int lane = 0; lane + offset < 32; ++lane) lanes[lane] += lanes[lane + offset];
+  return lanes[0];
+}
+
+}  // namespace staged
+}  // namespace relpos
