@@ -117,7 +117,7 @@ std::vector<uint8_t> render(const Input& in, const std::vector<int>& order, uint
     if (L.staged) {
       staged::render_patch<Out>(exec, smem.data(), L, p, n);
     } else {
-      staged::render_patch_per_pixel<Out>(exec, smem.data(), p, n);
+      staged::render_patch_per_pixel<Out>(exec, smem.data(), L, p, n);
     }
   }
   return out;

@@ -60,16 +60,16 @@ __global__ void __launch_bounds__(kThreads, 1) extract_patches_kernel(ExtractPar
 constexpr int kPixelThreads = 256;
 
 template <typename Out>
-__global__ void __launch_bounds__(kPixelThreads) extract_patches_per_pixel_kernel(ExtractParams p) {
+__global__ void __launch_bounds__(kPixelThreads) extract_patches_per_pixel_kernel(ExtractParams p, staged::Layout layout) {
   __shared__ __align__(16) unsigned char smem[staged::kMinWindow];
   BlockExec exec;
-  staged::render_patch_per_pixel<Out>(exec, smem, p, blockIdx.x);
+  staged::render_patch_per_pixel<Out>(exec, smem, layout, p, blockIdx.x);
 }
 
 template <typename Out>
 cudaError_t launch(const ExtractParams& params, const staged::Layout& layout, cudaStream_t stream) {
   if (!layout.staged) {
-    extract_patches_per_pixel_kernel<Out><<<static_cast<unsigned>(params.num_patches), kPixelThreads, 0, stream>>>(params);
+    extract_patches_per_pixel_kernel<Out><<<static_cast<unsigned>(params.num_patches), kPixelThreads, 0, stream>>>(params, layout);
     return cudaGetLastError();
   }
   auto* kernel = &extract_patches_kernel<Out>;

@@ -90,8 +90,10 @@ struct Layout {
   int buffer_rows;       // rows of P floats per buffer: P + 2 (every source row of a crop that is not shrunk)
   int64_t buffer_bytes;  // buffer b starts at b * buffer_bytes
   int64_t crop_y, crop_x, down, up;  // Tap tables of P entries
+  int64_t header;                    // the patch's Window (below), written by thread 0 in the taps phase
   int64_t window, window_bytes;      // the staged source window of one channel; also the reduction scratch
   int64_t total;
+  FastDiv by_p, by_q;                // division by P and by P^2, prepared once per launch
 };
 
 RELPOS_HD int64_t align16(int64_t x) { return (x + 15) / 16 * 16; }
@@ -101,6 +103,8 @@ RELPOS_HD int64_t align16(int64_t x) { return (x + 15) / 16 * 16; }
 // patch is at most as wide as the block (each column pass gives every column its own thread).
 RELPOS_HD Layout make_layout(int patch, int threads, int64_t budget) {
   Layout L = {};
+  L.by_p = make_fastdiv(static_cast<uint32_t>(patch));
+  L.by_q = make_fastdiv(static_cast<uint32_t>(patch * patch));
   L.patch = patch;
   L.threads = threads;
   L.buffer_rows = patch + 2;
@@ -111,6 +115,7 @@ RELPOS_HD Layout make_layout(int patch, int threads, int64_t budget) {
   L.crop_x = at, at += tap_bytes;
   L.down = at, at += tap_bytes;
   L.up = at, at += tap_bytes;
+  L.header = at, at += 64;
   L.window = at;
   L.staged = patch <= threads && at + kMinWindow <= budget;
   if (!L.staged) {
@@ -228,11 +233,19 @@ struct Patch {
   PatchGeometry g;
   int kept, color, P, Q;
   uint64_t seed;
-  // Set after the taps phase:
+  // Read from the Window after the taps phase:
   int wr0, wr1, wc0, wc1;  // source window rows [wr0, wr1], columns [wc0, wc1]
   int window_cols;
   bool staged_window;      // the window of one channel fits the shared memory window
   bool dense;              // h pass rows are source rows wr0.. (every one needed); else two per output row
+  FastDiv by_cols, by_d;   // division by the window width and by the down size
+};
+
+// The per-patch choices every thread needs, computed once (thread 0, taps phase) and read after the barrier.
+struct Window {
+  int wr0, wr1, wc0, wc1;
+  int staged_window, dense;
+  FastDiv by_cols, by_d;
 };
 
 RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n) {
@@ -259,10 +272,37 @@ RELPOS_HD T* at(unsigned char* smem, int64_t offset) {
   return reinterpret_cast<T*>(smem + offset);
 }
 
+// The window and the h pass mode (thread 0 of the taps phase): the rows and columns the crop's taps reach.
+RELPOS_HD Window make_window(const Patch& s, const Layout& L) {
+  const Taps top = linear_taps(s.g.top, s.rows, s.g.resized_rows);
+  const Taps bottom = linear_taps(s.g.top + s.P - 1, s.rows, s.g.resized_rows);
+  const Taps left = linear_taps(s.g.left, s.cols, s.g.resized_cols);
+  const Taps right = linear_taps(s.g.left + s.P - 1, s.cols, s.g.resized_cols);
+  Window w;
+  w.wr0 = top.i0, w.wr1 = bottom.i1, w.wc0 = left.i0, w.wc1 = right.i1;
+  const int window_cols = w.wc1 - w.wc0 + 1;
+  w.staged_window = int64_t{w.wr1 - w.wr0 + 1} * window_cols <= L.window_bytes;
+  w.dense = w.wr1 - w.wr0 + 1 <= L.buffer_rows;
+  w.by_cols = make_fastdiv(static_cast<uint32_t>(window_cols));
+  w.by_d = make_fastdiv(static_cast<uint32_t>(s.g.down > 0 ? s.g.down : 1));
+  return w;
+}
+
+RELPOS_HD void read_window(Patch& s, unsigned char* smem, const Layout& L) {
+  const Window w = *at<Window>(smem, L.header);
+  s.wr0 = w.wr0, s.wr1 = w.wr1, s.wc0 = w.wc0, s.wc1 = w.wc1;
+  s.window_cols = w.wc1 - w.wc0 + 1;
+  s.staged_window = w.staged_window != 0;
+  s.dense = w.dense != 0;
+  s.by_cols = w.by_cols;
+  s.by_d = w.by_d;
+}
+
 // Phase: the tap tables (one output row and column per thread) and, merged into it, the noise of the dropped
 // channels into their buffers (noise_buffer[c] >= 0 for those).
 RELPOS_HD void phase_taps(int t, int T, unsigned char* smem, const Layout& L, const Patch& s) {
   const int P = s.P, D = s.g.down;
+  if (t == 0) *at<Window>(smem, L.header) = make_window(s, L);
   for (int i = t; i < P; i += T) {
     at<Tap>(smem, L.crop_y)[i] = pack_tap(linear_taps(s.g.top + i, s.rows, s.g.resized_rows));
     at<Tap>(smem, L.crop_x)[i] = pack_tap(linear_taps(s.g.left + i, s.cols, s.g.resized_cols));
@@ -292,29 +332,15 @@ RELPOS_HD void phase_noise(int t, int T, float* dst, const Patch& s, int c) {
   }
 }
 
-// Chooses the window and the h pass mode from the tap tables (uniform: every thread reads the same values).
-RELPOS_HD void choose_window(Patch& s, unsigned char* smem, const Layout& L) {
-  const Tap* ty = at<Tap>(smem, L.crop_y);
-  const Tap* tx = at<Tap>(smem, L.crop_x);
-  s.wr0 = ty[0].i0;
-  s.wr1 = unpack_tap(ty[s.P - 1], s.rows).i1;
-  s.wc0 = tx[0].i0;
-  s.wc1 = unpack_tap(tx[s.P - 1], s.cols).i1;
-  s.window_cols = s.wc1 - s.wc0 + 1;
-  s.staged_window = int64_t{s.wr1 - s.wr0 + 1} * s.window_cols <= L.window_bytes;
-  s.dense = s.wr1 - s.wr0 + 1 <= L.buffer_rows;
-}
-
 // Phase: channel c's source window [wr0, wr1] x [wc0, wc1] into shared memory, row after row; consecutive
 // threads read consecutive columns (consecutive bytes when the image is planar).
-RELPOS_HD void phase_stage(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int c,
-                           const FastDiv& by_cols) {
+RELPOS_HD void phase_stage(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int c) {
   uint8_t* window = at<uint8_t>(smem, L.window);
   const int count = (s.wr1 - s.wr0 + 1) * s.window_cols;
   const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
   const uint8_t* origin = s.data + source_offset(s.meta_row, c, s.wr0, s.wc0);
   for (int e = t; e < count; e += T) {
-    const int r = static_cast<int>(fast_div(by_cols, static_cast<uint32_t>(e)));
+    const int r = static_cast<int>(fast_div(s.by_cols, static_cast<uint32_t>(e)));
     const int x = e - r * s.window_cols;
     window[e] = origin[r * sy + x * sx];
   }
@@ -331,10 +357,10 @@ RELPOS_HD int slot_row(const Patch& s, const Tap* ty, int band_begin, int slot) 
 // takes every (T / P)-th slot from t / P, so the column's taps stay in registers.
 template <bool kFromWindow>
 RELPOS_HD void phase_h(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int c, int band_begin,
-                       int slots, float* h, const FastDiv& by_p) {
+                       int slots, float* h) {
   const int P = s.P;
-  const int first = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(t)));
-  const int step = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(T)));
+  const int first = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(t)));
+  const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
   const Taps tx = unpack_tap(at<Tap>(smem, L.crop_x)[px], s.cols);
@@ -362,10 +388,10 @@ RELPOS_HD void phase_h(int t, int T, unsigned char* smem, const Layout& L, const
 
 // Phase: vertical blend of output rows [band_begin, band_end) of the crop from the h rows into dst (P x P).
 RELPOS_HD void phase_v(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int band_begin,
-                       int band_end, const float* h, float* dst, const FastDiv& by_p) {
+                       int band_end, const float* h, float* dst) {
   const int P = s.P;
-  const int first = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(t)));
-  const int step = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(T)));
+  const int first = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(t)));
+  const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
   const Tap* ty = at<Tap>(smem, L.crop_y);
@@ -379,10 +405,10 @@ RELPOS_HD void phase_v(int t, int T, unsigned char* smem, const Layout& L, const
 
 // Phase: the crop (P x P) down-sampled to small (D x D), by blend() like the C++ op.
 RELPOS_HD void phase_small(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* crop,
-                           float* small, const FastDiv& by_d) {
+                           float* small) {
   const int P = s.P, D = s.g.down;
-  const int first = static_cast<int>(fast_div(by_d, static_cast<uint32_t>(t)));
-  const int step = static_cast<int>(fast_div(by_d, static_cast<uint32_t>(T)));
+  const int first = static_cast<int>(fast_div(s.by_d, static_cast<uint32_t>(t)));
+  const int step = static_cast<int>(fast_div(s.by_d, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int sx = t - first * D;
   const Tap* down = at<Tap>(smem, L.down);
@@ -396,10 +422,10 @@ RELPOS_HD void phase_small(int t, int T, unsigned char* smem, const Layout& L, c
 
 // Phase: horizontal up-sampling of every small row to P columns (wide, D x P).
 RELPOS_HD void phase_wide(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* small,
-                          float* wide, const FastDiv& by_p) {
+                          float* wide) {
   const int P = s.P, D = s.g.down;
-  const int first = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(t)));
-  const int step = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(T)));
+  const int first = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(t)));
+  const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
   const Taps tx = unpack_tap(at<Tap>(smem, L.up)[px], D);
@@ -409,10 +435,10 @@ RELPOS_HD void phase_wide(int t, int T, unsigned char* smem, const Layout& L, co
 
 // Phase: vertical up-sampling of wide to the P x P patch.
 RELPOS_HD void phase_up(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* wide,
-                        float* dst, const FastDiv& by_p) {
+                        float* dst) {
   const int P = s.P, D = s.g.down;
-  const int first = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(t)));
-  const int step = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(T)));
+  const int first = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(t)));
+  const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
   const Tap* up = at<Tap>(smem, L.up);
@@ -464,7 +490,7 @@ RELPOS_HD Norm make_norm(const Sums& total, const Patch& s) {
 // element by element.
 template <typename Out>
 RELPOS_HD void phase_store(int t, int T, const ExtractParams& p, const Patch& s, float* const values[3],
-                           const Norm& norm, const FastDiv& by_p) {
+                           const Norm& norm, const Layout& L) {
   using storage = typename Out::storage;
   const int P = s.P, Q = s.Q;
   const int64_t* st = p.out_strides;
@@ -477,10 +503,9 @@ RELPOS_HD void phase_store(int t, int T, const ExtractParams& p, const Patch& s,
     return Out::convert((plane[i] - mean) * norm.scale);
   };
   if (nchw || nhwc) {
-    const FastDiv by_q = make_fastdiv(static_cast<uint32_t>(Q));
     auto element = [&](int j) {  // j-th element of the run
       if (nchw) {
-        const int c = static_cast<int>(fast_div(by_q, static_cast<uint32_t>(j)));
+        const int c = static_cast<int>(fast_div(L.by_q, static_cast<uint32_t>(j)));
         return value(c, j - c * Q);
       }
       const int i = j / 3;
@@ -497,7 +522,7 @@ RELPOS_HD void phase_store(int t, int T, const ExtractParams& p, const Patch& s,
   }
   for (int j = t; j < 3 * Q; j += T) {
     const int c = j / Q, i = j - c * Q;
-    const int y = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(i)));
+    const int y = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(i)));
     base[c * st[1] + y * st[2] + (i - y * P) * st[3]] = value(c, i);
   }
 }
@@ -559,7 +584,6 @@ RELPOS_HD float* buffer_at(unsigned char* smem, const Layout& L, int b) { return
 template <typename Out, typename Exec>
 RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, const ExtractParams& p, int64_t n) {
   Patch s = make_patch(p, n);
-  const FastDiv by_p = make_fastdiv(static_cast<uint32_t>(s.P));
   double* scratch = at<double>(smem, L.window);
   exec.phase([&](int t, int T) {
     phase_taps(t, T, smem, L, s);
@@ -567,40 +591,38 @@ RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, co
       for (int c = 0; c < 3; ++c)
         if (c != s.kept) phase_noise(t, T, buffer_at(smem, L, home_buffer(s, c)), s, c);
   });
-  choose_window(s, smem, L);
-  const FastDiv by_cols = make_fastdiv(static_cast<uint32_t>(s.window_cols));
-  const FastDiv by_d = make_fastdiv(static_cast<uint32_t>(s.g.down > 0 ? s.g.down : 1));
+  read_window(s, smem, L);
   const int band_rows = s.dense ? s.P : L.buffer_rows / 2;
   for (int c = 0; c < 3; ++c) {
     if (!keeps_channel(s.color, s.kept, c)) continue;
     float* h = buffer_at(smem, L, work_x(s, c));
     float* crop = buffer_at(smem, L, work_y(s, c));
-    if (s.staged_window) exec.phase([&](int t, int T) { phase_stage(t, T, smem, L, s, c, by_cols); });
+    if (s.staged_window) exec.phase([&](int t, int T) { phase_stage(t, T, smem, L, s, c); });
     for (int begin = 0; begin < s.P; begin += band_rows) {
       const int end = begin + band_rows < s.P ? begin + band_rows : s.P;
       const int slots = s.dense ? s.wr1 - s.wr0 + 1 : 2 * (end - begin);
       exec.phase([&](int t, int T) {
         if (s.staged_window) {
-          phase_h<true>(t, T, smem, L, s, c, begin, slots, h, by_p);
+          phase_h<true>(t, T, smem, L, s, c, begin, slots, h);
         } else {
-          phase_h<false>(t, T, smem, L, s, c, begin, slots, h, by_p);
+          phase_h<false>(t, T, smem, L, s, c, begin, slots, h);
         }
       });
-      exec.phase([&](int t, int T) { phase_v(t, T, smem, L, s, begin, end, h, crop, by_p); });
+      exec.phase([&](int t, int T) { phase_v(t, T, smem, L, s, begin, end, h, crop); });
     }
     if (s.g.down > 0) {  // crop (y) -> small (x) -> wide (y) -> patch (x)
       float* small = h;
       float* wide = crop;
-      exec.phase([&](int t, int T) { phase_small(t, T, smem, L, s, crop, small, by_d); });
-      exec.phase([&](int t, int T) { phase_wide(t, T, smem, L, s, small, wide, by_p); });
-      exec.phase([&](int t, int T) { phase_up(t, T, smem, L, s, wide, small, by_p); });
+      exec.phase([&](int t, int T) { phase_small(t, T, smem, L, s, crop, small); });
+      exec.phase([&](int t, int T) { phase_wide(t, T, smem, L, s, small, wide); });
+      exec.phase([&](int t, int T) { phase_up(t, T, smem, L, s, wide, small); });
     }
   }
   float* const values[3] = {buffer_at(smem, L, home_buffer(s, 0)), buffer_at(smem, L, home_buffer(s, 1)),
                             buffer_at(smem, L, home_buffer(s, 2))};
   const Sums total = exec.reduce([&](int t, int T) { return phase_sums(t, T, values, s); }, scratch);
   const Norm norm = make_norm(total, s);
-  exec.phase([&](int t, int T) { phase_store<Out>(t, T, p, s, values, norm, by_p); });
+  exec.phase([&](int t, int T) { phase_store<Out>(t, T, p, s, values, norm, L); });
 }
 
 // The per-pixel path (layout not staged): sums, then the store, each pixel computed twice.
@@ -608,9 +630,10 @@ RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, co
 #pragma nv_exec_check_disable
 #endif
 template <typename Out, typename Exec>
-RELPOS_HD void render_patch_per_pixel(Exec& exec, unsigned char* smem, const ExtractParams& p, int64_t n) {
+RELPOS_HD void render_patch_per_pixel(Exec& exec, unsigned char* smem, const Layout& L, const ExtractParams& p,
+                                      int64_t n) {
   const Patch s = make_patch(p, n);
-  const FastDiv by_p = make_fastdiv(static_cast<uint32_t>(s.P));
+  const FastDiv& by_p = L.by_p;
   const Sums total = exec.reduce([&](int t, int T) { return phase_pixel_sums(t, T, s, by_p); },
                                  at<double>(smem, 0));
   const Norm norm = make_norm(total, s);
