@@ -5,6 +5,7 @@
 //
 //   cuda_phases_harness run INPUT OUTPUT    render a plan (format: see read_input) into OUTPUT
 //   cuda_phases_harness selftest            fast division, 64-bit offsets, layouts
+//   cuda_phases_harness layout P T BUDGET   the shared memory layout as JSON (for benchmarks/gpu_static.py)
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -35,8 +36,9 @@ struct HostExec {
     for (int t : order) f(t, threads);
   }
 
-  template <typename F>
-  staged::Sums reduce(F&& f, double* scratch) {
+  template <typename F, typename G>
+  auto reduce(F&& f, G&& finish, double* scratch) -> decltype(finish(staged::Sums{})) {
+    using Result = decltype(finish(staged::Sums{}));
     std::vector<staged::Sums> mine(threads);
     for (int t : order) mine[t] = f(t, threads);
     const int warps = threads / 32;
@@ -49,9 +51,11 @@ struct HostExec {
       }
       double lanes[32];
       for (int l = 0; l < 32; ++l) lanes[l] = l < warps ? scratch[l * 6 + k] : 0.0;
-      total.v[k] = scratch[staged::kMaxWarps * 6 + k] = staged::tree_sum32(lanes);
+      total.v[k] = staged::tree_sum32(lanes);
     }
-    return total;
+    Result* result = reinterpret_cast<Result*>(scratch + staged::kReduceDoubles);
+    *result = finish(total);
+    return *result;
   }
 };
 
@@ -223,6 +227,13 @@ int selftest() {
 int main(int argc, char** argv) {
   if (argc == 4 && std::strcmp(argv[1], "run") == 0) return run(argv[2], argv[3]);
   if (argc == 2 && std::strcmp(argv[1], "selftest") == 0) return selftest();
-  std::fprintf(stderr, "usage: %s run INPUT OUTPUT | selftest\n", argv[0]);
+  if (argc == 5 && std::strcmp(argv[1], "layout") == 0) {
+    const staged::Layout L = staged::make_layout(std::atoi(argv[2]), std::atoi(argv[3]), std::atoll(argv[4]));
+    std::printf("{\"staged\": %s, \"total\": %lld, \"window_bytes\": %lld, \"buffer_bytes\": %lld}\n",
+                L.staged ? "true" : "false", static_cast<long long>(L.total), static_cast<long long>(L.window_bytes),
+                static_cast<long long>(L.buffer_bytes));
+    return 0;
+  }
+  std::fprintf(stderr, "usage: %s run INPUT OUTPUT | selftest | layout P THREADS BUDGET\n", argv[0]);
   return 2;
 }

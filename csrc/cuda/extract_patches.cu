@@ -25,26 +25,30 @@ struct BlockExec {
     __syncthreads();
   }
 
-  template <typename F>
-  __device__ __forceinline__ staged::Sums reduce(F&& f, double* scratch) {
-    staged::Sums r = f(static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
+  // f's Sums summed over the block; finish(total) runs in one thread and every thread gets its result.
+  template <typename F, typename G>
+  __device__ __forceinline__ auto reduce(F&& f, G&& finish, double* scratch) -> decltype(finish(staged::Sums{})) {
+    using Result = decltype(finish(staged::Sums{}));
+    const staged::Sums mine = f(static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     for (int k = 0; k < 6; ++k) {
-      double v = r.v[k];
+      double v = mine.v[k];
       for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
       if (lane == 0) scratch[warp * 6 + k] = v;
     }
     __syncthreads();
+    Result* result = reinterpret_cast<Result*>(scratch + staged::kReduceDoubles);
     if (warp == 0) {
+      staged::Sums total;
       for (int k = 0; k < 6; ++k) {
         double v = lane < warps ? scratch[lane * 6 + k] : 0.0;
         for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-        if (lane == 0) scratch[staged::kMaxWarps * 6 + k] = v;
+        total.v[k] = v;
       }
+      if (lane == 0) *result = finish(total);
     }
     __syncthreads();
-    for (int k = 0; k < 6; ++k) r.v[k] = scratch[staged::kMaxWarps * 6 + k];
-    return r;
+    return *result;
   }
 };
 

@@ -35,6 +35,15 @@
 #include <cuda_fp16.h>
 #endif
 
+// The phase loops stay rolled on the device: one copy of each loop body, so the SASS maps one to one onto the
+// source lines (benchmarks/cuda_line_counts.py weights each instruction by its line's count); 32 resident warps
+// hide latency without unrolling.
+#if defined(__CUDACC__)
+#define RELPOS_ROLLED _Pragma("unroll 1")
+#else
+#define RELPOS_ROLLED
+#endif
+
 namespace relpos {
 namespace staged {
 
@@ -79,8 +88,8 @@ RELPOS_HD Taps unpack_tap(Tap t, int in_size) {
 
 constexpr int kBuffers = 4;          // float buffers of (P + 2) x P: three final channels and one to work in
 constexpr int kMaxWarps = 32;        // 1024 threads
-constexpr int kReduceDoubles = (kMaxWarps + 1) * 6;
-constexpr int64_t kMinWindow = 2048;  // bytes; also the block reduction's scratch (kReduceDoubles doubles)
+constexpr int kReduceDoubles = (kMaxWarps + 1) * 6;  // warp partial sums and totals, then finish's result
+constexpr int64_t kMinWindow = 2048;  // bytes; also the block reduction's scratch (kReduceDoubles doubles + Norm)
 
 // Where everything lies in the dynamic shared memory of one block (byte offsets, 16-byte aligned).
 struct Layout {
@@ -90,6 +99,8 @@ struct Layout {
   int buffer_rows;       // rows of P floats per buffer: P + 2 (every source row of a crop that is not shrunk)
   int64_t buffer_bytes;  // buffer b starts at b * buffer_bytes
   int64_t crop_y, crop_x, down, up;  // Tap tables of P entries
+  int64_t h_rows;                    // int[2P]: the source row of each h pass slot (see phase_taps)
+  int64_t v_slots;                   // int[2P]: the two h slots each output row of the crop blends
   int64_t header;                    // the patch's Window (below), written by thread 0 in the taps phase
   int64_t window, window_bytes;      // the staged source window of one channel; also the reduction scratch
   int64_t total;
@@ -115,6 +126,8 @@ RELPOS_HD Layout make_layout(int patch, int threads, int64_t budget) {
   L.crop_x = at, at += tap_bytes;
   L.down = at, at += tap_bytes;
   L.up = at, at += tap_bytes;
+  L.h_rows = at, at += align16(int64_t{2} * patch * 4);
+  L.v_slots = at, at += align16(int64_t{2} * patch * 4);
   L.header = at, at += 64;
   L.window = at;
   L.staged = patch <= threads && at + kMinWindow <= budget;
@@ -303,6 +316,27 @@ RELPOS_HD void read_window(Patch& s, unsigned char* smem, const Layout& L) {
 RELPOS_HD void phase_taps(int t, int T, unsigned char* smem, const Layout& L, const Patch& s) {
   const int P = s.P, D = s.g.down;
   if (t == 0) *at<Window>(smem, L.header) = make_window(s, L);
+  // The h pass slots and the v pass rows, as tables, so that neither pass branches on the mode: dense, slot k
+  // is source row wr0 + k (one band); otherwise slots 2i and 2i + 1 are the two source rows of output row i
+  // (bands of buffer_rows / 2 output rows, slots counted from the band's first row).
+  if (t < 2 * P) {
+    const int wr0 = linear_taps(s.g.top, s.rows, s.g.resized_rows).i0;
+    const int wr1 = linear_taps(s.g.top + P - 1, s.rows, s.g.resized_rows).i1;
+    const bool dense = wr1 - wr0 + 1 <= L.buffer_rows;
+    const int band_rows = L.buffer_rows / 2;
+    RELPOS_ROLLED
+    for (int i = t; i < 2 * P; i += T) {
+      const Taps ty = linear_taps(s.g.top + (i >> 1), s.rows, s.g.resized_rows);
+      at<int>(smem, L.h_rows)[i] = dense ? wr0 + i : (i & 1 ? ty.i1 : ty.i0);
+      if (i < P) {
+        const Taps tr = linear_taps(s.g.top + i, s.rows, s.g.resized_rows);
+        const int pair = 2 * (i - i / band_rows * band_rows);
+        at<int>(smem, L.v_slots)[2 * i] = dense ? tr.i0 - wr0 : pair;
+        at<int>(smem, L.v_slots)[2 * i + 1] = dense ? tr.i1 - wr0 : pair + 1;
+      }
+    }
+  }
+  RELPOS_ROLLED
   for (int i = t; i < P; i += T) {
     at<Tap>(smem, L.crop_y)[i] = pack_tap(linear_taps(s.g.top + i, s.rows, s.g.resized_rows));
     at<Tap>(smem, L.crop_x)[i] = pack_tap(linear_taps(s.g.left + i, s.cols, s.g.resized_cols));
@@ -318,6 +352,7 @@ RELPOS_HD void phase_taps(int t, int T, unsigned char* smem, const Layout& L, co
 RELPOS_HD void phase_noise(int t, int T, float* dst, const Patch& s, int c) {
   const uint32_t first = static_cast<uint32_t>(c) * s.Q, count = static_cast<uint32_t>(s.Q);
   const uint32_t first_block = first >> 2, last_block = (first + count - 1) >> 2;
+  RELPOS_ROLLED
   for (uint32_t block = first_block + t; block <= last_block; block += T) {
     uint32_t words[4];
     philox4x32_10(s.seed, block, static_cast<uint32_t>(s.n), words);
@@ -339,18 +374,12 @@ RELPOS_HD void phase_stage(int t, int T, unsigned char* smem, const Layout& L, c
   const int count = (s.wr1 - s.wr0 + 1) * s.window_cols;
   const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
   const uint8_t* origin = s.data + source_offset(s.meta_row, c, s.wr0, s.wc0);
+  RELPOS_ROLLED
   for (int e = t; e < count; e += T) {
     const int r = static_cast<int>(fast_div(s.by_cols, static_cast<uint32_t>(e)));
     const int x = e - r * s.window_cols;
     window[e] = origin[r * sy + x * sx];
   }
-}
-
-// The source row (absolute index) that h pass slot `slot` of band [band_begin, ...) holds.
-RELPOS_HD int slot_row(const Patch& s, const Tap* ty, int band_begin, int slot) {
-  if (s.dense) return s.wr0 + slot;
-  const Taps taps = unpack_tap(ty[band_begin + (slot >> 1)], s.rows);
-  return slot & 1 ? taps.i1 : taps.i0;
 }
 
 // Phase: horizontal blend of `slots` source rows into h (rows of P floats). Thread t owns column t % P and
@@ -364,13 +393,14 @@ RELPOS_HD void phase_h(int t, int T, unsigned char* smem, const Layout& L, const
   if (first >= step) return;
   const int px = t - first * P;
   const Taps tx = unpack_tap(at<Tap>(smem, L.crop_x)[px], s.cols);
-  const Tap* ty = at<Tap>(smem, L.crop_y);
+  const int* rows = at<int>(smem, L.h_rows) + (s.dense ? 0 : 2 * band_begin);
   const float wx0 = tx.w0, wx1 = tx.w1;
   if (kFromWindow) {
     const uint8_t* window = at<uint8_t>(smem, L.window);
     const int x0 = tx.i0 - s.wc0, x1 = tx.i1 - s.wc0;
+    RELPOS_ROLLED
     for (int slot = first; slot < slots; slot += step) {
-      const int row = (slot_row(s, ty, band_begin, slot) - s.wr0) * s.window_cols;
+      const int row = (rows[slot] - s.wr0) * s.window_cols;
       const float v0 = byte_to_float(window[row + x0]), v1 = byte_to_float(window[row + x1]);
       h[slot * P + px] = wx0 * v0 + wx1 * v1;
     }
@@ -378,8 +408,9 @@ RELPOS_HD void phase_h(int t, int T, unsigned char* smem, const Layout& L, const
     const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
     const uint8_t* plane = s.data + source_offset(s.meta_row, c, 0, 0);
     const int64_t x0 = tx.i0 * sx, x1 = tx.i1 * sx;
+    RELPOS_ROLLED
     for (int slot = first; slot < slots; slot += step) {
-      const int64_t row = slot_row(s, ty, band_begin, slot) * sy;
+      const int64_t row = rows[slot] * sy;
       const float v0 = byte_to_float(plane[row + x0]), v1 = byte_to_float(plane[row + x1]);
       h[slot * P + px] = wx0 * v0 + wx1 * v1;
     }
@@ -395,11 +426,12 @@ RELPOS_HD void phase_v(int t, int T, unsigned char* smem, const Layout& L, const
   if (first >= step) return;
   const int px = t - first * P;
   const Tap* ty = at<Tap>(smem, L.crop_y);
+  RELPOS_ROLLED
+  const int* slots = at<int>(smem, L.v_slots);
   for (int py = band_begin + first; py < band_end; py += step) {
-    const Taps taps = unpack_tap(ty[py], s.rows);
-    const int s0 = s.dense ? taps.i0 - s.wr0 : 2 * (py - band_begin);
-    const int s1 = s.dense ? taps.i1 - s.wr0 : s0 + 1;
-    dst[py * P + px] = taps.w0 * h[s0 * P + px] + taps.w1 * h[s1 * P + px];
+    const float w1 = ty[py].w1, w0 = 1.f - w1;  // unpack_tap's weights
+    const int s0 = slots[2 * py], s1 = slots[2 * py + 1];
+    dst[py * P + px] = w0 * h[s0 * P + px] + w1 * h[s1 * P + px];
   }
 }
 
@@ -413,6 +445,7 @@ RELPOS_HD void phase_small(int t, int T, unsigned char* smem, const Layout& L, c
   const int sx = t - first * D;
   const Tap* down = at<Tap>(smem, L.down);
   const Taps tx = unpack_tap(down[sx], P);
+  RELPOS_ROLLED
   for (int sy = first; sy < D; sy += step) {
     const Taps ty = unpack_tap(down[sy], P);
     small[sy * D + sx] = blend(ty, tx, crop[ty.i0 * P + tx.i0], crop[ty.i0 * P + tx.i1], crop[ty.i1 * P + tx.i0],
@@ -429,6 +462,7 @@ RELPOS_HD void phase_wide(int t, int T, unsigned char* smem, const Layout& L, co
   if (first >= step) return;
   const int px = t - first * P;
   const Taps tx = unpack_tap(at<Tap>(smem, L.up)[px], D);
+  RELPOS_ROLLED
   for (int sy = first; sy < D; sy += step)
     wide[sy * P + px] = tx.w0 * small[sy * D + tx.i0] + tx.w1 * small[sy * D + tx.i1];
 }
@@ -442,6 +476,7 @@ RELPOS_HD void phase_up(int t, int T, unsigned char* smem, const Layout& L, cons
   if (first >= step) return;
   const int px = t - first * P;
   const Tap* up = at<Tap>(smem, L.up);
+  RELPOS_ROLLED
   for (int py = first; py < P; py += step) {
     const Taps ty = unpack_tap(up[py], D);
     dst[py * P + px] = ty.w0 * wide[ty.i0 * P + px] + ty.w1 * wide[ty.i1 * P + px];
@@ -457,17 +492,27 @@ struct Sums {
 // projection (done in place: each element is read and written by the same thread).
 RELPOS_HD Sums phase_sums(int t, int T, float* const values[3], const Patch& s) {
   Sums r = {{0, 0, 0, 0, 0, 0}};
-  for (int i = t; i < s.Q; i += T) {
-    float v[3] = {values[0][i], values[1][i], values[2][i]};
-    if (s.color == kColorProject) {
-      project_green_magenta(v);
-      values[0][i] = v[0], values[1][i] = v[1], values[2][i] = v[2];
-    }
+  auto add = [&](const float v[3]) {
     for (int c = 0; c < 3; ++c) {
       const double d = v[c];
       r.v[c] += d;
       r.v[3 + c] += d * d;
     }
+  };
+  if (s.color == kColorProject) {
+    RELPOS_ROLLED
+    for (int i = t; i < s.Q; i += T) {
+      float v[3] = {values[0][i], values[1][i], values[2][i]};
+      project_green_magenta(v);
+      values[0][i] = v[0], values[1][i] = v[1], values[2][i] = v[2];
+      add(v);
+    }
+    return r;
+  }
+  RELPOS_ROLLED
+  for (int i = t; i < s.Q; i += T) {
+    const float v[3] = {values[0][i], values[1][i], values[2][i]};
+    add(v);
   }
   return r;
 }
@@ -476,6 +521,8 @@ RELPOS_HD Sums phase_sums(int t, int T, float* const values[3], const Patch& s) 
 struct Norm {
   float mean[3], scale;
 };
+
+static_assert(kReduceDoubles * sizeof(double) + sizeof(Norm) <= kMinWindow, "reduction scratch");
 
 RELPOS_HD Norm make_norm(const Sums& total, const Patch& s) {
   PatchStats stats;
@@ -486,42 +533,62 @@ RELPOS_HD Norm make_norm(const Sums& total, const Patch& s) {
 }
 
 // Phase: normalise and store. NCHW and channels-last patches are one contiguous run of 3 P^2 elements: each
-// thread stores groups of four consecutive ones with one wide store where the run allows; any other layout
-// element by element.
+// thread stores groups of four consecutive ones with one wide store where the run allows (one loop per layout,
+// so no loop branches on it); any other layout element by element.
 template <typename Out>
 RELPOS_HD void phase_store(int t, int T, const ExtractParams& p, const Patch& s, float* const values[3],
                            const Norm& norm, const Layout& L) {
   using storage = typename Out::storage;
-  const int P = s.P, Q = s.Q;
+  const int P = s.P, Q = s.Q, count = 3 * Q;
   const int64_t* st = p.out_strides;
   storage* base = static_cast<storage*>(p.out) + s.n * st[0];
   const bool nchw = st[3] == 1 && st[2] == P && st[1] == Q;
-  const bool nhwc = st[1] == 1 && st[3] == 3 && st[2] == 3 * int64_t{P};
-  auto value = [&](int c, int i) {  // selects rather than indexes, so nothing goes to local memory
-    const float* plane = c == 0 ? values[0] : (c == 1 ? values[1] : values[2]);
-    const float mean = c == 0 ? norm.mean[0] : (c == 1 ? norm.mean[1] : norm.mean[2]);
-    return Out::convert((plane[i] - mean) * norm.scale);
-  };
-  if (nchw || nhwc) {
-    auto element = [&](int j) {  // j-th element of the run
-      if (nchw) {
-        const int c = static_cast<int>(fast_div(L.by_q, static_cast<uint32_t>(j)));
-        return value(c, j - c * Q);
-      }
-      const int i = j / 3;
-      return value(j - 3 * i, i);
-    };
-    const int count = 3 * Q;
-    const bool wide = (count & 3) == 0 && reinterpret_cast<uintptr_t>(base) % (4 * Out::bytes) == 0;
-    if (wide) {
-      for (int j = 4 * t; j < count; j += 4 * T) store4(base + j, element(j), element(j + 1), element(j + 2), element(j + 3));
-    } else {
-      for (int j = t; j < count; j += T) base[j] = element(j);
+  const bool nhwc = !nchw && st[1] == 1 && st[3] == 3 && st[2] == 3 * int64_t{P};
+  const bool wide = (count & 3) == 0 && reinterpret_cast<uintptr_t>(base) % (4 * Out::bytes) == 0;
+  const float scale = norm.scale;
+  // Channel c's plane and mean, selected rather than indexed (an indexed array would go to local memory).
+  auto plane = [&](int c) { return c == 0 ? values[0] : (c == 1 ? values[1] : values[2]); };
+  auto mean = [&](int c) { return c == 0 ? norm.mean[0] : (c == 1 ? norm.mean[1] : norm.mean[2]); };
+  auto value = [&](int c, int i) { return Out::convert((plane(c)[i] - mean(c)) * scale); };
+  if (nchw && wide) {  // four elements of one plane (P^2 is a multiple of 4)
+    RELPOS_ROLLED
+    for (int j = 4 * t; j < count; j += 4 * T) {
+      const int c = static_cast<int>(fast_div(L.by_q, static_cast<uint32_t>(j)));
+      const float* v = plane(c) + (j - c * Q);
+      const float m = mean(c);
+      store4(base + j, Out::convert((v[0] - m) * scale), Out::convert((v[1] - m) * scale),
+             Out::convert((v[2] - m) * scale), Out::convert((v[3] - m) * scale));
     }
     return;
   }
-  for (int j = t; j < 3 * Q; j += T) {
-    const int c = j / Q, i = j - c * Q;
+  if (nhwc && wide) {  // element j is channel j % 3 of pixel j / 3
+    RELPOS_ROLLED
+    for (int j = 4 * t; j < count; j += 4 * T) {
+      const int i = j / 3, c = j - 3 * i;
+      const storage a = value(c, i);
+      const storage b = c < 2 ? value(c + 1, i) : value(0, i + 1);
+      const storage d = c == 0 ? value(2, i) : value(c - 1, i + 1);
+      const storage e = c == 0 ? value(0, i + 1) : value(c, i + 1);
+      store4(base + j, a, b, d, e);
+    }
+    return;
+  }
+  if (nchw) {
+    RELPOS_ROLLED
+    for (int j = t; j < count; j += T) {
+      const int c = static_cast<int>(fast_div(L.by_q, static_cast<uint32_t>(j)));
+      base[j] = value(c, j - c * Q);
+    }
+    return;
+  }
+  if (nhwc) {
+    RELPOS_ROLLED
+    for (int j = t; j < count; j += T) base[j] = value(j % 3, j / 3);
+    return;
+  }
+  RELPOS_ROLLED
+  for (int j = t; j < count; j += T) {
+    const int c = static_cast<int>(fast_div(L.by_q, static_cast<uint32_t>(j))), i = j - c * Q;
     const int y = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(i)));
     base[c * st[1] + y * st[2] + (i - y * P) * st[3]] = value(c, i);
   }
@@ -532,6 +599,7 @@ RELPOS_HD void phase_store(int t, int T, const ExtractParams& p, const Patch& s,
 // staged passes compute), once for the sums and again for the store.
 RELPOS_HD Sums phase_pixel_sums(int t, int T, const Patch& s, const FastDiv& by_p) {
   Sums r = {{0, 0, 0, 0, 0, 0}};
+  RELPOS_ROLLED
   for (int i = t; i < s.Q; i += T) {
     const int py = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(i)));
     float v[3];
@@ -549,6 +617,7 @@ template <typename Out>
 RELPOS_HD void phase_pixel_store(int t, int T, const ExtractParams& p, const Patch& s, const Norm& norm,
                                  const FastDiv& by_p) {
   typename Out::storage* base = static_cast<typename Out::storage*>(p.out);
+  RELPOS_ROLLED
   for (int i = t; i < s.Q; i += T) {
     const int py = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(i))), px = i - py * s.P;
     float v[3];
@@ -576,8 +645,8 @@ RELPOS_HD int home_buffer(const Patch& s, int c) {
 RELPOS_HD float* buffer_at(unsigned char* smem, const Layout& L, int b) { return at<float>(smem, b * L.buffer_bytes); }
 
 // The phases of one patch in order. Exec runs a phase for every thread of the block followed by a barrier
-// (exec.phase(f) with f(t, T)), and a reduction phase followed by the block sum of its Sums
-// (exec.reduce(f, scratch)), in the order of BlockExec's warp tree.
+// (exec.phase(f) with f(t, T)), and a reduction phase: the block sum of f's Sums in the order of BlockExec's
+// warp tree, given to finish by one thread, whose result every thread gets (exec.reduce(f, finish, scratch)).
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
 #endif
@@ -593,7 +662,10 @@ RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, co
   });
   read_window(s, smem, L);
   const int band_rows = s.dense ? s.P : L.buffer_rows / 2;
-  for (int c = 0; c < 3; ++c) {
+#if defined(__CUDACC__)
+#pragma unroll 1
+#endif
+  for (int c = 0; c < 3; ++c) {  // not unrolled: one copy of the channel's phases (a third of the code)
     if (!keeps_channel(s.color, s.kept, c)) continue;
     float* h = buffer_at(smem, L, work_x(s, c));
     float* crop = buffer_at(smem, L, work_y(s, c));
@@ -620,8 +692,8 @@ RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, co
   }
   float* const values[3] = {buffer_at(smem, L, home_buffer(s, 0)), buffer_at(smem, L, home_buffer(s, 1)),
                             buffer_at(smem, L, home_buffer(s, 2))};
-  const Sums total = exec.reduce([&](int t, int T) { return phase_sums(t, T, values, s); }, scratch);
-  const Norm norm = make_norm(total, s);
+  const Norm norm = exec.reduce([&](int t, int T) { return phase_sums(t, T, values, s); },
+                                 [&](const Sums& total) { return make_norm(total, s); }, scratch);
   exec.phase([&](int t, int T) { phase_store<Out>(t, T, p, s, values, norm, L); });
 }
 
@@ -634,9 +706,8 @@ RELPOS_HD void render_patch_per_pixel(Exec& exec, unsigned char* smem, const Lay
                                       int64_t n) {
   const Patch s = make_patch(p, n);
   const FastDiv& by_p = L.by_p;
-  const Sums total = exec.reduce([&](int t, int T) { return phase_pixel_sums(t, T, s, by_p); },
-                                 at<double>(smem, 0));
-  const Norm norm = make_norm(total, s);
+  const Norm norm = exec.reduce([&](int t, int T) { return phase_pixel_sums(t, T, s, by_p); },
+                                 [&](const Sums& total) { return make_norm(total, s); }, at<double>(smem, 0));
   exec.phase([&](int t, int T) { phase_pixel_store<Out>(t, T, p, s, norm, by_p); });
 }
 

@@ -1,0 +1,197 @@
+"""SASS thread-instructions per output element of the staged CUDA kernel, without a GPU: every SASS instruction of
+the kernel is weighted by how often its source line runs on the GPU, and those counts come from running the same
+phases (csrc/cuda/staged_phases.h) on the CPU in tests/cuda_phases_harness.cpp, built with gcov.
+
+    per element = sum over SASS instructions of count(source line of the instruction) / (patches x 3 x P^2)
+
+The harness runs every thread index of a block, so the count of a line in a phase is its per-thread count on the
+GPU. Three corrections make the rest match the GPU: the control flow between phases (render_patch and what it
+calls: make_patch, read_window) runs once per patch on the CPU but in every thread on the GPU, so
+its counts are multiplied by the threads per block; BlockExec in extract_patches.cu never runs on the CPU, so its
+phase lines take the harness's count of thread-phase executions and its reduction and kernel lines one per thread
+and patch; lines compiled only for the device (intrinsics under __CUDA_ARCH__) take the count of the nearest
+counted line above them. It counts thread-instructions (lanes masked off are not counted) and is an estimate:
+the host and the device compilers place instructions on lines differently at the margins (loop headers,
+hoisted loads).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import shutil
+import struct
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HARNESS = REPO / "tests" / "cuda_phases_harness.cpp"
+HEADER = REPO / "csrc" / "cuda" / "staged_phases.h"
+MATH = REPO / "csrc" / "relpos_math.h"
+KERNEL = REPO / "csrc" / "cuda" / "extract_patches.cu"
+COLOR_CODES = {"none": 0, "drop": 1, "project": 2}
+# Small functions (and the lambdas inside phases) inlined at many call sites: their instructions run as often as
+# the line that calls them (the innermost line that is not in one of these), or never if their own line never ran
+# (a branch not taken).
+HELPERS = {HEADER.name: ["make_fastdiv", "fast_div", "pack_tap", "unpack_tap", "align16", "source_offset",
+                         "output_offset", "float_bits", "bits_float", "convert", "store4", "byte_to_float", "at",
+                         "work_x", "work_y", "home_buffer", "buffer_at", "tree_sum32"],
+           MATH.name: ["mulhi32", "philox4x32_10", "word_to_noise", "centered_noise", "linear_taps", "blend", "at",
+                       "make_geometry", "crop_pixel", "small_pixel", "patch_pixel", "project_green_magenta",
+                       "pixel_values", "keeps_channel", "finish_stats"]}
+# Functions whose body is the uniform control flow between phases (once per patch on the CPU, every thread on
+# the GPU), apart from the bodies of the phase lambdas in them.
+UNIFORM = {HEADER.name: ["render_patch", "render_patch_per_pixel", "make_patch", "read_window"]}
+
+
+def build(work: Path, coverage: bool = True) -> Path:
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        raise RuntimeError("no C++ compiler for the CUDA phase harness")
+    exe = work / "cuda_phases_harness"
+    flags = ["-O0", "--coverage"] if coverage else ["-O2"]
+    subprocess.run([cxx, "-std=c++17", *flags, "-ffp-contract=off", f"-I{REPO / 'csrc'}", str(HARNESS), "-o",
+                    str(exe)], check=True, cwd=work)
+    return exe
+
+
+def layout(exe: Path, patch: int, threads: int, budget: int) -> dict:
+    out = subprocess.run([str(exe), "layout", str(patch), str(threads), str(budget)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def write_input(path: Path, data, meta, plan, patch: int, seed: int, color: str, threads: int, budget: int) -> None:
+    """The harness's input (see read_input in tests/cuda_phases_harness.cpp): float32 NCHW output, one order."""
+    n, q = plan.shape[0], patch * patch
+    strides = (3 * q, q, patch, 1)
+    header = [data.numel(), meta.shape[0], n, patch, seed, COLOR_CODES[color], 0, *strides, n * 3 * q, threads,
+              budget, 1, 0, 0]
+    with open(path, "wb") as f:
+        f.write(struct.pack("<17q", *header))
+        f.write(data.numpy().tobytes())
+        f.write(meta.numpy().astype("<i8").tobytes())
+        f.write(plan.numpy().astype("<i4").tobytes())
+
+
+def line_counts(exe: Path, work: Path, source: Path) -> dict[tuple[str, int], int]:
+    """Runs the harness on `source` and returns gcov's execution count per (file name, line)."""
+    for stale in work.glob("*.gcda"):
+        stale.unlink()
+    subprocess.run([str(exe), "run", str(source), str(work / "out.bin")], check=True, capture_output=True, cwd=work)
+    gcda = next(work.glob("*.gcda"))
+    subprocess.run(["gcov", "-j", "-o", str(work), str(gcda)], check=True, capture_output=True, cwd=work)
+    counts: dict[tuple[str, int], int] = {}
+    for report in work.glob("*.gcov.json.gz"):
+        for f in json.loads(gzip.decompress(report.read_bytes()))["files"]:
+            name = Path(f["file"]).name
+            for line in f["lines"]:
+                key = (name, line["line_number"])  # a template's instantiations may be listed apart: add them
+                counts[key] = counts.get(key, 0) + line["count"]
+        report.unlink()
+    return counts
+
+
+def sass_chains(sass: str, symbol: str) -> Counter:
+    """Number of SASS instructions per inlining chain ((file, line) innermost first) in the function `symbol` of
+    `nvdisasm -c -gi` output."""
+    per_chain: Counter = Counter()
+    inside, chain, fresh = False, [], False
+    for text in sass.splitlines():
+        m = re.match(r"\s*\.section\s+\.text\.([^,\s]+)", text)
+        if m:
+            inside = m.group(1) == symbol
+            continue
+        if not inside:
+            continue
+        m = re.search(r'//## File "([^"]+)", line (\d+)', text)
+        if m:
+            if not fresh:
+                chain, fresh = [], True
+            chain.append((Path(m.group(1)).name, int(m.group(2))))
+            continue
+        if re.match(r"\s*/\*[0-9a-f]{4,}\*/", text) and chain:
+            fresh = False
+            body = re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", text).split()
+            if body and not body[0].startswith("NOP"):
+                per_chain[tuple(chain)] += 1
+    return per_chain
+
+
+def function_lines(path: Path, names: list[str]) -> set[int]:
+    """Line numbers of the definitions of the named functions (signature to the matching closing brace)."""
+    lines = path.read_text().splitlines()
+    found: set[int] = set()
+    for i, text in enumerate(lines):
+        code = text.split("//")[0]
+        if not any(re.search(rf"(^|[\s*&:])({name})(<[^>]*>)?\(", code) for name in names):
+            continue
+        if code.rstrip().endswith(";") or "=" in code.split("(")[0] or "return" in code:
+            continue  # a declaration or a call
+        depth, opened, j = 0, False, i
+        while j < len(lines):
+            body = lines[j].split("//")[0]
+            depth += body.count("{") - body.count("}")
+            opened = opened or "{" in body
+            found.add(j + 1)
+            if opened and depth <= 0:
+                break
+            if not opened and body.rstrip().endswith(";"):
+                break
+            j += 1
+    return found
+
+
+def lambda_lines(path: Path, marker: str) -> set[int]:
+    """Lines of the bodies of the lambdas whose first line matches `marker` (a regular expression)."""
+    lines = path.read_text().splitlines()
+    found: set[int] = set()
+    for i, text in enumerate(lines):
+        if not re.search(marker, text):
+            continue
+        depth, j = 0, i
+        while j < len(lines):
+            depth += lines[j].count("{") - lines[j].count("}")
+            found.add(j + 1)
+            if depth <= 0:
+                break
+            j += 1
+    return found
+
+
+def device_counts(counts: dict, patches: int, threads: int):
+    """A function giving the GPU execution count of a SASS instruction's inlining chain (module docstring)."""
+    helpers = {(path.name, line) for path in (HEADER, MATH) for line in function_lines(path, HELPERS[path.name])}
+    helpers |= {(HEADER.name, line) for line in lambda_lines(HEADER, r"auto \w+ = \[&\]")}  # inside phases
+    uniform = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM[HEADER.name])}
+    uniform -= {(HEADER.name, line) for line in lambda_lines(HEADER, r"\[&\]\((int t, int T|const Sums& total)\)")}
+    # BlockExec's phase and reduce bodies count as often as the render_patch line that calls them.
+    helpers |= {(KERNEL.name, line) for line in function_lines(KERNEL, ["phase", "reduce"])}
+
+    def host(key):
+        if key in counts:
+            return counts[key]
+        name, line = key  # a line compiled for the device only: the count of the nearest line above
+        return max(((l, c) for (n, l), c in counts.items() if n == name and l < line), default=(0, 0))[1]
+
+    def anchor(key):
+        if key[0] == KERNEL.name:  # the kernel's own lines: once per thread and patch
+            return patches * threads
+        return host(key) * (threads if key in uniform else 1)
+
+    def count(chain):
+        for depth, key in enumerate(chain):
+            if key not in helpers:  # the call site; nothing if a line of the helper never ran (a branch not taken)
+                return 0 if any(host(inner) == 0 for inner in chain[:depth]) else anchor(key)
+        return patches * threads
+
+    return count
+
+
+def instructions_per_element(sass: str, symbol: str, counts: dict, patches: int, patch: int, threads: int) -> float:
+    """`sass`: `nvdisasm -c -gi` output holding `symbol`; `counts`: line_counts() of a run over `patches`."""
+    count = device_counts(counts, patches, threads)
+    total = sum(n * count(chain) for chain, n in sass_chains(sass, symbol).items())
+    return total / (patches * 3 * patch * patch)
