@@ -94,10 +94,10 @@ def line_counts(exe: Path, work: Path, source: Path) -> dict[tuple[str, int], in
     return counts
 
 
-def sass_chains(sass: str, symbol: str) -> Counter:
-    """Number of SASS instructions per inlining chain ((file, line) innermost first) in the function `symbol` of
-    `nvdisasm -c -gi` output."""
-    per_chain: Counter = Counter()
+def sass_instructions(sass: str, symbol: str) -> tuple[list[tuple[int, tuple]], list[tuple[int, int, int]]]:
+    """The instructions of function `symbol` in `nvdisasm -c -gi` output as (address, inlining chain of (file,
+    line), innermost first), and its loops as (first address, address of the backward branch, branch index)."""
+    instructions, labels, branches = [], {}, []
     inside, chain, fresh = False, [], False
     for text in sass.splitlines():
         m = re.match(r"\s*\.section\s+\.text\.([^,\s]+)", text)
@@ -112,12 +112,27 @@ def sass_chains(sass: str, symbol: str) -> Counter:
                 chain, fresh = [], True
             chain.append((Path(m.group(1)).name, int(m.group(2))))
             continue
-        if re.match(r"\s*/\*[0-9a-f]{4,}\*/", text) and chain:
+        m = re.match(r"^(\.L_x_\d+):", text.strip())
+        if m:
+            labels[m.group(1)] = None  # address of the next instruction
+            continue
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s*(.*)", text)
+        if m and chain:
             fresh = False
-            body = re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", text).split()
-            if body and not body[0].startswith("NOP"):
-                per_chain[tuple(chain)] += 1
-    return per_chain
+            address = int(m.group(1), 16)
+            for label, where in labels.items():
+                if where is None:
+                    labels[label] = address
+            body = re.sub(r"^(@!?U?P\w+\s+)?", "", m.group(2)).split()
+            if not body or body[0].startswith("NOP"):
+                continue
+            target = re.search(r"`\((\.L_x_\d+)\)", m.group(2))
+            if body[0].startswith("BRA") and target:
+                branches.append((address, target.group(1), len(instructions)))
+            instructions.append((address, tuple(chain)))
+    loops = [(labels[label], address, index) for address, label, index in branches
+             if labels.get(label) is not None and labels[label] <= address]
+    return instructions, loops
 
 
 def function_lines(path: Path, names: list[str]) -> set[int]:
@@ -191,7 +206,27 @@ def device_counts(counts: dict, patches: int, threads: int):
 
 
 def instructions_per_element(sass: str, symbol: str, counts: dict, patches: int, patch: int, threads: int) -> float:
-    """`sass`: `nvdisasm -c -gi` output holding `symbol`; `counts`: line_counts() of a run over `patches`."""
+    """`sass`: `nvdisasm -c -gi` output holding `symbol`; `counts`: line_counts() of a run over `patches`.
+
+    The instructions a `for` line places before its loop (the first test, the set-up) run once per entry, not
+    once per iteration: they take the count of the nearest counted line above the loop."""
     count = device_counts(counts, patches, threads)
-    total = sum(n * count(chain) for chain, n in sass_chains(sass, symbol).items())
+    instructions, loops = sass_instructions(sass, symbol)
+    sources = {path.name: path.read_text().splitlines() for path in (HEADER, MATH, KERNEL)}
+
+    def is_for(key):
+        lines = sources.get(key[0])
+        return lines is not None and 0 < key[1] <= len(lines) and lines[key[1] - 1].lstrip().startswith("for (")
+
+    # for each for-line, the address ranges of the loops whose backward branch it owns
+    ranges: dict = {}
+    for first, last, index in loops:
+        ranges.setdefault(instructions[index][1][0], []).append((first, last))
+    total = 0
+    for address, chain in instructions:
+        key = chain[0]
+        if is_for(key) and not any(a <= address <= b for a, b in ranges.get(key, [])):
+            above = max((l for (n, l) in counts if n == key[0] and l < key[1]), default=None)
+            chain = ((key[0], above),) + chain[1:] if above else chain
+        total += count(chain)
     return total / (patches * 3 * patch * patch)

@@ -86,6 +86,12 @@ RELPOS_HD Taps unpack_tap(Tap t, int in_size) {
   return r;
 }
 
+// An output row of the crop in the v pass: element offsets of its two h rows, and their weights.
+struct VRow {
+  int o0, o1;
+  float w0, w1;
+};
+
 constexpr int kBuffers = 4;          // float buffers of (P + 2) x P: three final channels and one to work in
 constexpr int kMaxWarps = 32;        // 1024 threads
 constexpr int kReduceDoubles = (kMaxWarps + 1) * 6;  // warp partial sums and totals, then finish's result
@@ -98,9 +104,10 @@ struct Layout {
   bool staged;           // false: the per-pixel path (only the reduction scratch is used)
   int buffer_rows;       // rows of P floats per buffer: P + 2 (every source row of a crop that is not shrunk)
   int64_t buffer_bytes;  // buffer b starts at b * buffer_bytes
-  int64_t crop_y, crop_x, down, up;  // Tap tables of P entries
-  int64_t h_rows;                    // int[2P]: the source row of each h pass slot (see phase_taps)
-  int64_t v_slots;                   // int[2P]: the two h slots each output row of the crop blends
+  int64_t crop_x;                    // Tap[P]: the crop's column taps
+  int64_t down, up;                  // Taps[P]: down-sampling (P -> d) and up-sampling (d -> P) taps
+  int64_t h_rows;                    // int[2P]: the source row (from the window's first) of each h pass slot
+  int64_t v_rows;                    // VRow[P]: the two h slots each output row of the crop blends
   int64_t header;                    // the patch's Window (below), written by thread 0 in the taps phase
   int64_t window, window_bytes;      // the staged source window of one channel; also the reduction scratch
   int64_t total;
@@ -120,14 +127,13 @@ RELPOS_HD Layout make_layout(int patch, int threads, int64_t budget) {
   L.threads = threads;
   L.buffer_rows = patch + 2;
   L.buffer_bytes = align16(int64_t{L.buffer_rows} * patch * 4);
-  const int64_t tap_bytes = align16(int64_t{patch} * static_cast<int64_t>(sizeof(Tap)));
+  const int64_t wide_tap_bytes = align16(int64_t{patch} * 16);
   int64_t at = kBuffers * L.buffer_bytes;
-  L.crop_y = at, at += tap_bytes;
-  L.crop_x = at, at += tap_bytes;
-  L.down = at, at += tap_bytes;
-  L.up = at, at += tap_bytes;
+  L.crop_x = at, at += align16(int64_t{patch} * 8);
+  L.down = at, at += wide_tap_bytes;
+  L.up = at, at += wide_tap_bytes;
   L.h_rows = at, at += align16(int64_t{2} * patch * 4);
-  L.v_slots = at, at += align16(int64_t{2} * patch * 4);
+  L.v_rows = at, at += wide_tap_bytes;
   L.header = at, at += 64;
   L.window = at;
   L.staged = patch <= threads && at + kMinWindow <= budget;
@@ -316,9 +322,9 @@ RELPOS_HD void read_window(Patch& s, unsigned char* smem, const Layout& L) {
 RELPOS_HD void phase_taps(int t, int T, unsigned char* smem, const Layout& L, const Patch& s) {
   const int P = s.P, D = s.g.down;
   if (t == 0) *at<Window>(smem, L.header) = make_window(s, L);
-  // The h pass slots and the v pass rows, as tables, so that neither pass branches on the mode: dense, slot k
-  // is source row wr0 + k (one band); otherwise slots 2i and 2i + 1 are the two source rows of output row i
-  // (bands of buffer_rows / 2 output rows, slots counted from the band's first row).
+  // The h pass slots and the v pass rows as tables, so that neither pass branches on the mode. Dense: slot k is
+  // source row wr0 + k (one band). Otherwise slots 2i and 2i + 1 hold the two source rows of output row i, in
+  // bands of buffer_rows / 2 output rows whose slots count from the band's first row.
   if (t < 2 * P) {
     const int wr0 = linear_taps(s.g.top, s.rows, s.g.resized_rows).i0;
     const int wr1 = linear_taps(s.g.top + P - 1, s.rows, s.g.resized_rows).i1;
@@ -326,23 +332,22 @@ RELPOS_HD void phase_taps(int t, int T, unsigned char* smem, const Layout& L, co
     const int band_rows = L.buffer_rows / 2;
     RELPOS_ROLLED
     for (int i = t; i < 2 * P; i += T) {
-      const Taps ty = linear_taps(s.g.top + (i >> 1), s.rows, s.g.resized_rows);
-      at<int>(smem, L.h_rows)[i] = dense ? wr0 + i : (i & 1 ? ty.i1 : ty.i0);
+      const Taps pair_taps = linear_taps(s.g.top + (i >> 1), s.rows, s.g.resized_rows);
+      at<int>(smem, L.h_rows)[i] = dense ? i : (i & 1 ? pair_taps.i1 : pair_taps.i0) - wr0;
       if (i < P) {
-        const Taps tr = linear_taps(s.g.top + i, s.rows, s.g.resized_rows);
+        const Taps ty = linear_taps(s.g.top + i, s.rows, s.g.resized_rows);
         const int pair = 2 * (i - i / band_rows * band_rows);
-        at<int>(smem, L.v_slots)[2 * i] = dense ? tr.i0 - wr0 : pair;
-        at<int>(smem, L.v_slots)[2 * i + 1] = dense ? tr.i1 - wr0 : pair + 1;
+        at<VRow>(smem, L.v_rows)[i] = VRow{(dense ? ty.i0 - wr0 : pair) * P, (dense ? ty.i1 - wr0 : pair + 1) * P,
+                                           ty.w0, ty.w1};
       }
     }
   }
   RELPOS_ROLLED
   for (int i = t; i < P; i += T) {
-    at<Tap>(smem, L.crop_y)[i] = pack_tap(linear_taps(s.g.top + i, s.rows, s.g.resized_rows));
     at<Tap>(smem, L.crop_x)[i] = pack_tap(linear_taps(s.g.left + i, s.cols, s.g.resized_cols));
     if (D > 0) {
-      at<Tap>(smem, L.up)[i] = pack_tap(linear_taps(i, D, P));
-      if (i < D) at<Tap>(smem, L.down)[i] = pack_tap(linear_taps(i, P, D));
+      at<Taps>(smem, L.up)[i] = linear_taps(i, D, P);
+      if (i < D) at<Taps>(smem, L.down)[i] = linear_taps(i, P, D);
     }
   }
 }
@@ -371,14 +376,23 @@ RELPOS_HD void phase_noise(int t, int T, float* dst, const Patch& s, int c) {
 // threads read consecutive columns (consecutive bytes when the image is planar).
 RELPOS_HD void phase_stage(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int c) {
   uint8_t* window = at<uint8_t>(smem, L.window);
-  const int count = (s.wr1 - s.wr0 + 1) * s.window_cols;
+  const int rows = s.wr1 - s.wr0 + 1, cols = s.window_cols;
   const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
   const uint8_t* origin = s.data + source_offset(s.meta_row, c, s.wr0, s.wc0);
+  if (cols <= T) {  // thread t copies column t % cols of every (T / cols)-th row from t / cols
+    const int first = static_cast<int>(fast_div(s.by_cols, static_cast<uint32_t>(t)));
+    const int step = static_cast<int>(fast_div(s.by_cols, static_cast<uint32_t>(T)));
+    const int x = t - first * cols;
+    const uint8_t* src = origin + x * sx;
+    uint8_t* dst = window + x;
+    RELPOS_ROLLED
+    for (int r = first; r < rows; r += step) dst[r * cols] = src[r * sy];
+    return;
+  }
   RELPOS_ROLLED
-  for (int e = t; e < count; e += T) {
+  for (int e = t; e < rows * cols; e += T) {
     const int r = static_cast<int>(fast_div(s.by_cols, static_cast<uint32_t>(e)));
-    const int x = e - r * s.window_cols;
-    window[e] = origin[r * sy + x * sx];
+    window[e] = origin[r * sy + (e - r * cols) * sx];
   }
 }
 
@@ -400,13 +414,13 @@ RELPOS_HD void phase_h(int t, int T, unsigned char* smem, const Layout& L, const
     const int x0 = tx.i0 - s.wc0, x1 = tx.i1 - s.wc0;
     RELPOS_ROLLED
     for (int slot = first; slot < slots; slot += step) {
-      const int row = (rows[slot] - s.wr0) * s.window_cols;
+      const int row = rows[slot] * s.window_cols;
       const float v0 = byte_to_float(window[row + x0]), v1 = byte_to_float(window[row + x1]);
       h[slot * P + px] = wx0 * v0 + wx1 * v1;
     }
   } else {
     const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
-    const uint8_t* plane = s.data + source_offset(s.meta_row, c, 0, 0);
+    const uint8_t* plane = s.data + source_offset(s.meta_row, c, s.wr0, 0);
     const int64_t x0 = tx.i0 * sx, x1 = tx.i1 * sx;
     RELPOS_ROLLED
     for (int slot = first; slot < slots; slot += step) {
@@ -425,13 +439,12 @@ RELPOS_HD void phase_v(int t, int T, unsigned char* smem, const Layout& L, const
   const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
-  const Tap* ty = at<Tap>(smem, L.crop_y);
+  const VRow* rows = at<VRow>(smem, L.v_rows);
+  const float* column = h + px;
   RELPOS_ROLLED
-  const int* slots = at<int>(smem, L.v_slots);
   for (int py = band_begin + first; py < band_end; py += step) {
-    const float w1 = ty[py].w1, w0 = 1.f - w1;  // unpack_tap's weights
-    const int s0 = slots[2 * py], s1 = slots[2 * py + 1];
-    dst[py * P + px] = w0 * h[s0 * P + px] + w1 * h[s1 * P + px];
+    const VRow r = rows[py];
+    dst[py * P + px] = r.w0 * column[r.o0] + r.w1 * column[r.o1];
   }
 }
 
@@ -443,11 +456,11 @@ RELPOS_HD void phase_small(int t, int T, unsigned char* smem, const Layout& L, c
   const int step = static_cast<int>(fast_div(s.by_d, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int sx = t - first * D;
-  const Tap* down = at<Tap>(smem, L.down);
-  const Taps tx = unpack_tap(down[sx], P);
+  const Taps* down = at<Taps>(smem, L.down);
+  const Taps tx = down[sx];
   RELPOS_ROLLED
   for (int sy = first; sy < D; sy += step) {
-    const Taps ty = unpack_tap(down[sy], P);
+    const Taps ty = down[sy];
     small[sy * D + sx] = blend(ty, tx, crop[ty.i0 * P + tx.i0], crop[ty.i0 * P + tx.i1], crop[ty.i1 * P + tx.i0],
                                crop[ty.i1 * P + tx.i1]);
   }
@@ -461,7 +474,7 @@ RELPOS_HD void phase_wide(int t, int T, unsigned char* smem, const Layout& L, co
   const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
-  const Taps tx = unpack_tap(at<Tap>(smem, L.up)[px], D);
+  const Taps tx = at<Taps>(smem, L.up)[px];
   RELPOS_ROLLED
   for (int sy = first; sy < D; sy += step)
     wide[sy * P + px] = tx.w0 * small[sy * D + tx.i0] + tx.w1 * small[sy * D + tx.i1];
@@ -470,15 +483,15 @@ RELPOS_HD void phase_wide(int t, int T, unsigned char* smem, const Layout& L, co
 // Phase: vertical up-sampling of wide to the P x P patch.
 RELPOS_HD void phase_up(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* wide,
                         float* dst) {
-  const int P = s.P, D = s.g.down;
+  const int P = s.P;
   const int first = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(t)));
   const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
-  const Tap* up = at<Tap>(smem, L.up);
+  const Taps* up = at<Taps>(smem, L.up);
   RELPOS_ROLLED
   for (int py = first; py < P; py += step) {
-    const Taps ty = unpack_tap(up[py], D);
+    const Taps ty = up[py];
     dst[py * P + px] = ty.w0 * wide[ty.i0 * P + px] + ty.w1 * wide[ty.i1 * P + px];
   }
 }
