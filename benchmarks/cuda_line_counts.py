@@ -83,14 +83,19 @@ def line_counts(exe: Path, work: Path, source: Path) -> dict[tuple[str, int], in
     subprocess.run([str(exe), "run", str(source), str(work / "out.bin")], check=True, capture_output=True, cwd=work)
     gcda = next(work.glob("*.gcda"))
     subprocess.run(["gcov", "-j", "-o", str(work), str(gcda)], check=True, capture_output=True, cwd=work)
-    counts: dict[tuple[str, int], int] = {}
+    # A line may be listed once per function it is compiled into (template instantiations: added up) and more
+    # than once within one function (one entry per basic block, each with the line's count: taken once).
+    per_function: dict[tuple[str, int, str], int] = {}
     for report in work.glob("*.gcov.json.gz"):
         for f in json.loads(gzip.decompress(report.read_bytes()))["files"]:
             name = Path(f["file"]).name
             for line in f["lines"]:
-                key = (name, line["line_number"])  # a template's instantiations may be listed apart: add them
-                counts[key] = counts.get(key, 0) + line["count"]
+                key = (name, line["line_number"], line.get("function_name", ""))
+                per_function[key] = max(per_function.get(key, 0), line["count"])
         report.unlink()
+    counts: dict[tuple[str, int], int] = {}
+    for (name, number, _), count in per_function.items():
+        counts[name, number] = counts.get((name, number), 0) + count
     return counts
 
 
@@ -141,10 +146,12 @@ def function_lines(path: Path, names: list[str]) -> set[int]:
     found: set[int] = set()
     for i, text in enumerate(lines):
         code = text.split("//")[0]
-        if not any(re.search(rf"(^|[\s*&:])({name})(<[^>]*>)?\(", code) for name in names):
+        match = next((m for name in names for m in [re.search(rf"(^|[\s*&:])({name})(<[^>]*>)?\(", code)] if m), None)
+        if match is None:
             continue
-        if code.rstrip().endswith(";") or "=" in code.split("(")[0] or "return" in code:
-            continue  # a declaration or a call
+        before = code[:match.start(2)]
+        if code.rstrip().endswith(";") or not re.search(r"\b(RELPOS_HD|__device__)\b", before):
+            continue  # a declaration or a call: definitions here are RELPOS_HD or __device__
         depth, opened, j = 0, False, i
         while j < len(lines):
             body = lines[j].split("//")[0]
@@ -205,28 +212,54 @@ def device_counts(counts: dict, patches: int, threads: int):
     return count
 
 
-def instructions_per_element(sass: str, symbol: str, counts: dict, patches: int, patch: int, threads: int) -> float:
+def function_of_lines(path: Path) -> dict[int, str]:
+    """The function (by name) each line of a source belongs to: the last definition line above it."""
+    names, current = {}, "?"
+    for i, text in enumerate(path.read_text().splitlines()):
+        m = re.match(r"^(?:RELPOS_HD|__global__|template <[^>]*>\s*RELPOS_HD)[^(]*?\b(\w+)(?:<[^>]*>)?\(", text)
+        if m:
+            current = m.group(1)
+        names[i + 1] = current
+    return names
+
+
+def instructions_per_element(sass: str, symbol: str, counts: dict, patches: int, patch: int, threads: int,
+                             by_phase: dict | None = None) -> float:
     """`sass`: `nvdisasm -c -gi` output holding `symbol`; `counts`: line_counts() of a run over `patches`.
+    With `by_phase` (a dict), also the share of each phase function (the outermost header function below the
+    driver in the instruction's inlining chain).
 
     The instructions a `for` line places before its loop (the first test, the set-up) run once per entry, not
     once per iteration: they take the count of the nearest counted line above the loop."""
     count = device_counts(counts, patches, threads)
     instructions, loops = sass_instructions(sass, symbol)
     sources = {path.name: path.read_text().splitlines() for path in (HEADER, MATH, KERNEL)}
+    functions = function_of_lines(HEADER)
 
     def is_for(key):
         lines = sources.get(key[0])
         return lines is not None and 0 < key[1] <= len(lines) and lines[key[1] - 1].lstrip().startswith("for (")
+
+    def phase_of(chain):
+        names = [functions.get(line, "?") for name, line in chain if name == HEADER.name]
+        phases = [n for n in names if n.startswith("phase_")]
+        return phases[-1] if phases else (names[-1] if names else chain[-1][0])
 
     # for each for-line, the address ranges of the loops whose backward branch it owns
     ranges: dict = {}
     for first, last, index in loops:
         ranges.setdefault(instructions[index][1][0], []).append((first, last))
     total = 0
+    elements = patches * 3 * patch * patch
     for address, chain in instructions:
         key = chain[0]
+        original = chain
         if is_for(key) and not any(a <= address <= b for a, b in ranges.get(key, [])):
             above = max((l for (n, l) in counts if n == key[0] and l < key[1]), default=None)
             chain = ((key[0], above),) + chain[1:] if above else chain
-        total += count(chain)
-    return total / (patches * 3 * patch * patch)
+        n = count(chain)
+        total += n
+        if by_phase is not None:
+            phase = phase_of(original)
+            by_phase[phase] = by_phase.get(phase, 0) + n / elements
+    return total / elements

@@ -327,13 +327,16 @@ def staged_estimates(arch: int, cubin: Path, rows: list[dict], colors: list[str]
         for (kind, color, path), (line_counts, patches) in counts.items():
             if kind != r["cuda_kind"]:
                 continue
+            phases: dict = {}
             per_element = clc.instructions_per_element(sass, r["symbol"], line_counts, patches, PATCH,
-                                                       r["threads_per_block"])
+                                                       r["threads_per_block"], phases)
             name = "cuda" if kind == "staged" else "cuda-per-pixel"
             out.append(dict(r, kernel=f"{name}-{color}-{r['dtype']}-nchw-{path}", color=color, path=path,
                             layout="nchw", thread_instr_per_element_est=per_element,
                             warp_instr_per_patch_est=per_element * 3 * PATCH * PATCH / 32,
-                            instr_method="SASS x harness line counts"))
+                            instr_method="SASS x harness line counts",
+                            instr_per_element_by_phase={k: round(v, 2) for k, v in sorted(phases.items(),
+                                                                                            key=lambda kv: -kv[1])}))
     return out
 
 

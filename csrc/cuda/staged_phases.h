@@ -112,6 +112,8 @@ struct Layout {
   int64_t window, window_bytes;      // the staged source window of one channel; also the reduction scratch
   int64_t total;
   FastDiv by_p, by_q;                // division by P and by P^2, prepared once per launch
+  bool quads;                        // P % 4 == 0: column passes take four adjacent columns per thread
+  FastDiv by_quads;                  // division by P / 4
 };
 
 RELPOS_HD int64_t align16(int64_t x) { return (x + 15) / 16 * 16; }
@@ -123,6 +125,8 @@ RELPOS_HD Layout make_layout(int patch, int threads, int64_t budget) {
   Layout L = {};
   L.by_p = make_fastdiv(static_cast<uint32_t>(patch));
   L.by_q = make_fastdiv(static_cast<uint32_t>(patch * patch));
+  L.quads = patch % 4 == 0;
+  L.by_quads = make_fastdiv(static_cast<uint32_t>(patch / 4 > 0 ? patch / 4 : 1));
   L.patch = patch;
   L.threads = threads;
   L.buffer_rows = patch + 2;
@@ -238,6 +242,26 @@ RELPOS_HD void store4(uint16_t* dst, uint16_t a, uint16_t b, uint16_t c, uint16_
 #endif
 }
 
+// Four consecutive floats from shared memory with one load; p is 16-byte aligned.
+RELPOS_HD void load4(const float* p, float& a, float& b, float& c, float& d) {
+#if defined(__CUDA_ARCH__)
+  const float4 q = *reinterpret_cast<const float4*>(p);
+  a = q.x, b = q.y, c = q.z, d = q.w;
+#else
+  a = p[0], b = p[1], c = p[2], d = p[3];
+#endif
+}
+
+// Four bytes with one store; dst is 4-byte aligned.
+RELPOS_HD void store_bytes4(uint8_t* dst, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint32_t*>(dst) = a | (b << 8) | (c << 16) | (d << 24);
+#else
+  dst[0] = static_cast<uint8_t>(a), dst[1] = static_cast<uint8_t>(b), dst[2] = static_cast<uint8_t>(c);
+  dst[3] = static_cast<uint8_t>(d);
+#endif
+}
+
 // uint8 -> float, exact: the bits of 2^23 + v minus 2^23 (two full-rate instructions instead of a conversion).
 RELPOS_HD float byte_to_float(uint32_t v) { return bits_float(0x4B000000u | v) - 8388608.0f; }
 
@@ -254,17 +278,17 @@ struct Patch {
   uint64_t seed;
   // Read from the Window after the taps phase:
   int wr0, wr1, wc0, wc1;  // source window rows [wr0, wr1], columns [wc0, wc1]
-  int window_cols;
+  int window_cols, window_stride;  // the window's width, and its row stride in shared memory (a multiple of 4)
   bool staged_window;      // the window of one channel fits the shared memory window
   bool dense;              // h pass rows are source rows wr0.. (every one needed); else two per output row
-  FastDiv by_cols, by_d;   // division by the window width and by the down size
+  FastDiv by_quads, by_d;  // division by the window's 4-byte words per row and by the down size
 };
 
 // The per-patch choices every thread needs, computed once (thread 0, taps phase) and read after the barrier.
 struct Window {
   int wr0, wr1, wc0, wc1;
   int staged_window, dense;
-  FastDiv by_cols, by_d;
+  FastDiv by_quads, by_d;
 };
 
 RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n) {
@@ -299,10 +323,10 @@ RELPOS_HD Window make_window(const Patch& s, const Layout& L) {
   const Taps right = linear_taps(s.g.left + s.P - 1, s.cols, s.g.resized_cols);
   Window w;
   w.wr0 = top.i0, w.wr1 = bottom.i1, w.wc0 = left.i0, w.wc1 = right.i1;
-  const int window_cols = w.wc1 - w.wc0 + 1;
-  w.staged_window = int64_t{w.wr1 - w.wr0 + 1} * window_cols <= L.window_bytes;
+  const int quads = (w.wc1 - w.wc0 + 4) / 4;  // 4-byte words per window row
+  w.staged_window = int64_t{w.wr1 - w.wr0 + 1} * quads * 4 <= L.window_bytes;
   w.dense = w.wr1 - w.wr0 + 1 <= L.buffer_rows;
-  w.by_cols = make_fastdiv(static_cast<uint32_t>(window_cols));
+  w.by_quads = make_fastdiv(static_cast<uint32_t>(quads));
   w.by_d = make_fastdiv(static_cast<uint32_t>(s.g.down > 0 ? s.g.down : 1));
   return w;
 }
@@ -311,9 +335,10 @@ RELPOS_HD void read_window(Patch& s, unsigned char* smem, const Layout& L) {
   const Window w = *at<Window>(smem, L.header);
   s.wr0 = w.wr0, s.wr1 = w.wr1, s.wc0 = w.wc0, s.wc1 = w.wc1;
   s.window_cols = w.wc1 - w.wc0 + 1;
+  s.window_stride = (s.window_cols + 3) / 4 * 4;
   s.staged_window = w.staged_window != 0;
   s.dense = w.dense != 0;
-  s.by_cols = w.by_cols;
+  s.by_quads = w.by_quads;
   s.by_d = w.by_d;
 }
 
@@ -376,23 +401,35 @@ RELPOS_HD void phase_noise(int t, int T, float* dst, const Patch& s, int c) {
 // threads read consecutive columns (consecutive bytes when the image is planar).
 RELPOS_HD void phase_stage(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int c) {
   uint8_t* window = at<uint8_t>(smem, L.window);
-  const int rows = s.wr1 - s.wr0 + 1, cols = s.window_cols;
+  const int rows = s.wr1 - s.wr0 + 1, cols = s.window_cols, stride = s.window_stride, quads = stride / 4;
   const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
   const uint8_t* origin = s.data + source_offset(s.meta_row, c, s.wr0, s.wc0);
-  if (cols <= T) {  // thread t copies column t % cols of every (T / cols)-th row from t / cols
-    const int first = static_cast<int>(fast_div(s.by_cols, static_cast<uint32_t>(t)));
-    const int step = static_cast<int>(fast_div(s.by_cols, static_cast<uint32_t>(T)));
-    const int x = t - first * cols;
-    const uint8_t* src = origin + x * sx;
-    uint8_t* dst = window + x;
+  // Four bytes of a row per thread and store (columns past the window repeat its last byte: never read).
+  auto offsets = [&](int x, int64_t o[4]) {
+    for (int k = 0; k < 4; ++k) o[k] = (x + k < cols ? x + k : cols - 1) * sx;
+  };
+  if (quads <= T) {  // thread t copies word t % quads of every (T / quads)-th row from t / quads
+    const int first = static_cast<int>(fast_div(s.by_quads, static_cast<uint32_t>(t)));
+    const int step = static_cast<int>(fast_div(s.by_quads, static_cast<uint32_t>(T)));
+    const int x = 4 * (t - first * quads);
+    int64_t o[4];
+    offsets(x, o);
+    const uint8_t* src = origin + first * sy;
+    uint8_t* dst = window + first * stride + x;
+    const int64_t src_step = step * sy;
+    const int dst_step = step * stride;
     RELPOS_ROLLED
-    for (int r = first; r < rows; r += step) dst[r * cols] = src[r * sy];
+    for (int r = first; r < rows; r += step, src += src_step, dst += dst_step)
+      store_bytes4(dst, src[o[0]], src[o[1]], src[o[2]], src[o[3]]);
     return;
   }
   RELPOS_ROLLED
-  for (int e = t; e < rows * cols; e += T) {
-    const int r = static_cast<int>(fast_div(s.by_cols, static_cast<uint32_t>(e)));
-    window[e] = origin[r * sy + (e - r * cols) * sx];
+  for (int e = t; e < rows * quads; e += T) {
+    const int r = static_cast<int>(fast_div(s.by_quads, static_cast<uint32_t>(e))), x = 4 * (e - r * quads);
+    int64_t o[4];
+    offsets(x, o);
+    const uint8_t* src = origin + r * sy;
+    store_bytes4(window + r * stride + x, src[o[0]], src[o[1]], src[o[2]], src[o[3]]);
   }
 }
 
@@ -402,19 +439,38 @@ template <bool kFromWindow>
 RELPOS_HD void phase_h(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int c, int band_begin,
                        int slots, float* h) {
   const int P = s.P;
+  const int* rows = at<int>(smem, L.h_rows) + (s.dense ? 0 : 2 * band_begin);
+  if (kFromWindow && L.quads) {  // four adjacent columns per thread, one 16-byte store per slot
+    const int first = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(t)));
+    const int step = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(T)));
+    if (first >= step) return;
+    const int px = 4 * (t - first * (P / 4));
+    const Tap* crop_x = at<Tap>(smem, L.crop_x);
+    const Taps a = unpack_tap(crop_x[px], s.cols), b = unpack_tap(crop_x[px + 1], s.cols);
+    const Taps c4 = unpack_tap(crop_x[px + 2], s.cols), d = unpack_tap(crop_x[px + 3], s.cols);
+    const uint8_t* window = at<uint8_t>(smem, L.window);
+    RELPOS_ROLLED
+    for (int slot = first; slot < slots; slot += step) {
+      const int row = rows[slot] * s.window_stride - s.wc0;  // plus a source column: its byte in the window
+      store4(h + slot * P + px, a.w0 * byte_to_float(window[row + a.i0]) + a.w1 * byte_to_float(window[row + a.i1]),
+             b.w0 * byte_to_float(window[row + b.i0]) + b.w1 * byte_to_float(window[row + b.i1]),
+             c4.w0 * byte_to_float(window[row + c4.i0]) + c4.w1 * byte_to_float(window[row + c4.i1]),
+             d.w0 * byte_to_float(window[row + d.i0]) + d.w1 * byte_to_float(window[row + d.i1]));
+    }
+    return;
+  }
   const int first = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(t)));
   const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
   const Taps tx = unpack_tap(at<Tap>(smem, L.crop_x)[px], s.cols);
-  const int* rows = at<int>(smem, L.h_rows) + (s.dense ? 0 : 2 * band_begin);
   const float wx0 = tx.w0, wx1 = tx.w1;
   if (kFromWindow) {
     const uint8_t* window = at<uint8_t>(smem, L.window);
     const int x0 = tx.i0 - s.wc0, x1 = tx.i1 - s.wc0;
     RELPOS_ROLLED
     for (int slot = first; slot < slots; slot += step) {
-      const int row = rows[slot] * s.window_cols;
+      const int row = rows[slot] * s.window_stride;
       const float v0 = byte_to_float(window[row + x0]), v1 = byte_to_float(window[row + x1]);
       h[slot * P + px] = wx0 * v0 + wx1 * v1;
     }
@@ -435,11 +491,27 @@ RELPOS_HD void phase_h(int t, int T, unsigned char* smem, const Layout& L, const
 RELPOS_HD void phase_v(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int band_begin,
                        int band_end, const float* h, float* dst) {
   const int P = s.P;
+  const VRow* rows = at<VRow>(smem, L.v_rows);
+  if (L.quads) {  // four adjacent columns per thread: 16-byte loads and stores
+    const int first = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(t)));
+    const int step = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(T)));
+    if (first >= step) return;
+    const int px = 4 * (t - first * (P / 4));
+    RELPOS_ROLLED
+    for (int py = band_begin + first; py < band_end; py += step) {
+      const VRow r = rows[py];
+      float a0, a1, a2, a3, b0, b1, b2, b3;
+      load4(h + r.o0 + px, a0, a1, a2, a3);
+      load4(h + r.o1 + px, b0, b1, b2, b3);
+      store4(dst + py * P + px, r.w0 * a0 + r.w1 * b0, r.w0 * a1 + r.w1 * b1, r.w0 * a2 + r.w1 * b2,
+             r.w0 * a3 + r.w1 * b3);
+    }
+    return;
+  }
   const int first = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(t)));
   const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
-  const VRow* rows = at<VRow>(smem, L.v_rows);
   const float* column = h + px;
   RELPOS_ROLLED
   for (int py = band_begin + first; py < band_end; py += step) {
@@ -470,6 +542,21 @@ RELPOS_HD void phase_small(int t, int T, unsigned char* smem, const Layout& L, c
 RELPOS_HD void phase_wide(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* small,
                           float* wide) {
   const int P = s.P, D = s.g.down;
+  if (L.quads) {  // four adjacent columns per thread, one 16-byte store per small row
+    const int first = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(t)));
+    const int step = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(T)));
+    if (first >= step) return;
+    const int px = 4 * (t - first * (P / 4));
+    const Taps* up = at<Taps>(smem, L.up);
+    const Taps a = up[px], b = up[px + 1], c = up[px + 2], d = up[px + 3];
+    RELPOS_ROLLED
+    for (int sy = first; sy < D; sy += step) {
+      const float* row = small + sy * D;
+      store4(wide + sy * P + px, a.w0 * row[a.i0] + a.w1 * row[a.i1], b.w0 * row[b.i0] + b.w1 * row[b.i1],
+             c.w0 * row[c.i0] + c.w1 * row[c.i1], d.w0 * row[d.i0] + d.w1 * row[d.i1]);
+    }
+    return;
+  }
   const int first = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(t)));
   const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
@@ -484,11 +571,27 @@ RELPOS_HD void phase_wide(int t, int T, unsigned char* smem, const Layout& L, co
 RELPOS_HD void phase_up(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* wide,
                         float* dst) {
   const int P = s.P;
+  const Taps* up = at<Taps>(smem, L.up);
+  if (L.quads) {  // four adjacent columns per thread: 16-byte loads and stores
+    const int first = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(t)));
+    const int step = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(T)));
+    if (first >= step) return;
+    const int px = 4 * (t - first * (P / 4));
+    RELPOS_ROLLED
+    for (int py = first; py < P; py += step) {
+      const Taps ty = up[py];
+      float a0, a1, a2, a3, b0, b1, b2, b3;
+      load4(wide + ty.i0 * P + px, a0, a1, a2, a3);
+      load4(wide + ty.i1 * P + px, b0, b1, b2, b3);
+      store4(dst + py * P + px, ty.w0 * a0 + ty.w1 * b0, ty.w0 * a1 + ty.w1 * b1, ty.w0 * a2 + ty.w1 * b2,
+             ty.w0 * a3 + ty.w1 * b3);
+    }
+    return;
+  }
   const int first = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(t)));
   const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
-  const Taps* up = at<Taps>(smem, L.up);
   RELPOS_ROLLED
   for (int py = first; py < P; py += step) {
     const Taps ty = up[py];
