@@ -12,7 +12,9 @@ phase lines take the harness's count of thread-phase executions and its reductio
 and patch; lines compiled only for the device (intrinsics under __CUDA_ARCH__) take the count of the nearest
 counted line above them. It counts thread-instructions (lanes masked off are not counted) and is an estimate:
 the host and the device compilers place instructions on lines differently at the margins (loop headers,
-hoisted loads).
+hoisted loads). Loops with a literal trip count are unrolled on the GPU: each copy of a line in them counts the
+CPU count divided by the trip count (the copies add up to the CPU count), unless the SASS keeps the loop (a
+backward branch on its line).
 """
 
 from __future__ import annotations
@@ -183,7 +185,28 @@ def lambda_lines(path: Path, marker: str) -> set[int]:
     return found
 
 
-def device_counts(counts: dict, patches: int, threads: int):
+def unrolled_loops(path: Path) -> list[tuple[int, int, int]]:
+    """Loops with a literal trip count (`for (int c = 0; c < 3; ++c)`) that the device compiler may unroll, as
+    (for line, last line of the body, trip count); loops marked rolled (`unroll 1`) are left out. The CPU counts
+    a line in such a body once per trip; unrolled, the GPU runs each copy once."""
+    lines = path.read_text().splitlines()
+    found = []
+    for i, text in enumerate(lines):
+        m = re.search(r"for \(int (\w+) = 0; \1 < (\d+); \+\+\1\)", text)
+        if not m or any("unroll 1" in lines[j] or "RELPOS_ROLLED" in lines[j] for j in range(max(0, i - 3), i)):
+            continue
+        depth, j = 0, i
+        while j < len(lines):
+            body = lines[j].split("//")[0]
+            depth += body.count("{") - body.count("}")
+            if depth <= 0 and (body.rstrip().endswith(";") or body.rstrip().endswith("}")) and j >= i:
+                break
+            j += 1
+        found.append((i + 1, j + 1, int(m.group(2))))
+    return found
+
+
+def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = frozenset()):
     """A function giving the GPU execution count of a SASS instruction's inlining chain (module docstring)."""
     helpers = {(path.name, line) for path in (HEADER, MATH) for line in function_lines(path, HELPERS[path.name])}
     helpers |= {(HEADER.name, line) for line in lambda_lines(HEADER, r"auto \w+ = \[&\]")}  # inside phases
@@ -203,10 +226,25 @@ def device_counts(counts: dict, patches: int, threads: int):
             return patches * threads
         return host(key) * (threads if key in uniform else 1)
 
+    # literal-trip loops the device kept as loops (a backward branch on their line) are not unrolled
+    loops = {path.name: [(first, last, trips) for first, last, trips in unrolled_loops(path)
+                         if (path.name, first) not in rolled] for path in (HEADER, MATH, KERNEL)}
+
+    def unrolled(frames):
+        """The product of the trip counts of the unrolled loops around these frames (the anchor and outward)."""
+        factor = 1
+        for name, line in frames:
+            for first, last, trips in loops.get(name, []):
+                if first < line <= last:
+                    factor *= trips
+        return factor
+
     def count(chain):
         for depth, key in enumerate(chain):
             if key not in helpers:  # the call site; nothing if a line of the helper never ran (a branch not taken)
-                return 0 if any(host(inner) == 0 for inner in chain[:depth]) else anchor(key)
+                if any(host(inner) == 0 for inner in chain[:depth]):
+                    return 0
+                return anchor(key) / unrolled(chain[depth:])
         return patches * threads
 
     return count
@@ -231,8 +269,8 @@ def instructions_per_element(sass: str, symbol: str, counts: dict, patches: int,
 
     The instructions a `for` line places before its loop (the first test, the set-up) run once per entry, not
     once per iteration: they take the count of the nearest counted line above the loop."""
-    count = device_counts(counts, patches, threads)
     instructions, loops = sass_instructions(sass, symbol)
+    count = device_counts(counts, patches, threads, frozenset(instructions[index][1][0] for _, _, index in loops))
     sources = {path.name: path.read_text().splitlines() for path in (HEADER, MATH, KERNEL)}
     functions = function_of_lines(HEADER)
 

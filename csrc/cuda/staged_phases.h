@@ -382,16 +382,22 @@ RELPOS_HD void phase_taps(int t, int T, unsigned char* smem, const Layout& L, co
 RELPOS_HD void phase_noise(int t, int T, float* dst, const Patch& s, int c) {
   const uint32_t first = static_cast<uint32_t>(c) * s.Q, count = static_cast<uint32_t>(s.Q);
   const uint32_t first_block = first >> 2, last_block = (first + count - 1) >> 2;
+  if ((count & 3) == 0) {  // P even: the channel is whole blocks (one loop per case, so neither branches on it)
+    RELPOS_ROLLED
+    for (uint32_t block = first_block + t; block <= last_block; block += T) {
+      uint32_t words[4];
+      philox4x32_10(s.seed, block, static_cast<uint32_t>(s.n), words);
+      float* out = dst + (block - first_block) * 4;
+      out[0] = word_to_noise(words[0]), out[1] = word_to_noise(words[1]);
+      out[2] = word_to_noise(words[2]), out[3] = word_to_noise(words[3]);
+    }
+    return;
+  }
   RELPOS_ROLLED
   for (uint32_t block = first_block + t; block <= last_block; block += T) {
     uint32_t words[4];
     philox4x32_10(s.seed, block, static_cast<uint32_t>(s.n), words);
     const int64_t e = int64_t{block} * 4 - first;  // element of words[0] within the channel
-    if (e >= 0 && e + 3 < count && (count & 3) == 0) {
-      dst[e] = word_to_noise(words[0]), dst[e + 1] = word_to_noise(words[1]);
-      dst[e + 2] = word_to_noise(words[2]), dst[e + 3] = word_to_noise(words[3]);
-      continue;
-    }
     for (int k = 0; k < 4; ++k)
       if (e + k >= 0 && e + k < count) dst[e + k] = word_to_noise(words[k]);
   }
