@@ -387,9 +387,8 @@ RELPOS_HD void phase_noise(int t, int T, float* dst, const Patch& s, int c) {
     for (uint32_t block = first_block + t; block <= last_block; block += T) {
       uint32_t words[4];
       philox4x32_10(s.seed, block, static_cast<uint32_t>(s.n), words);
-      float* out = dst + (block - first_block) * 4;
-      out[0] = word_to_noise(words[0]), out[1] = word_to_noise(words[1]);
-      out[2] = word_to_noise(words[2]), out[3] = word_to_noise(words[3]);
+      store4(dst + (block - first_block) * 4, word_to_noise(words[0]), word_to_noise(words[1]),
+             word_to_noise(words[2]), word_to_noise(words[3]));  // 16-byte aligned: the channel starts a block
     }
     return;
   }
@@ -672,14 +671,18 @@ RELPOS_HD void phase_store(int t, int T, const ExtractParams& p, const Patch& s,
   auto plane = [&](int c) { return c == 0 ? values[0] : (c == 1 ? values[1] : values[2]); };
   auto mean = [&](int c) { return c == 0 ? norm.mean[0] : (c == 1 ? norm.mean[1] : norm.mean[2]); };
   auto value = [&](int c, int i) { return Out::convert((plane(c)[i] - mean(c)) * scale); };
-  if (nchw && wide) {  // four elements of one plane (P^2 is a multiple of 4)
-    RELPOS_ROLLED
-    for (int j = 4 * t; j < count; j += 4 * T) {
-      const int c = static_cast<int>(fast_div(L.by_q, static_cast<uint32_t>(j)));
-      const float* v = plane(c) + (j - c * Q);
+  if (nchw && wide) {  // plane by plane, four elements per store (P^2 is a multiple of 4)
+    for (int c = 0; c < 3; ++c) {
+      const float* v = plane(c);
       const float m = mean(c);
-      store4(base + j, Out::convert((v[0] - m) * scale), Out::convert((v[1] - m) * scale),
-             Out::convert((v[2] - m) * scale), Out::convert((v[3] - m) * scale));
+      storage* out = base + c * Q;
+      RELPOS_ROLLED
+      for (int i = 4 * t; i < Q; i += 4 * T) {
+        float v0, v1, v2, v3;
+        load4(v + i, v0, v1, v2, v3);  // 16-byte aligned: the buffers are, and Q % 4 == 0
+        store4(out + i, Out::convert((v0 - m) * scale), Out::convert((v1 - m) * scale),
+               Out::convert((v2 - m) * scale), Out::convert((v3 - m) * scale));
+      }
     }
     return;
   }
