@@ -201,10 +201,11 @@ int selftest() {
       const __int128 want = static_cast<__int128>(n) * strides[0] + c * strides[1] + 95 * strides[2] + 95 * strides[3];
       if (staged::output_offset(strides, n, c, 95, 95) != static_cast<int64_t>(want)) fail("output_offset");
     }
-  // Layouts: P = 96 is staged on sm_80 (163 KB) and sm_90 (227 KB) with a window for a 1:1 crop (97 x 97).
+  // Layouts: P = 96 is staged on sm_80 (163 KB) and sm_90 (227 KB) with a window for a 1:1 crop (97 rows of
+  // 97 bytes, rows padded to 100).
   for (int64_t budget : {int64_t{166912}, int64_t{232448}}) {
     const staged::Layout L = staged::make_layout(96, 1024, budget);
-    if (!L.staged || L.total > budget || L.window_bytes < 97 * 97) fail("layout for P = 96");
+    if (!L.staged || L.total > budget || L.window_bytes < 97 * 100) fail("layout for P = 96");
   }
   if (staged::make_layout(200, 1024, 232448).staged) fail("P = 200 cannot be staged");
   // The harness itself: a phase that reads a neighbour's element while the neighbour writes it must give
