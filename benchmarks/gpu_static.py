@@ -218,36 +218,152 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- CUDA
-def compile_cuda(arch: int, work: Path) -> list[dict]:
+# cudaDevAttrMaxSharedMemoryPerBlockOptin of an A100 and an H100: the launcher gives the staged kernel all of it.
+SMEM_OPTIN = {80: 166912, 90: 232448}
+# The default mix for the instruction estimate: photographs of these sizes, planned with the default PatchConfig.
+MIX_IMAGE_SIZES = [(375, 500), (500, 333), (480, 640), (768, 1024)]
+MIX_PATCHES_PER_PATH = 12
+
+
+def line_counts_module():
+    import importlib.util
+    name = "relpos_cuda_line_counts"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "cuda_line_counts.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+def nvcc_cubin(arch: int, source: Path, include: Path, cubin: Path) -> tuple[str, float]:
+    """setup.py's nvcc flags (-O3 -lineinfo --fmad=false -DRELPOS_WITH_CUDA) plus -Xptxas -v; the ptxas log."""
     nvcc = os.environ.get("NVCC") or shutil.which("nvcc")
-    if not nvcc:
-        return []
-    cubin = work / f"cuda-sm{arch}.cubin"
-    # setup.py's nvcc flags (-O3 -lineinfo --fmad=false -DRELPOS_WITH_CUDA) plus -Xptxas -v
     cmd = [nvcc, "-std=c++17", "-O3", "-lineinfo", "--fmad=false", "-DRELPOS_WITH_CUDA", "-Xptxas", "-v",
-           f"-I{REPO / 'csrc'}", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-cubin",
-           str(REPO / "csrc" / "cuda" / "extract_patches.cu"), "-o", str(cubin)]
+           f"-I{include}", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-cubin", str(source), "-o", str(cubin)]
     start = time.perf_counter()
     log = subprocess.run(cmd, capture_output=True, text=True)
     if log.returncode:
         raise RuntimeError(f"nvcc failed:\n{log.stderr}")
-    seconds = time.perf_counter() - start
-    spills, usage, counts = ptxas_spills(log.stderr), resource_usage(cubin), sass_counts(cubin)
-    threads = 256
-    for line in (REPO / "csrc" / "cuda" / "extract_patches.cu").read_text().splitlines():
-        m = re.match(r"constexpr int kThreads = (\d+);", line)
-        if m:
-            threads = int(m.group(1))
+    return log.stderr, time.perf_counter() - start
+
+
+def kernel_threads(source: Path) -> dict:
+    """constexpr int kThreads / kPixelThreads of a kernel source (256 where absent)."""
+    found = dict(re.findall(r"constexpr int (k\w*Threads) = (\d+);", source.read_text()))
+    return {k: int(v) for k, v in found.items()}
+
+
+def dtype_of(symbol: str) -> str:
+    if "OutF32" in symbol or "IfE" in symbol or "Ify" in symbol:
+        return "float32"
+    return "bfloat16" if "BF16" in symbol or "bfloat16" in symbol else "float16"
+
+
+def cuda_rows(arch: int, cubin: Path, log: str, seconds: float, threads: dict, label: str) -> list[dict]:
+    spills, usage, counts = ptxas_spills(log), resource_usage(cubin), sass_counts(cubin)
     rows = []
     for name, u in usage.items():
-        dtype = "float32" if "IfE" in name or "Ify" in name else ("bfloat16" if "bfloat16" in name else "float16")
+        staged = "extract_patches_kernel" in name and "staged" in name
+        per_pixel = "per_pixel" in name
+        block = threads.get("kPixelThreads" if per_pixel else "kThreads", 256)
+        # cuobjdump's SHARED includes the 1 KB the driver reserves per block on sm_90 (not on sm_80); occupancy()
+        # adds that reserve itself, so count only the kernel's own bytes here.
+        shared = max(0, u["shared"] - (1024 if arch >= 90 else 0))
+        if staged:  # dynamic shared memory: the launcher's layout for P = 96 and the arch's opt-in limit
+            shared += line_counts_module().layout(_harness(), PATCH, block, SMEM_OPTIN[arch])["total"]
         c = counts.get(name, {"sass": None, "local": None, "global": None})
-        rows.append({"kernel": f"cuda-{dtype}", "arch": f"sm_{arch}", "trips": -(-PATCH * PATCH // threads), "threads_per_block": threads,
+        kind = "staged" if staged else ("per-pixel" if per_pixel else "old")
+        rows.append({"kernel": f"{label}-{kind}-{dtype_of(name)}" if label == "cuda" else f"{label}-{dtype_of(name)}",
+                     "arch": f"sm_{arch}", "trips": -(-PATCH * PATCH // block), "threads_per_block": block,
                      "compile_s": round(seconds, 1), "regs": u["regs"], "stack": u["stack"], "local": u["local"],
-                     "spill_bytes": spills.get(name), "shared": u["shared"], "sass": c["sass"],
-                     "sass_local": c["local"], "sass_global": c["global"],
-                     **occupancy(arch, u["regs"], u["shared"], threads), "dtype": dtype, "color": "all",
-                     "path": "both", "symbol": name})
+                     "spill_bytes": spills.get(name), "shared": shared, "sass": c["sass"], "sass_local": c["local"],
+                     "sass_global": c["global"], **occupancy(arch, u["regs"], shared, block),
+                     "dtype": dtype_of(name), "color": "all", "path": "both", "symbol": name, "cuda_kind": kind})
+    return rows
+
+
+_HARNESS_DIR: list = []
+
+
+def _harness() -> Path:
+    """The CPU harness of the staged phases, built once with gcov (benchmarks/cuda_line_counts.py)."""
+    if not _HARNESS_DIR:
+        _HARNESS_DIR.append(Path(tempfile.mkdtemp(prefix="relpos-harness-")))
+        _HARNESS_DIR.append(line_counts_module().build(_HARNESS_DIR[0]))
+    return _HARNESS_DIR[1]
+
+
+def mix_plans():
+    """A default-mix plan on photographs of MIX_IMAGE_SIZES (noise images: the counts do not depend on pixel
+    values), split into crop-only and down-sampled rows."""
+    import torch
+    import relpos
+    from relpos.sampler import sample_plan
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (h, w, 3), generator=generator, dtype=torch.uint8) for h, w in MIX_IMAGE_SIZES]
+    packed = relpos.pack_images(images)
+    plan = sample_plan(MIX_IMAGE_SIZES, generator=generator).patches
+    return packed, {"crop": plan[plan[:, 6] == 0][:MIX_PATCHES_PER_PATH],
+                    "down": plan[plan[:, 6] > 0][:MIX_PATCHES_PER_PATH]}
+
+
+def staged_estimates(arch: int, cubin: Path, rows: list[dict], colors: list[str]) -> list[dict]:
+    """Rows per colour and path for the staged and the per-pixel kernels: SASS instructions weighted by the
+    harness's line counts (the per-pixel kernel, i.e. the old design, through the harness's per-pixel path)."""
+    clc = line_counts_module()
+    sass = subprocess.run([tool("nvdisasm"), "-c", "-gi", str(cubin)], check=True, capture_output=True,
+                          text=True).stdout
+    exe = _harness()
+    packed, plans = mix_plans()
+    counts = {}
+    for kind, threads, budget in (("staged", 1024, SMEM_OPTIN[arch]), ("per-pixel", 256, 2048)):
+        for color in colors:
+            for path, plan in plans.items():
+                source = exe.parent / f"{kind}-{color}-{path}.bin"
+                clc.write_input(source, packed.data, packed.meta, plan, PATCH, 5, color, threads, budget)
+                counts[kind, color, path] = (clc.line_counts(exe, exe.parent, source), plan.shape[0])
+    out = []
+    for r in rows:
+        for (kind, color, path), (line_counts, patches) in counts.items():
+            if kind != r["cuda_kind"]:
+                continue
+            phases: dict = {}
+            per_element = clc.instructions_per_element(sass, r["symbol"], line_counts, patches, PATCH,
+                                                       r["threads_per_block"], phases)
+            name = "cuda" if kind == "staged" else "cuda-per-pixel"
+            out.append(dict(r, kernel=f"{name}-{color}-{r['dtype']}-nchw-{path}", color=color, path=path,
+                            layout="nchw", thread_instr_per_element_est=per_element,
+                            warp_instr_per_patch_est=per_element * 3 * PATCH * PATCH / 32,
+                            instr_method="SASS x harness line counts",
+                            instr_per_element_by_phase={k: round(v, 2) for k, v in sorted(phases.items(),
+                                                                                            key=lambda kv: -kv[1])}))
+    return out
+
+
+def compile_cuda(arch: int, work: Path, full: bool = True, baseline: str | None = None) -> list[dict]:
+    """The CUDA kernels: the staged kernel (rows per colour and path, NCHW; every dtype when `full`), the per-pixel
+    kernel for patches too large to stage, and, with `baseline` (a git revision), that revision's kernel."""
+    if not (os.environ.get("NVCC") or shutil.which("nvcc")):
+        return []
+    source = REPO / "csrc" / "cuda" / "extract_patches.cu"
+    cubin = work / f"cuda-sm{arch}.cubin"
+    log, seconds = nvcc_cubin(arch, source, REPO / "csrc", cubin)
+    rows = cuda_rows(arch, cubin, log, seconds, kernel_threads(source), "cuda")
+    if not full:
+        rows = [r for r in rows if r["dtype"] == "float32"]
+    rows = staged_estimates(arch, cubin, rows, list(COLORS))
+    if baseline:
+        old = work / f"baseline-{baseline}"
+        for path in ("csrc/relpos_math.h", "csrc/cuda/extract_patches.cu", "csrc/cuda/extract_patches_cuda.h"):
+            target = old / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(subprocess.run(["git", "-C", str(REPO), "show", f"{baseline}:{path}"], check=True,
+                                              capture_output=True).stdout)
+        old_source = old / "csrc" / "cuda" / "extract_patches.cu"
+        old_cubin = work / f"cuda-old-sm{arch}.cubin"
+        log, seconds = nvcc_cubin(arch, old_source, old / "csrc", old_cubin)
+        rows += [dict(r, baseline=baseline) for r in cuda_rows(arch, old_cubin, log, seconds,
+                                                               kernel_threads(old_source), f"cuda-{baseline[:7]}")]
     return rows
 
 
@@ -278,6 +394,10 @@ def markdown(report: dict) -> str:
              "spill bytes, stack, shared memory, static SASS counts (ptxas/cuobjdump/nvdisasm). Derived (not measured): "
              "occupancy (from per-SM limits); instructions per output element, a static estimate (every SASS "
              "instruction issued once per loop trip by every warp, good to ~2x); the paper roofline from it. "
+             "Staged CUDA kernel (cuda-COLOUR-...-crop/down rows): shared memory includes the dynamic layout at P = 96 "
+             "and the arch's opt-in limit; instructions per element weight every SASS instruction by the execution "
+             "count of its source line when the same phases run on the CPU harness (benchmarks/cuda_line_counts.py, "
+             f"a default plan on {len(MIX_IMAGE_SIZES)} photograph sizes), thread-instructions, also an estimate. "
              "Nothing here ran on a GPU.", "",
              "| kernel | arch | threads | regs | spill B | stack B | smem B | occupancy (limit) | SASS | SASS local "
              "| instr/element (est) | roofline % (est) |",
@@ -299,14 +419,20 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_static(archs: list[int], full: bool, out: Path | None, cuda: bool = True) -> dict:
+def run_static(archs: list[int], full: bool, out: Path | None, cuda: bool = True, baseline: str | None = None,
+               triton: bool = True) -> dict:
     report = {"environment": environment(), "kernels": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for arch in archs:
             if cuda:
-                report["kernels"] += compile_cuda(arch, work)
-            for spec in triton_specs(full):
+                for row in compile_cuda(arch, work, full, baseline):
+                    est = row.get("thread_instr_per_element_est")
+                    print(f"{row['kernel']} {row['arch']}: {row['regs']} regs, spill {row['spill_bytes']} B, "
+                          f"stack {row['stack']} B, smem {row['shared']} B, occupancy {100 * row['occupancy']:.1f}%"
+                          + (f", {est:.1f} instr/element" if est is not None else ""), flush=True)
+                    report["kernels"].append(row)
+            for spec in triton_specs(full) if triton else []:
                 row = compile_triton(spec, arch, work)
                 print(f"{row['kernel']} {row['arch']}: {row['regs']} regs, spill {row['spill_bytes']} B, "
                       f"stack {row['stack']} B, smem {row['shared']} B, occupancy {100 * row['occupancy']:.1f}%, "
@@ -315,7 +441,7 @@ def run_static(archs: list[int], full: bool, out: Path | None, cuda: bool = True
     estimate(report)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        stem = f"gpu-static-{report['environment']['date'][:10]}"
+        stem = f"gpu-static-{'' if triton else 'cuda-'}{report['environment']['date'][:10]}"
         (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
         (out / f"{stem}.md").write_text(markdown(report))
         print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
@@ -330,10 +456,14 @@ def estimate(report: dict) -> None:
     the crop branch of the down path...), and undercounts loops inside the body (the 2-trip row loop of the Triton
     down path), so read it to within ~2x."""
     for r in report["kernels"]:
+        color = r["color"] if r["color"] in COLORS else "none"
+        if r.get("instr_method"):  # the staged CUDA kernel: weighted by line counts (compile_cuda)
+            r["roofline"] = roofline(r["thread_instr_per_element_est"] * 3 * PATCH * PATCH,
+                                     bytes_per_patch(DTYPES[r["dtype"]][1], color))
+            continue
         warps = r["threads_per_block"] // 32
         r["warp_instr_per_patch_est"] = r["sass"] * r["trips"] * warps
         r["thread_instr_per_element_est"] = r["warp_instr_per_patch_est"] * 32 / (3 * PATCH * PATCH)
-        color = r["color"] if r["color"] in COLORS else "none"
         r["roofline"] = roofline(r["warp_instr_per_patch_est"] * 32, bytes_per_patch(DTYPES[r["dtype"]][1], color))
     mixes = {}
     for r in report["kernels"]:
@@ -360,6 +490,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(SM_LIMITS))
     parser.add_argument("--ci", action="store_true",
                         help="compile only what CI needs (sm_90, fp32 NCHW per colour/path) and fail on any spill")
+    parser.add_argument("--only", choices=["cuda", "triton"], default=None,
+                        help="compile only these kernels (the report is then gpu-static-cuda-DATE for --only cuda)")
+    parser.add_argument("--cuda-baseline", default=None, metavar="REV",
+                        help="also compile the CUDA kernel of git revision REV (before/after figures)")
 
 
 def main(argv=None) -> int:
@@ -372,7 +506,9 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     archs = [90] if args.ci else args.arch
-    report = run_static(archs, full=not args.ci, out=None if args.ci else Path(args.out))
+    only = getattr(args, "only", None)
+    report = run_static(archs, full=not args.ci, out=None if args.ci else Path(args.out),
+                        baseline=getattr(args, "cuda_baseline", None), cuda=only != "triton", triton=only != "cuda")
     print(markdown(report))
     bad = spilling(report)
     if bad:

@@ -20,3 +20,31 @@ def test_spills_are_read_from_ptxas_and_fail_the_check():
     clean = {"kernel": "a", "arch": "sm_90", "spill_bytes": 0, "local": 0, "stack": 0}
     assert gpu_static.spilling({"kernels": [clean]}) == []
     assert gpu_static.spilling({"kernels": [clean, dict(clean, kernel="b", stack=8)]}) == ["b sm_90"]
+
+
+def test_line_count_estimate_reads_sass_loops_and_weights_lines(tmp_path):
+    """cuda_line_counts: instructions and loops from nvdisasm -gi text; a loop body counts per iteration, the set-up
+    a for line places before its loop once per entry, a helper's instructions as often as its call site."""
+    clc = gpu_static.line_counts_module()
+    header = clc.HEADER.read_text().splitlines()
+    for_line = next(i + 1 for i, t in enumerate(header) if "for (int py = band_begin + first; py < band_end" in t)
+    body_line = for_line + 1
+    helper_line = next(i + 1 for i, t in enumerate(header) if "RELPOS_HD float byte_to_float(" in t)
+    name = clc.HEADER.name
+    where = lambda line, *outer: "".join(  # noqa: E731
+        f'\t//## File "/x/{name}", line {line}' + (f' inlined at "/x/{name}", line {o}' if o else "") + "\n"
+        for line, o in [(line, outer[0] if outer else None)] + [(o, None) for o in outer])
+    sass = ("\t.section\t.text.k,\"ax\",@progbits\n"
+            + where(for_line) + "        /*0000*/                   ISETP.GE.AND P0, PT, R1, R2, PT ;\n"
+            + ".L_x_1:\n"
+            + where(body_line) + "        /*0010*/                   LDS R3, [R4] ;\n"
+            + where(helper_line, body_line) + "        /*0020*/                   FADD R3, R3, -8388608 ;\n"
+            + where(for_line) + "        /*0030*/              @!P0 BRA `(.L_x_1) ;\n")
+    instructions, loops = clc.sass_instructions(sass, "k")
+    assert [a for a, _ in instructions] == [0, 0x10, 0x20, 0x30]
+    assert loops == [(0x10, 0x30, 3)]
+    assert instructions[2][1] == ((name, helper_line), (name, body_line))
+    counts = {(name, for_line - 1): 10, (name, for_line): 110, (name, body_line): 100, (name, helper_line): 999}
+    per_element = clc.instructions_per_element(sass, "k", counts, patches=1, patch=2, threads=32)
+    # set-up once per entry (10), body and helper per iteration (100 each), the branch per test (110)
+    assert per_element == (10 + 100 + 100 + 110) / (3 * 2 * 2)

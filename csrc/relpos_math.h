@@ -55,7 +55,8 @@ RELPOS_HD float word_to_noise(uint32_t word) {
 RELPOS_HD float centered_noise(uint64_t seed, uint32_t pixel, uint32_t patch) {
   uint32_t words[4];
   philox4x32_10(seed, pixel >> 2, patch, words);
-  return word_to_noise(words[pixel & 3]);
+  const uint32_t k = pixel & 3;  // selected, not indexed: an indexed array would go to GPU local memory
+  return word_to_noise(k == 0 ? words[0] : (k == 1 ? words[1] : (k == 2 ? words[2] : words[3])));
 }
 
 // One axis of a bilinear resize with align_corners=False (torch's convention): output index dst of out_size

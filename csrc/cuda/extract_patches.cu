@@ -1,109 +1,111 @@
-// CUDA kernel of relpos::extract_patches: one thread block renders one patch from the ragged uint8 images.
-// Pass 1 sums the channels in double (order-independent results, like every other backend), a block
-// reduction gives mean and RMS scale, pass 2 recomputes each pixel and writes it normalised. The per-pixel
-// math is relpos_math.h, shared with the CPU implementation. Compiled with --fmad=false so the rounding is
-// that of the CPU and reference backends.
+// CUDA kernel of relpos::extract_patches: one thread block renders one patch, phase by phase, from the
+// torch-free phases of staged_phases.h (which the CPU harness tests/cuda_phases_harness.cpp runs too): the
+// tap tables once per patch, the source window staged in shared memory, separable resampling passes, the float
+// patch kept on chip for the float64 sums, then one normalised store. Compiled with --fmad=false so the
+// rounding is that of the C++ op and the reference.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "../relpos_math.h"
 #include "extract_patches_cuda.h"
+#include "staged_phases.h"
 
 namespace relpos {
 namespace {
 
-constexpr int kThreads = 256;
+// 32 warps and at most 64 registers: one block per SM holds 50% of the SM's warps; shared memory (four
+// (P + 2) x P float buffers, 150 KB at P = 96) allows one block per SM on sm_80 and sm_90 in any case.
+constexpr int kThreads = 1024;
 
-template <typename T>
-__device__ __forceinline__ T convert(float v);
-template <>
-__device__ __forceinline__ float convert<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 convert<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half convert<__half>(float v) { return __float2half_rn(v); }
-
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Sums six doubles over the block; every thread gets the totals.
-__device__ void block_sum(double values[6]) {
-  __shared__ double partial[kThreads / 32][6];
-  __shared__ double total[6];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int k = 0; k < 6; ++k) {
-    const double v = warp_sum(values[k]);
-    if (lane == 0) partial[warp][k] = v;
+// Runs the phases of staged_phases.h with real barriers. The block sum is a shuffle-down tree per warp, then
+// the same tree over the warps in warp 0 (staged::tree_sum32 is this order on the CPU).
+struct BlockExec {
+  template <typename F>
+  __device__ __forceinline__ void phase(F&& f) {
+    f(static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
+    __syncthreads();
   }
-  __syncthreads();
-  if (threadIdx.x < 6) {
-    double s = 0.0;
-    for (int w = 0; w < kThreads / 32; ++w) s += partial[w][threadIdx.x];
-    total[threadIdx.x] = s;
-  }
-  __syncthreads();
-  for (int k = 0; k < 6; ++k) values[k] = total[k];
-}
 
-template <typename out_t>
-__global__ void __launch_bounds__(kThreads) extract_patches_kernel(ExtractParams p) {
-  const int64_t n = blockIdx.x;
-  const int32_t* row = p.plan + n * kPlanColumns;
-  const int64_t* m = p.meta + int64_t{row[kImage]} * kMetaColumns;
-  const ImageView image{p.data + m[kOffset], m[kRows], m[kCols], m[kStrideC], m[kStrideY], m[kStrideX]};
-  const PatchGeometry g = make_geometry(image, row, p.patch);
-  const int kept = row[kChannel];
-  const int pixels = p.patch * p.patch;
-
-  double sums[6] = {0, 0, 0, 0, 0, 0};  // sum[0..2], sum of squares[0..2]
-  for (int pix = threadIdx.x; pix < pixels; pix += kThreads) {
-    float v[3];
-    pixel_values(g, p.color, kept, p.seed, static_cast<uint32_t>(n), pix / p.patch, pix % p.patch, v);
-    for (int c = 0; c < 3; ++c) {
-      sums[c] += v[c];
-      sums[3 + c] += static_cast<double>(v[c]) * v[c];
+  // f's Sums summed over the block; finish(total) runs in one thread and every thread gets its result.
+  template <typename F, typename G>
+  __device__ __forceinline__ auto reduce(F&& f, G&& finish, double* scratch) -> decltype(finish(staged::Sums{})) {
+    using Result = decltype(finish(staged::Sums{}));
+    const staged::Sums mine = f(static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int k = 0; k < 6; ++k) {
+      double v = mine.v[k];
+      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+      if (lane == 0) scratch[warp * 6 + k] = v;
     }
+    __syncthreads();
+    Result* result = reinterpret_cast<Result*>(scratch + staged::kReduceDoubles);
+    if (warp == 0) {
+      staged::Sums total;
+      for (int k = 0; k < 6; ++k) {
+        double v = lane < warps ? scratch[lane * 6 + k] : 0.0;
+        for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+        total.v[k] = v;
+      }
+      if (lane == 0) *result = finish(total);
+    }
+    __syncthreads();
+    return *result;
   }
-  block_sum(sums);
-  PatchStats stats;
-  for (int c = 0; c < 3; ++c) {
-    stats.sum[c] = sums[c];
-    stats.sum_sq[c] = sums[3 + c];
-  }
-  float mean[3], scale;
-  finish_stats(stats, p.color, kept, pixels, mean, &scale);
+};
 
-  out_t* base = static_cast<out_t*>(p.out) + n * p.out_strides[0];
-  for (int pix = threadIdx.x; pix < pixels; pix += kThreads) {
-    const int py = pix / p.patch, px = pix % p.patch;
-    float v[3];
-    pixel_values(g, p.color, kept, p.seed, static_cast<uint32_t>(n), py, px, v);
-    for (int c = 0; c < 3; ++c)
-      base[c * p.out_strides[1] + py * p.out_strides[2] + px * p.out_strides[3]] = convert<out_t>((v[c] - mean[c]) * scale);
+template <typename Out>
+__global__ void __launch_bounds__(kThreads, 1) extract_patches_kernel(ExtractParams p, staged::Layout layout) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  BlockExec exec;
+  staged::render_patch<Out>(exec, smem, layout, p, blockIdx.x);
+}
+
+// Patches too large for the staged buffers: each pixel computed twice by relpos_math.h (register-heavy, so a
+// smaller block and its own register budget).
+constexpr int kPixelThreads = 256;
+
+template <typename Out>
+__global__ void __launch_bounds__(kPixelThreads) extract_patches_per_pixel_kernel(ExtractParams p, staged::Layout layout) {
+  __shared__ __align__(16) unsigned char smem[staged::kMinWindow];
+  BlockExec exec;
+  staged::render_patch_per_pixel<Out>(exec, smem, layout, p, blockIdx.x);
+}
+
+template <typename Out>
+cudaError_t launch(const ExtractParams& params, const staged::Layout& layout, cudaStream_t stream) {
+  if (!layout.staged) {
+    extract_patches_per_pixel_kernel<Out><<<static_cast<unsigned>(params.num_patches), kPixelThreads, 0, stream>>>(params, layout);
+    return cudaGetLastError();
   }
+  auto* kernel = &extract_patches_kernel<Out>;
+  if (layout.total > 48 * 1024) {  // beyond the default limit shared memory must be asked for
+    const cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(layout.total));
+    if (error != cudaSuccess) return error;
+  }
+  kernel<<<static_cast<unsigned>(params.num_patches), kThreads, layout.total, stream>>>(params, layout);
+  return cudaGetLastError();
 }
 
 }  // namespace
 
 cudaError_t launch_extract_patches(const ExtractParams& params, cudaStream_t stream) {
   if (params.num_patches == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(params.num_patches));
+  int device = 0, optin = 0;
+  cudaError_t error = cudaGetDevice(&device);
+  if (error == cudaSuccess) error = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (error != cudaSuccess) return error;
+  // The whole per-block budget: the part beyond the buffers is the window, larger windows stay on chip.
+  const staged::Layout layout = staged::make_layout(params.patch, kThreads, optin);
   switch (params.out_type) {
     case kOutFloat32:
-      extract_patches_kernel<float><<<grid, kThreads, 0, stream>>>(params);
-      break;
+      return launch<staged::OutF32>(params, layout, stream);
     case kOutBFloat16:
-      extract_patches_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(params);
-      break;
+      return launch<staged::OutBF16>(params, layout, stream);
     case kOutFloat16:
-      extract_patches_kernel<__half><<<grid, kThreads, 0, stream>>>(params);
-      break;
+      return launch<staged::OutF16>(params, layout, stream);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace relpos
