@@ -1,19 +1,29 @@
-"""Triton kernel of the fused pixel op: one program renders one patch straight from the ragged uint8 images.
+"""Triton kernel of the fused pixel op: a program renders patches straight from the ragged uint8 images, in
+barrier-separated phases that share a small per-program scratch buffer in global memory (L1/L2-resident).
 
-Crop and down-sampled patches are separate specialisations (DOWN), each with its own tile size, so the
-64-tap down/up path does not set the register budget of the 4-tap crop path. The patch is rendered in 2D tiles
-so that bilinear tap tables are computed per row and per column, once for all three channels. Pass 1 computes the patch's channel sums (float64, so the result does not depend on the reduction order);
-pass 2 recomputes each pixel and writes it normalised. Recomputing is cheaper than a round trip through
-memory: the gathers hit L1/L2, and the only HBM traffic is the images read once and the patches written
-once. The math follows csrc/relpos_math.h step for step (see relpos/reference.py for the spec).
+Per patch:
+  1. taps: the bilinear tap tables (offset and weight per output row and column, for each resampling level)
+     computed once into scratch, not per pixel;
+  2. crop patches: one pass renders the crop tile by tile from the tables (4 gathers per channel), accumulates
+     the float64 channel sums and stores the float32 patch into scratch;
+     down-sampled patches (DOWN): the crop goes to scratch, then the down x down image is computed once from it
+     (4 reads per value), then the P x P up-sampled patch from that (4 reads per value) with the sums: separable
+     stages instead of 64 nested taps per pixel;
+  3. normalise: the staged patch is read back (contiguous) and written centred and scaled in the output dtype.
+Colour drop renders only the kept channel; the noise channels are drawn once per Philox block of four values.
 
-This file knows nothing of torch.library; relpos/triton_op.py registers the launch as a torch op.
+Every float is the one csrc/relpos_math.h computes, by the same IEEE operations in the same order (blend
+wy0 * (wx0 * a + wx1 * b) + wy1 * (...), no FMA contraction: the launch passes enable_fp_fusion=False), so the
+output is bit-identical to the C++ op; staging only avoids recomputing values. relpos/reference.py is the spec.
+Crop and down-sampled patches are separate specialisations (DOWN), so the longer down path does not set the
+register budget of the crop path. This file knows nothing of torch.library; relpos/triton_op.py registers it.
 """
 
 import triton
 import triton.language as tl
 
 COLOR_NONE, COLOR_DROP, COLOR_PROJECT = 0, 1, 2
+TABLES = 6  # tap tables per patch: crop rows, crop columns, down rows, down columns, up rows, up columns
 
 
 @triton.jit
@@ -36,77 +46,67 @@ def _blend(wy0, wy1, wx0, wx1, v00, v01, v10, v11):
 
 
 @triton.jit
-def _crop_axis(p, top, size, resized, stride):
-    """Source offsets and weights of crop row/column p at `top` of the virtually resized axis."""
-    i0, i1, w0, w1 = _taps(top + p, size, resized)
-    return i0 * stride, i1 * stride, w0, w1
+def _store_table(itab, wtab, table: tl.constexpr, dst, in_size, out_size, count, unit, LANES: tl.constexpr):
+    """Tap table `table` for outputs dst [LANES] (the first `count` are used): both source offsets (index times
+    `unit`, int64) and both weights."""
+    i0, i1, w0, w1 = _taps(dst, in_size, out_size)
+    used = tl.arange(0, LANES) < count
+    where = table * 2 * LANES + tl.arange(0, LANES)
+    tl.store(itab + where, i0.to(tl.int64) * unit, mask=used)
+    tl.store(itab + where + LANES, i1.to(tl.int64) * unit, mask=used)
+    tl.store(wtab + where, w0, mask=used)
+    tl.store(wtab + where + LANES, w1, mask=used)
 
 
 @triton.jit
-def _small_axis(s, top, size, resized, stride, down, PATCH: tl.constexpr):
-    """Row/column s of the crop downsampled to `down`: the two crop positions it blends, with their taps."""
-    b0, b1, wb0, wb1 = _taps(s, PATCH, down)
-    c00, c01, wc00, wc01 = _crop_axis(b0, top, size, resized, stride)
-    c10, c11, wc10, wc11 = _crop_axis(b1, top, size, resized, stride)
-    return wb0, wb1, c00, c01, wc00, wc01, c10, c11, wc10, wc11
+def _load_table(itab, wtab, table: tl.constexpr, index, LANES: tl.constexpr):
+    where = table * 2 * LANES + index
+    return tl.load(itab + where), tl.load(itab + where + LANES), tl.load(wtab + where), tl.load(wtab + where + LANES)
 
 
 @triton.jit
-def _crop_value(image, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
-    """A bilinear source read; row taps are [R, 1], column taps [1, C], the value [R, C]."""
-    v00 = tl.load(image + y0 + x0).to(tl.float32)
-    v01 = tl.load(image + y0 + x1).to(tl.float32)
-    v10 = tl.load(image + y1 + x0).to(tl.float32)
-    v11 = tl.load(image + y1 + x1).to(tl.float32)
+def _gather(src, ry, cx):
+    """A bilinear read: row taps ry (offsets and weights, [R, 1]) and column taps cx ([1, C]) of the source
+    src (uint8 image or float32 scratch)."""
+    y0, y1, wy0, wy1 = ry
+    x0, x1, wx0, wx1 = cx
+    v00 = tl.load(src + (y0 + x0)).to(tl.float32)
+    v01 = tl.load(src + (y0 + x1)).to(tl.float32)
+    v10 = tl.load(src + (y1 + x0)).to(tl.float32)
+    v11 = tl.load(src + (y1 + x1)).to(tl.float32)
     return _blend(wy0, wy1, wx0, wx1, v00, v01, v10, v11)
 
 
 @triton.jit
-def _small_value(image, ywb0, ywb1, yc00, yc01, ywc00, ywc01, yc10, yc11, ywc10, ywc11,
-                 xwb0, xwb1, xc00, xc01, xwc00, xwc01, xc10, xc11, xwc10, xwc11):
-    """A pixel of the downsampled crop, from its _small_axis taps."""
-    v00 = _crop_value(image, yc00, yc01, ywc00, ywc01, xc00, xc01, xwc00, xwc01)
-    v01 = _crop_value(image, yc00, yc01, ywc00, ywc01, xc10, xc11, xwc10, xwc11)
-    v10 = _crop_value(image, yc10, yc11, ywc10, ywc11, xc00, xc01, xwc00, xwc01)
-    v11 = _crop_value(image, yc10, yc11, ywc10, ywc11, xc10, xc11, xwc10, xwc11)
-    return _blend(ywb0, ywb1, xwb0, xwb1, v00, v01, v10, v11)
+def _noise_words(seed, patch_index, block):
+    w0, w1, w2, w3 = tl.randint4x(seed, (patch_index.to(tl.int64) << 32) | block.to(tl.int64))
+    return w0, w1, w2, w3
 
 
 @triton.jit
-def _channel(image, py, px, top, left, rows, cols, resized_rows, resized_cols, stride_y, stride_x, down,
-             PATCH: tl.constexpr, DOWN: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """One channel of a [R, C] tile (rows py [R, 1], columns px [1, C]) before colour handling: the crop, or
-    (DOWN) the crop down- and up-sampled again. Tap tables are per row and per column, not per pixel."""
-    if DOWN:
-        # value = way0 * h0 + way1 * h1 with h_i = wax0 * small(ay_i, ax0) + wax1 * small(ay_i, ax1), the blend
-        # order of _blend. A loop that is not unrolled over i keeps half of the 64 gathers and row taps live at a
-        # time; unrolled, the compiler hoists them all and spills.
-        ay0, ay1, way0, way1 = _taps(py, down, PATCH)
-        ax0, ax1, wax0, wax1 = _taps(px, down, PATCH)
-        x0 = _small_axis(ax0, left, cols, resized_cols, stride_x, down, PATCH)
-        x1 = _small_axis(ax1, left, cols, resized_cols, stride_x, down, PATCH)
-        h0 = tl.zeros([ROWS, COLS], tl.float32)
-        h1 = tl.zeros([ROWS, COLS], tl.float32)
-        for i in tl.range(0, 2, loop_unroll_factor=1):
-            y = _small_axis(tl.where(i == 0, ay0, ay1), top, rows, resized_rows, stride_y, down, PATCH)
-            h1 = wax0 * _small_value(image, *y, *x0) + wax1 * _small_value(image, *y, *x1)
-            h0 = tl.where(i == 0, h1, h0)
-        value = way0 * h0 + way1 * h1
-    else:
-        y0, y1, wy0, wy1 = _crop_axis(py, top, rows, resized_rows, stride_y)
-        x0, x1, wx0, wx1 = _crop_axis(px, left, cols, resized_cols, stride_x)
-        value = _crop_value(image, y0, y1, wy0, wy1, x0, x1, wx0, wx1)
-    return value
-
-
-@triton.jit
-def _noise(seed, patch_index, element):
-    """Uniform noise in [-0.5, 0.5): word (element % 4) of Philox4x32-10 at counter (element // 4, patch),
-    top 24 bits."""
-    w0, w1, w2, w3 = tl.randint4x(seed, (patch_index.to(tl.int64) << 32) | (element >> 2).to(tl.int64))
-    k = element & 3
-    word = tl.where(k == 0, w0, tl.where(k == 1, w1, tl.where(k == 2, w2, w3)))
+def _to_noise(word):
+    """A Philox word as noise in [-0.5, 0.5): its top 24 bits."""
     return (word >> 8).to(tl.float32) * (1.0 / 16777216.0) - 0.5
+
+
+@triton.jit
+def _noise(seed, patch_index, element, BLOCKED: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Noise of the elements `element` [R, C] of patch `patch_index`: word (element % 4) of Philox4x32-10 at
+    counter (element // 4, patch). BLOCKED (the patch width and tile width are multiples of 4, the tile starts at
+    a multiple of 4): four consecutive columns share one Philox evaluation; otherwise one per element."""
+    if BLOCKED:
+        first = tl.reshape(element, [ROWS, COLS // 4, 4])
+        first = tl.min(first, axis=2)  # the element of each group of four at its Philox block's word 0
+        w0, w1, w2, w3 = _noise_words(seed, patch_index, first >> 2)
+        # join adds a last axis: [.., k, l] holds (w0, w2)[k] for l = 0 and (w1, w3)[k] for l = 1, so the
+        # flattened order (k, l) is w0, w1, w2, w3
+        words = tl.join(tl.join(w0, w2), tl.join(w1, w3))
+        words = tl.reshape(words, [ROWS, COLS])
+    else:
+        w0, w1, w2, w3 = _noise_words(seed, patch_index, element >> 2)
+        k = element & 3
+        words = tl.where(k == 0, w0, tl.where(k == 1, w1, tl.where(k == 2, w2, w3)))
+    return _to_noise(words)
 
 
 @triton.jit
@@ -121,10 +121,58 @@ def _cast(value, dtype: tl.constexpr):
 
 
 @triton.jit
-def _pixels(data, meta, plan, n, seed, py, px, COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr,
+def _tile(t, extent_x, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Rows [R, 1] and columns [1, C] of tile t of a square of side extent_x, row-major tiles."""
+    tiles_x = (extent_x + COLS - 1) // COLS
+    ty = t // tiles_x
+    tx = t - ty * tiles_x
+    py = ty * ROWS + tl.arange(0, ROWS)[:, None]
+    px = tx * COLS + tl.arange(0, COLS)[None, :]
+    return py, px
+
+
+@triton.jit
+def _sums(acc, v0, v1, v2, valid):
+    """Adds a tile's float64 channel sums and sums of squares to acc (six [C] vectors: the row reduction stays
+    within a thread where a thread holds a column of the tile)."""
+    s0, s1, s2, q0, q1, q2 = acc
+    d0 = tl.where(valid, v0.to(tl.float64), 0.0)
+    d1 = tl.where(valid, v1.to(tl.float64), 0.0)
+    d2 = tl.where(valid, v2.to(tl.float64), 0.0)
+    return (s0 + tl.sum(d0, axis=0), s1 + tl.sum(d1, axis=0), s2 + tl.sum(d2, axis=0),
+            q0 + tl.sum(d0 * d0, axis=0), q1 + tl.sum(d1 * d1, axis=0), q2 + tl.sum(d2 * d2, axis=0))
+
+
+@triton.jit
+def _colour(v0, v1, v2, seed, n, kept, py, px, COLOR: tl.constexpr, PATCH: tl.constexpr, ROWS: tl.constexpr,
+            COLS: tl.constexpr):
+    """Colour handling of a tile: drop (v0 holds the kept channel; the other two become noise) or project."""
+    if COLOR == 1:
+        pix = py * PATCH + px
+        blocked: tl.constexpr = (PATCH % 4 == 0) and (COLS % 4 == 0)
+        first = (kept + 1) % 3  # the two dropped channels, in channel order of their noise
+        second = (kept + 2) % 3
+        noise_a = _noise(seed, n, pix + first * (PATCH * PATCH), blocked, ROWS, COLS)
+        noise_b = _noise(seed, n, pix + second * (PATCH * PATCH), blocked, ROWS, COLS)
+        value = v0
+        v0 = tl.where(kept == 0, value, tl.where(first == 0, noise_a, noise_b))
+        v1 = tl.where(kept == 1, value, tl.where(first == 1, noise_a, noise_b))
+        v2 = tl.where(kept == 2, value, tl.where(first == 2, noise_a, noise_b))
+    elif COLOR == 2:  # project out the green-magenta axis
+        d = tl.math.div_rn(2.0 * v1 - v0 - v2, tl.full(v1.shape, 6.0, tl.float32))
+        v0 = v0 + d
+        v1 = v1 - 2.0 * d
+        v2 = v2 + d
+    return v0, v1, v2
+
+
+@triton.jit
+def _render(data, meta, plan, n, seed, itab, wtab, values, small,
+            COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr, LANES: tl.constexpr,
             ROWS: tl.constexpr, COLS: tl.constexpr):
-    """The three channels of the [R, C] tile at rows py [R, 1], columns px [1, C] of patch n, before
-    normalisation."""
+    """Phases 1 and 2 for patch n: tap tables, then the patch (before normalisation) into `values`
+    ([3, P, P] float32 scratch); returns the float64 channel sums and sums of squares."""
+    PLANE: tl.constexpr = PATCH * PATCH
     row = plan + n * 7
     image_index = tl.load(row + 0).to(tl.int64)
     resized_rows = tl.load(row + 1)
@@ -139,24 +187,95 @@ def _pixels(data, meta, plan, n, seed, py, px, COLOR: tl.constexpr, PATCH: tl.co
     stride_c = tl.load(m + 3)
     stride_y = tl.load(m + 4)
     stride_x = tl.load(m + 5)
-    base = data + tl.load(m + 0)
-    geometry = (top, left, rows, cols, resized_rows, resized_cols, stride_y, stride_x, down)
+    image = data + tl.load(m + 0)
     if COLOR == 1:  # drop: only the kept channel is read from the image
-        value = _channel(base + kept.to(tl.int64) * stride_c, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
-        pix = py * PATCH + px
-        v0 = tl.where(kept == 0, value, _noise(seed, n, pix))
-        v1 = tl.where(kept == 1, value, _noise(seed, n, pix + PATCH * PATCH))
-        v2 = tl.where(kept == 2, value, _noise(seed, n, pix + 2 * PATCH * PATCH))
+        image = image + kept.to(tl.int64) * stride_c
+
+    # ---- phase 1: tap tables
+    lane = tl.arange(0, LANES)
+    _store_table(itab, wtab, 0, top + lane, rows, resized_rows, PATCH, stride_y, LANES)
+    _store_table(itab, wtab, 1, left + lane, cols, resized_cols, PATCH, stride_x, LANES)
+    if DOWN:
+        _store_table(itab, wtab, 2, lane, PATCH, down, down, PATCH, LANES)  # crop rows/cols of each small one
+        _store_table(itab, wtab, 3, lane, PATCH, down, down, 1, LANES)
+        _store_table(itab, wtab, 4, lane, down, PATCH, PATCH, PATCH, LANES)  # small rows/cols of each output one
+        _store_table(itab, wtab, 5, lane, down, PATCH, PATCH, 1, LANES)
+    tl.debug_barrier()
+
+    acc = (tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64),
+           tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64))
+    TILES: tl.constexpr = ((PATCH + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
+    if not DOWN:
+        # ---- phase 2 (crop): the crop, coloured, summed and staged in one pass
+        for t in tl.range(0, TILES, loop_unroll_factor=1):
+            py, px = _tile(t, PATCH, ROWS, COLS)
+            valid = (py < PATCH) & (px < PATCH)
+            py = tl.minimum(py, PATCH - 1)  # every address in range; invalid lanes are masked below
+            px = tl.minimum(px, PATCH - 1)
+            ry = _load_table(itab, wtab, 0, py, LANES)
+            cx = _load_table(itab, wtab, 1, px, LANES)
+            v0 = _gather(image, ry, cx)
+            if COLOR == 1:
+                v1 = v0
+                v2 = v0
+            else:
+                v1 = _gather(image + stride_c, ry, cx)
+                v2 = _gather(image + 2 * stride_c, ry, cx)
+            v0, v1, v2 = _colour(v0, v1, v2, seed, n, kept, py, px, COLOR, PATCH, ROWS, COLS)
+            acc = _sums(acc, v0, v1, v2, valid)
+            where = values + py * PATCH + px
+            tl.store(where, v0, mask=valid)
+            tl.store(where + PLANE, v1, mask=valid)
+            tl.store(where + 2 * PLANE, v2, mask=valid)
     else:
-        v0 = _channel(base, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
-        v1 = _channel(base + stride_c, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
-        v2 = _channel(base + 2 * stride_c, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
-        if COLOR == 2:  # project out the green-magenta axis
-            d = tl.math.div_rn(2.0 * v1 - v0 - v2, tl.full(v1.shape, 6.0, tl.float32))
-            v0 = v0 + d
-            v1 = v1 - 2.0 * d
-            v2 = v2 + d
-    return v0, v1, v2
+        CHANNELS: tl.constexpr = 1 if COLOR == 1 else 3
+        # ---- phase 2a: the crop of the channels read from the image, staged
+        for t in tl.range(0, TILES, loop_unroll_factor=1):
+            py, px = _tile(t, PATCH, ROWS, COLS)
+            valid = (py < PATCH) & (px < PATCH)
+            py = tl.minimum(py, PATCH - 1)
+            px = tl.minimum(px, PATCH - 1)
+            ry = _load_table(itab, wtab, 0, py, LANES)
+            cx = _load_table(itab, wtab, 1, px, LANES)
+            where = values + py * PATCH + px
+            for c in tl.static_range(CHANNELS):
+                tl.store(where + c * PLANE, _gather(image + c * stride_c, ry, cx), mask=valid)
+        tl.debug_barrier()
+        # ---- phase 2b: down-sampled to down x down (row stride PATCH in `small`), from the staged crop
+        small_tiles = ((down + ROWS - 1) // ROWS) * ((down + COLS - 1) // COLS)
+        for t in tl.range(0, small_tiles, loop_unroll_factor=1):
+            sy, sx = _tile(t, down, ROWS, COLS)
+            valid = (sy < down) & (sx < down)
+            sy = tl.minimum(sy, down - 1)
+            sx = tl.minimum(sx, down - 1)
+            ry = _load_table(itab, wtab, 2, sy, LANES)
+            cx = _load_table(itab, wtab, 3, sx, LANES)
+            where = small + sy * PATCH + sx
+            for c in tl.static_range(CHANNELS):
+                tl.store(where + c * PLANE, _gather(values + c * PLANE, ry, cx), mask=valid)
+        tl.debug_barrier()
+        # ---- phase 2c: up-sampled back to P x P, coloured, summed and staged
+        for t in tl.range(0, TILES, loop_unroll_factor=1):
+            py, px = _tile(t, PATCH, ROWS, COLS)
+            valid = (py < PATCH) & (px < PATCH)
+            py = tl.minimum(py, PATCH - 1)
+            px = tl.minimum(px, PATCH - 1)
+            ry = _load_table(itab, wtab, 4, py, LANES)
+            cx = _load_table(itab, wtab, 5, px, LANES)
+            v0 = _gather(small, ry, cx)
+            if COLOR == 1:
+                v1 = v0
+                v2 = v0
+            else:
+                v1 = _gather(small + PLANE, ry, cx)
+                v2 = _gather(small + 2 * PLANE, ry, cx)
+            v0, v1, v2 = _colour(v0, v1, v2, seed, n, kept, py, px, COLOR, PATCH, ROWS, COLS)
+            acc = _sums(acc, v0, v1, v2, valid)
+            where = values + py * PATCH + px
+            tl.store(where, v0, mask=valid)
+            tl.store(where + PLANE, v1, mask=valid)
+            tl.store(where + 2 * PLANE, v2, mask=valid)
+    return acc
 
 
 @triton.jit
@@ -165,116 +284,129 @@ def extract_patches_kernel(
     meta,  # int64 [B, 6]: offset, rows, cols, stride_c, stride_y, stride_x
     plan,  # int32 [N, 7]: image, resized rows, resized cols, top, left, kept channel, down size
     out,  # [N, 3, P, P] in any memory format, strides below
+    scratch_f,  # float32 [programs, SCRATCH_F]: tap weights, then the staged patch and the small image
+    scratch_i,  # int64 [programs, SCRATCH_I]: tap offsets
+    num_patches,
     seed,
     out_stride_n, out_stride_c, out_stride_y, out_stride_x,
     COLOR: tl.constexpr,
     PATCH: tl.constexpr,
     DOWN: tl.constexpr,  # this specialisation renders only the patches with (down > 0) == DOWN
-    ROWS: tl.constexpr,  # the patch is rendered in tiles of ROWS x COLS pixels
+    ROWS: tl.constexpr,  # phases 2 work in tiles of ROWS x COLS pixels
     COLS: tl.constexpr,
+    BLOCK: tl.constexpr,  # phase 3 works in blocks of BLOCK pixels
 ):
-    n = tl.program_id(0)
-    if (tl.load(plan + n * 7 + 6) > 0) == DOWN:
-        PIXELS: tl.constexpr = PATCH * PATCH
-        lane_y = tl.arange(0, ROWS)[:, None]
-        lane_x = tl.arange(0, COLS)[None, :]
-        sum0 = tl.zeros([ROWS, COLS], tl.float64)
-        sum1 = tl.zeros([ROWS, COLS], tl.float64)
-        sum2 = tl.zeros([ROWS, COLS], tl.float64)
-        sq0 = tl.zeros([ROWS, COLS], tl.float64)
-        sq1 = tl.zeros([ROWS, COLS], tl.float64)
-        sq2 = tl.zeros([ROWS, COLS], tl.float64)
-        for y_start in range(0, PATCH, ROWS):
-            for x_start in range(0, PATCH, COLS):
-                py = y_start + lane_y
-                px = x_start + lane_x
-                valid = (py < PATCH) & (px < PATCH)
-                py = tl.minimum(py, PATCH - 1)  # keep every address in range; invalid lanes are masked below
-                px = tl.minimum(px, PATCH - 1)
-                v0, v1, v2 = _pixels(data, meta, plan, n, seed, py, px, COLOR, PATCH, DOWN, ROWS, COLS)
-                d0 = tl.where(valid, v0.to(tl.float64), 0.0)
-                d1 = tl.where(valid, v1.to(tl.float64), 0.0)
-                d2 = tl.where(valid, v2.to(tl.float64), 0.0)
-                sum0 += d0
-                sum1 += d1
-                sum2 += d2
-                sq0 += d0 * d0
-                sq1 += d1 * d1
-                sq2 += d2 * d2
-        s0 = tl.sum(tl.sum(sum0, axis=1), axis=0)
-        s1 = tl.sum(tl.sum(sum1, axis=1), axis=0)
-        s2 = tl.sum(tl.sum(sum2, axis=1), axis=0)
-        q0 = tl.sum(tl.sum(sq0, axis=1), axis=0)
-        q1 = tl.sum(tl.sum(sq1, axis=1), axis=0)
-        q2 = tl.sum(tl.sum(sq2, axis=1), axis=0)
-        kept = tl.load(plan + n * 7 + 5)
-        # Channels that carry image content are centred; noise channels (colour drop) are left as they are.
-        keep0 = (COLOR != 1) | (kept == 0)
-        keep1 = (COLOR != 1) | (kept == 1)
-        keep2 = (COLOR != 1) | (kept == 2)
-        m0 = s0 / PIXELS
-        m1 = s1 / PIXELS
-        m2 = s2 / PIXELS
-        total = (tl.where(keep0, q0 - s0 * m0, q0) + tl.where(keep1, q1 - s1 * m1, q1)
-                 + tl.where(keep2, q2 - s2 * m2, q2))
-        scale = (50.0 / tl.sqrt(total / (3 * PIXELS) + 1e-8)).to(tl.float32)
-        mean0 = tl.where(keep0, m0, 0.0).to(tl.float32)
-        mean1 = tl.where(keep1, m1, 0.0).to(tl.float32)
-        mean2 = tl.where(keep2, m2, 0.0).to(tl.float32)
-        base = out + n.to(tl.int64) * out_stride_n
-        for y_start in range(0, PATCH, ROWS):
-            for x_start in range(0, PATCH, COLS):
-                py = y_start + lane_y
-                px = x_start + lane_x
-                valid = (py < PATCH) & (px < PATCH)
-                py = tl.minimum(py, PATCH - 1)
-                px = tl.minimum(px, PATCH - 1)
-                v0, v1, v2 = _pixels(data, meta, plan, n, seed, py, px, COLOR, PATCH, DOWN, ROWS, COLS)
-                where = base + py * out_stride_y + px * out_stride_x
+    LANES: tl.constexpr = triton.next_power_of_2(PATCH)
+    PLANE: tl.constexpr = PATCH * PATCH
+    program = tl.program_id(0)
+    programs = tl.num_programs(0)
+    wtab = scratch_f + program.to(tl.int64) * (TABLES * 2 * LANES + 6 * PLANE)
+    values = wtab + TABLES * 2 * LANES
+    small = values + 3 * PLANE
+    itab = scratch_i + program.to(tl.int64) * (TABLES * 2 * LANES)
+    for n in range(program, num_patches, programs):  # a fixed grid walks the plan: scratch sized by the grid
+        n = n + 0 * program  # a tensor under the interpreter too, where range() yields Python ints
+        if (tl.load(plan + n * 7 + 6) > 0) == DOWN:
+            s0, s1, s2, q0, q1, q2 = _render(data, meta, plan, n, seed, itab, wtab, values, small,
+                                             COLOR, PATCH, DOWN, LANES, ROWS, COLS)
+            s0 = tl.sum(s0, axis=0)
+            s1 = tl.sum(s1, axis=0)
+            s2 = tl.sum(s2, axis=0)
+            q0 = tl.sum(q0, axis=0)
+            q1 = tl.sum(q1, axis=0)
+            q2 = tl.sum(q2, axis=0)
+            kept = tl.load(plan + n * 7 + 5)
+            # Channels that carry image content are centred; noise channels (colour drop) are left as they are.
+            keep0 = (COLOR != 1) | (kept == 0)
+            keep1 = (COLOR != 1) | (kept == 1)
+            keep2 = (COLOR != 1) | (kept == 2)
+            m0 = s0 / PLANE
+            m1 = s1 / PLANE
+            m2 = s2 / PLANE
+            total = (tl.where(keep0, q0 - s0 * m0, q0) + tl.where(keep1, q1 - s1 * m1, q1)
+                     + tl.where(keep2, q2 - s2 * m2, q2))
+            scale = (50.0 / tl.sqrt(total / (3 * PLANE) + 1e-8)).to(tl.float32)
+            mean0 = tl.where(keep0, m0, 0.0).to(tl.float32)
+            mean1 = tl.where(keep1, m1, 0.0).to(tl.float32)
+            mean2 = tl.where(keep2, m2, 0.0).to(tl.float32)
+            tl.debug_barrier()
+            # ---- phase 3: normalise the staged patch into the output
+            base = out + n.to(tl.int64) * out_stride_n
+            for start in tl.range(0, PLANE, BLOCK, loop_unroll_factor=1):
+                pix = start + tl.arange(0, BLOCK)
+                valid = pix < PLANE
+                y = pix // PATCH
+                x = pix - y * PATCH
+                where = base + y * out_stride_y + x * out_stride_x
+                v0 = tl.load(values + pix, mask=valid)
+                v1 = tl.load(values + PLANE + pix, mask=valid)
+                v2 = tl.load(values + 2 * PLANE + pix, mask=valid)
                 tl.store(where, _cast((v0 - mean0) * scale, out.dtype.element_ty), mask=valid)
                 tl.store(where + out_stride_c, _cast((v1 - mean1) * scale, out.dtype.element_ty), mask=valid)
                 tl.store(where + 2 * out_stride_c, _cast((v2 - mean2) * scale, out.dtype.element_ty), mask=valid)
+            tl.debug_barrier()  # the next patch overwrites the scratch
 
 
-# Tile shape, warps and register cap per path, chosen with benchmarks/gpu_static.py (sm_80/90): one pixel per
-# thread; the crop path fits 64 registers without spilling (50% theoretical occupancy), the down path (64
-# gathers per channel) needs ~100 uncapped (25-31%) and spills under a cap of 80. With 8 warps ptxas capped
-# the down path at 128 registers on sm_80 and colour drop spilled; 4 warps lift that cap.
-# Colour drop's crop path (Philox noise) spills 16 B at 64 on sm_80, so it gets 72 (43.75%).
-TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, num_warps, maxnreg)
-    (False, False): (4, 32, 4, 64), (False, True): (4, 32, 4, 72),
-    (True, False): (4, 32, 4, None), (True, True): (4, 32, 4, None),
+# Tile shape, block, warps and register cap per path, chosen with benchmarks/gpu_static.py (sm_80/90).
+TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg)
+    (False, False): (16, 32, 512, 4, None), (False, True): (16, 32, 512, 4, None),
+    (True, False): (16, 32, 512, 4, None), (True, True): (16, 32, 512, 4, None),
 }
+PROGRAMS_PER_SM = 8  # the grid on a GPU: enough resident programs per SM to hide latency
+
+
+def scratch_sizes(patch: int) -> tuple[int, int]:
+    """float32 and int64 scratch elements per program."""
+    lanes = triton.next_power_of_2(patch)
+    return TABLES * 2 * lanes + 6 * patch * patch, TABLES * 2 * lanes
 
 
 def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
     """The non-tensor arguments `launch` passes for one specialisation (also what benchmarks/gpu_static.py
     compiles ahead of time)."""
     stride_n, stride_c, stride_y, stride_x = out_strides
-    rows, cols, num_warps, maxnreg = TILES[down, color == COLOR_DROP]
+    rows, cols, block, num_warps, maxnreg = TILES[down, color == COLOR_DROP]
     cols = min(cols, triton.next_power_of_2(patch))
     rows = min(rows, triton.next_power_of_2(patch))
-    return {"seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c, "out_stride_y": stride_y,
-            "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down, "ROWS": rows, "COLS": cols,
-            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS"), "__num_warps__": num_warps,
+    block = min(block, triton.next_power_of_2(patch * patch))
+    return {"num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
+            "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
+            "ROWS": rows, "COLS": cols, "BLOCK": block,
+            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK"), "__num_warps__": num_warps,
             "__maxnreg__": maxnreg}
 
 
 SPLITS_DOWN = True  # crop and down-sampled patches are separate specialisations
 
 
+def grid_size(num_patches: int, device) -> int:
+    """Programs to launch: on a GPU a fixed number per SM (each walks the plan), on the CPU interpreter a few."""
+    import torch
+    if device.type == "cuda":
+        cap = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        cap = 4
+    return max(1, min(num_patches, cap))
+
+
 def launch(data, meta, plan, out, seed: int, color: int, patch: int) -> None:
     """Launch on tensors already checked and on one device (`out` preallocated, any memory format).
 
-    Two launches over the whole plan, one per specialisation; each program returns at once for a patch of the
-    other kind. That costs N empty programs but needs no host sync to partition the plan."""
+    Two launches over the whole plan, one per specialisation; each program skips the patches of the other kind.
+    That needs no host sync to partition the plan. The scratch buffer is sized from the plan's shape alone."""
+    import torch
     num_patches = plan.shape[0]
     if num_patches == 0:
         return
+    programs = grid_size(num_patches, out.device)
+    size_f, size_i = scratch_sizes(patch)
+    scratch_f = torch.empty((programs, size_f), dtype=torch.float32, device=out.device)
+    scratch_i = torch.empty((programs, size_i), dtype=torch.int64, device=out.device)
     for down in (False, True):
         spec = specialisation(color, patch, out.stride(), down)
-        extract_patches_kernel[(num_patches,)](
-            data, meta, plan, out, seed, *out.stride(), COLOR=color, PATCH=patch, DOWN=down, ROWS=spec["ROWS"],
-            COLS=spec["COLS"], num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
+        extract_patches_kernel[(programs,)](
+            data, meta, plan, out, scratch_f, scratch_i, num_patches, seed, *out.stride(), COLOR=color,
+            PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
+            num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
             enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
         )
