@@ -113,6 +113,62 @@ def sass_counts(cubin: Path) -> dict:
     return counts
 
 
+def sass_listing(cubin: Path) -> dict:
+    """Per function, its SASS in order: ("label", name) and ("instr", opcode, branch target or None), via nvdisasm."""
+    text = subprocess.run([tool("nvdisasm"), "-c", str(cubin)], check=True, capture_output=True, text=True).stdout
+    listing, name = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*\.section\s+\.text\.([^,\s]+)", line)
+        if m:
+            name = m.group(1)
+            listing[name] = []
+            continue
+        if name is None:
+            continue
+        m = re.match(r"(\.L_\w+):", line.strip())
+        if m:
+            listing[name].append(("label", m.group(1)))
+            continue
+        if re.match(r"\s*/\*[0-9a-f]{4,}\*/", line):
+            body = re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", line).split()
+            op = body[0] if body else ""
+            if op and not op.startswith("NOP"):
+                target = re.search(r"`\((\.L_\w+)\)", line) if op.startswith("BRA") else None
+                listing[name].append(("instr", op, target.group(1) if target else None))
+    return listing
+
+
+def loops(listing: list) -> list[tuple[int, int]]:
+    """Loops of a SASS listing as (first, last) instruction indices: a branch back to an earlier label."""
+    labels, found, index = {}, [], 0
+    for entry in listing:
+        if entry[0] == "label":
+            labels[entry[1]] = index
+        else:
+            if entry[2] is not None and entry[2] in labels and labels[entry[2]] < index:  # not the final self-branch
+                found.append((labels[entry[2]], index))
+            index += 1
+    return found
+
+
+def weighted_instructions(listing: list, trips: list[float]) -> float:
+    """Instructions one warp issues per patch: a kernel whose per-patch work lies in loops directly inside an
+    outer loop over patches (kernels/extract_patches.py). Each inner loop's body counts `trips` times (the
+    kernel's own per-loop trip counts, in program order), everything else once per patch (one-off code, the
+    rarely taken slow paths of divisions and the branch not taken all count in full)."""
+    found = sorted(loops(listing))
+    count = sum(1 for e in listing if e[0] == "instr")
+    outer = [l for l in found if any(o != l and l[0] <= o[0] and o[1] <= l[1] for o in found)]
+    inner = [l for l in found if l not in outer]
+    if len(outer) != 1 or len(inner) != len(trips):
+        raise RuntimeError(f"SASS loop structure {found} does not match the kernel's {len(trips)} per-patch loops "
+                           "(kernels/extract_patches.py: loop_trips)")
+    total = float(count)
+    for (first, last), n in zip(inner, trips):
+        total += (last - first + 1) * (n - 1)
+    return total
+
+
 def ptxas_spills(log: str) -> dict:
     """Spill bytes per function from `ptxas -v` output."""
     spills, name = {}, None
@@ -163,6 +219,17 @@ def triton_specs(full: bool) -> list[TritonSpec]:
     return [TritonSpec(c, t, cl, d) for c in COLORS for t in DTYPES for cl in (False, True) for d in downs]
 
 
+def expected_trips(k, args: dict) -> list[float]:
+    """The kernel's per-loop trip counts, averaged over the default plan's down sizes (floor(sqrt(area)), area
+    uniform in PatchConfig.downsample_area) for the down path."""
+    if not args["DOWN"]:
+        return k.loop_trips(args, 0)
+    from relpos.config import PatchConfig
+    low, high = PatchConfig().downsample_area
+    samples = [k.loop_trips(args, int((low + (high - low) * (i + 0.5) / 1000) ** 0.5)) for i in range(1000)]
+    return [sum(column) / len(samples) for column in zip(*samples)]
+
+
 def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -173,7 +240,8 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
     args = k.specialisation(COLORS[spec.color], PATCH, strides, spec.down)
     fn = k.extract_patches_kernel
     signature, constexprs, attrs = {}, {}, {}
-    pointer_types = {"data": "*u8", "meta": "*i64", "plan": "*i32", "out": "*" + DTYPES[spec.dtype][0]}
+    pointer_types = {"data": "*u8", "meta": "*i64", "plan": "*i32", "out": "*" + DTYPES[spec.dtype][0],
+                     "scratch_f": "*fp32", "scratch_i": "*i64"}
     for i, name in enumerate(fn.arg_names):
         value = args.get(name)
         if name in pointer_types:
@@ -202,9 +270,15 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
                          capture_output=True, text=True)
     usage = next(iter(resource_usage(cubin).values()))
     counts = next(iter(sass_counts(cubin).values()))
+    per_patch = None
+    if hasattr(k, "loop_trips"):  # phases in loops: weight each loop body by its own trip count
+        listing = next(iter(sass_listing(cubin).values()))
+        per_patch = weighted_instructions(listing, expected_trips(k, args))
     threads = 32 * compiled.metadata.num_warps
     smem = compiled.metadata.shared
-    if "ROWS" in args:  # tiles of ROWS x COLS pixels, each loop body run once per tile per pass
+    if "BLOCK" in args:  # loop-weighted below
+        trips = None
+    elif "ROWS" in args:  # tiles of ROWS x COLS pixels, each loop body run once per tile per pass
         trips = -(-PATCH // args["ROWS"]) * -(-PATCH // args["COLS"])
     else:
         trips = -(-PATCH * PATCH // args["BLOCK"])
@@ -214,6 +288,7 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
             "shared": smem, "sass": counts["sass"], "sass_local": counts["local"], "sass_global": counts["global"],
             **occupancy(arch, usage["regs"], smem, threads), "dtype": spec.dtype, "color": spec.color,
             "path": {None: "both", False: "crop", True: "down"}[spec.down], "trips": trips,
+            "warp_instr_per_patch_per_warp": per_patch,
             "layout": "nhwc" if spec.channels_last else "nchw"}
 
 
@@ -331,7 +406,10 @@ def estimate(report: dict) -> None:
     down path), so read it to within ~2x."""
     for r in report["kernels"]:
         warps = r["threads_per_block"] // 32
-        r["warp_instr_per_patch_est"] = r["sass"] * r["trips"] * warps
+        if r.get("warp_instr_per_patch_per_warp") is not None:
+            r["warp_instr_per_patch_est"] = r["warp_instr_per_patch_per_warp"] * warps
+        else:
+            r["warp_instr_per_patch_est"] = r["sass"] * r["trips"] * warps
         r["thread_instr_per_element_est"] = r["warp_instr_per_patch_est"] * 32 / (3 * PATCH * PATCH)
         color = r["color"] if r["color"] in COLORS else "none"
         r["roofline"] = roofline(r["warp_instr_per_patch_est"] * 32, bytes_per_patch(DTYPES[r["dtype"]][1], color))

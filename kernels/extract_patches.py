@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 COLOR_NONE, COLOR_DROP, COLOR_PROJECT = 0, 1, 2
-TABLES = 6  # tap tables per patch: crop rows, crop columns, down rows, down columns, up rows, up columns
+TABLES = tl.constexpr(6)  # tap tables per patch: crop rows, crop columns, down rows, down columns, up rows, up columns
 
 
 @triton.jit
@@ -204,10 +204,10 @@ def _render(data, meta, plan, n, seed, itab, wtab, values, small,
 
     acc = (tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64),
            tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64))
-    TILES: tl.constexpr = ((PATCH + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
+    NUM_TILES: tl.constexpr = ((PATCH + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
     if not DOWN:
         # ---- phase 2 (crop): the crop, coloured, summed and staged in one pass
-        for t in tl.range(0, TILES, loop_unroll_factor=1):
+        for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             valid = (py < PATCH) & (px < PATCH)
             py = tl.minimum(py, PATCH - 1)  # every address in range; invalid lanes are masked below
@@ -230,7 +230,7 @@ def _render(data, meta, plan, n, seed, itab, wtab, values, small,
     else:
         CHANNELS: tl.constexpr = 1 if COLOR == 1 else 3
         # ---- phase 2a: the crop of the channels read from the image, staged
-        for t in tl.range(0, TILES, loop_unroll_factor=1):
+        for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             valid = (py < PATCH) & (px < PATCH)
             py = tl.minimum(py, PATCH - 1)
@@ -255,7 +255,7 @@ def _render(data, meta, plan, n, seed, itab, wtab, values, small,
                 tl.store(where + c * PLANE, _gather(values + c * PLANE, ry, cx), mask=valid)
         tl.debug_barrier()
         # ---- phase 2c: up-sampled back to P x P, coloured, summed and staged
-        for t in tl.range(0, TILES, loop_unroll_factor=1):
+        for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             valid = (py < PATCH) & (px < PATCH)
             py = tl.minimum(py, PATCH - 1)
@@ -295,8 +295,8 @@ def extract_patches_kernel(
     ROWS: tl.constexpr,  # phases 2 work in tiles of ROWS x COLS pixels
     COLS: tl.constexpr,
     BLOCK: tl.constexpr,  # phase 3 works in blocks of BLOCK pixels
+    LANES: tl.constexpr,  # entries per tap table: the next power of two >= PATCH
 ):
-    LANES: tl.constexpr = triton.next_power_of_2(PATCH)
     PLANE: tl.constexpr = PATCH * PATCH
     program = tl.program_id(0)
     programs = tl.num_programs(0)
@@ -358,7 +358,7 @@ PROGRAMS_PER_SM = 8  # the grid on a GPU: enough resident programs per SM to hid
 def scratch_sizes(patch: int) -> tuple[int, int]:
     """float32 and int64 scratch elements per program."""
     lanes = triton.next_power_of_2(patch)
-    return TABLES * 2 * lanes + 6 * patch * patch, TABLES * 2 * lanes
+    return TABLES.value * 2 * lanes + 6 * patch * patch, TABLES.value * 2 * lanes
 
 
 def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
@@ -371,9 +371,20 @@ def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
     block = min(block, triton.next_power_of_2(patch * patch))
     return {"num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
-            "ROWS": rows, "COLS": cols, "BLOCK": block,
-            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK"), "__num_warps__": num_warps,
+            "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch),
+            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES"), "__num_warps__": num_warps,
             "__maxnreg__": maxnreg}
+
+
+def loop_trips(spec: dict, down: int) -> list[int]:
+    """Trip counts of the kernel's per-patch loops in program order, for a patch of down size `down` (0: crop):
+    what benchmarks/gpu_static.py weights the SASS of each loop body by."""
+    patch, rows, cols = spec["PATCH"], spec["ROWS"], spec["COLS"]
+    tiles = -(-patch // rows) * -(-patch // cols)
+    normalise = -(-patch * patch // spec["BLOCK"])
+    if not spec["DOWN"]:
+        return [tiles, normalise]
+    return [tiles, -(-down // rows) * -(-down // cols), tiles, normalise]
 
 
 SPLITS_DOWN = True  # crop and down-sampled patches are separate specialisations
@@ -407,6 +418,7 @@ def launch(data, meta, plan, out, seed: int, color: int, patch: int) -> None:
         extract_patches_kernel[(programs,)](
             data, meta, plan, out, scratch_f, scratch_i, num_patches, seed, *out.stride(), COLOR=color,
             PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
+            LANES=spec["LANES"],
             num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
             enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
         )
