@@ -132,13 +132,13 @@ def _tile(t, extent_x, ROWS: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
-def _sums(acc, v0, v1, v2, valid):
-    """Adds a tile's float64 channel sums and sums of squares to acc (six [C] vectors: the row reduction stays
-    within a thread where a thread holds a column of the tile)."""
+def _sums(acc, v0, v1, v2, valid, ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr):
+    """Adds a tile's float64 channel sums and sums of squares to acc (six [WARPS, C] partial sums). A warp holds
+    rows r = WARPS * k + w of the tile, so summing over k stays within each thread: no shuffles, no barriers."""
     s0, s1, s2, q0, q1, q2 = acc
-    d0 = tl.where(valid, v0.to(tl.float64), 0.0)
-    d1 = tl.where(valid, v1.to(tl.float64), 0.0)
-    d2 = tl.where(valid, v2.to(tl.float64), 0.0)
+    d0 = tl.reshape(tl.where(valid, v0.to(tl.float64), 0.0), [ROWS // WARPS, WARPS, COLS])
+    d1 = tl.reshape(tl.where(valid, v1.to(tl.float64), 0.0), [ROWS // WARPS, WARPS, COLS])
+    d2 = tl.reshape(tl.where(valid, v2.to(tl.float64), 0.0), [ROWS // WARPS, WARPS, COLS])
     return (s0 + tl.sum(d0, axis=0), s1 + tl.sum(d1, axis=0), s2 + tl.sum(d2, axis=0),
             q0 + tl.sum(d0 * d0, axis=0), q1 + tl.sum(d1 * d1, axis=0), q2 + tl.sum(d2 * d2, axis=0))
 
@@ -169,7 +169,7 @@ def _colour(v0, v1, v2, seed, n, kept, py, px, COLOR: tl.constexpr, PATCH: tl.co
 @triton.jit
 def _render(data, meta, plan, n, seed, itab, wtab, values, small,
             COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr, LANES: tl.constexpr,
-            ROWS: tl.constexpr, COLS: tl.constexpr):
+            ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr):
     """Phases 1 and 2 for patch n: tap tables, then the patch (before normalisation) into `values`
     ([3, P, P] float32 scratch); returns the float64 channel sums and sums of squares."""
     PLANE: tl.constexpr = PATCH * PATCH
@@ -202,8 +202,8 @@ def _render(data, meta, plan, n, seed, itab, wtab, values, small,
         _store_table(itab, wtab, 5, lane, down, PATCH, PATCH, 1, LANES)
     tl.debug_barrier()
 
-    acc = (tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64),
-           tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64), tl.zeros([COLS], tl.float64))
+    zero = tl.zeros([WARPS, COLS], tl.float64)
+    acc = (zero, zero, zero, zero, zero, zero)
     NUM_TILES: tl.constexpr = ((PATCH + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
     if not DOWN:
         # ---- phase 2 (crop): the crop, coloured, summed and staged in one pass
@@ -222,7 +222,7 @@ def _render(data, meta, plan, n, seed, itab, wtab, values, small,
                 v1 = _gather(image + stride_c, ry, cx)
                 v2 = _gather(image + 2 * stride_c, ry, cx)
             v0, v1, v2 = _colour(v0, v1, v2, seed, n, kept, py, px, COLOR, PATCH, ROWS, COLS)
-            acc = _sums(acc, v0, v1, v2, valid)
+            acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS)
             where = values + py * PATCH + px
             tl.store(where, v0, mask=valid)
             tl.store(where + PLANE, v1, mask=valid)
@@ -270,7 +270,7 @@ def _render(data, meta, plan, n, seed, itab, wtab, values, small,
                 v1 = _gather(small + PLANE, ry, cx)
                 v2 = _gather(small + 2 * PLANE, ry, cx)
             v0, v1, v2 = _colour(v0, v1, v2, seed, n, kept, py, px, COLOR, PATCH, ROWS, COLS)
-            acc = _sums(acc, v0, v1, v2, valid)
+            acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS)
             where = values + py * PATCH + px
             tl.store(where, v0, mask=valid)
             tl.store(where + PLANE, v1, mask=valid)
@@ -296,6 +296,7 @@ def extract_patches_kernel(
     COLS: tl.constexpr,
     BLOCK: tl.constexpr,  # phase 3 works in blocks of BLOCK pixels
     LANES: tl.constexpr,  # entries per tap table: the next power of two >= PATCH
+    WARPS: tl.constexpr,  # num_warps, which shapes the in-thread partial sums (ROWS is a multiple of it)
 ):
     PLANE: tl.constexpr = PATCH * PATCH
     program = tl.program_id(0)
@@ -308,13 +309,13 @@ def extract_patches_kernel(
         n = n + 0 * program  # a tensor under the interpreter too, where range() yields Python ints
         if (tl.load(plan + n * 7 + 6) > 0) == DOWN:
             s0, s1, s2, q0, q1, q2 = _render(data, meta, plan, n, seed, itab, wtab, values, small,
-                                             COLOR, PATCH, DOWN, LANES, ROWS, COLS)
-            s0 = tl.sum(s0, axis=0)
-            s1 = tl.sum(s1, axis=0)
-            s2 = tl.sum(s2, axis=0)
-            q0 = tl.sum(q0, axis=0)
-            q1 = tl.sum(q1, axis=0)
-            q2 = tl.sum(q2, axis=0)
+                                             COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS)
+            s0 = tl.sum(tl.sum(s0, axis=1), axis=0)
+            s1 = tl.sum(tl.sum(s1, axis=1), axis=0)
+            s2 = tl.sum(tl.sum(s2, axis=1), axis=0)
+            q0 = tl.sum(tl.sum(q0, axis=1), axis=0)
+            q1 = tl.sum(tl.sum(q1, axis=1), axis=0)
+            q2 = tl.sum(tl.sum(q2, axis=1), axis=0)
             kept = tl.load(plan + n * 7 + 5)
             # Channels that carry image content are centred; noise channels (colour drop) are left as they are.
             keep0 = (COLOR != 1) | (kept == 0)
@@ -349,8 +350,8 @@ def extract_patches_kernel(
 
 # Tile shape, block, warps and register cap per path, chosen with benchmarks/gpu_static.py (sm_80/90).
 TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg)
-    (False, False): (16, 32, 512, 4, None), (False, True): (16, 32, 512, 4, None),
-    (True, False): (16, 32, 512, 4, None), (True, True): (16, 32, 512, 4, None),
+    (False, False): (16, 32, 2048, 4, None), (False, True): (16, 32, 2048, 4, None),
+    (True, False): (16, 32, 2048, 4, None), (True, True): (16, 32, 2048, 4, None),
 }
 PROGRAMS_PER_SM = 8  # the grid on a GPU: enough resident programs per SM to hide latency
 
@@ -367,12 +368,13 @@ def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
     stride_n, stride_c, stride_y, stride_x = out_strides
     rows, cols, block, num_warps, maxnreg = TILES[down, color == COLOR_DROP]
     cols = min(cols, triton.next_power_of_2(patch))
-    rows = min(rows, triton.next_power_of_2(patch))
+    warps = min(num_warps, rows)
+    rows = max(warps, min(rows, triton.next_power_of_2(patch)))
     block = min(block, triton.next_power_of_2(patch * patch))
     return {"num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
-            "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch),
-            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES"), "__num_warps__": num_warps,
+            "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
+            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS"), "__num_warps__": num_warps,
             "__maxnreg__": maxnreg}
 
 
@@ -418,7 +420,7 @@ def launch(data, meta, plan, out, seed: int, color: int, patch: int) -> None:
         extract_patches_kernel[(programs,)](
             data, meta, plan, out, scratch_f, scratch_i, num_patches, seed, *out.stride(), COLOR=color,
             PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
-            LANES=spec["LANES"],
+            LANES=spec["LANES"], WARPS=spec["WARPS"],
             num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
             enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
         )
