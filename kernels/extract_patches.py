@@ -78,6 +78,31 @@ def _gather(src, ry, cx):
 
 
 @triton.jit
+def _horizontal(src, row, cx):
+    """The horizontal half of a bilinear read of float32 scratch: wx0 * src[row, x0] + wx1 * src[row, x1]."""
+    x0, x1, wx0, wx1 = cx
+    return wx0 * tl.load(src + (row + x0)) + wx1 * tl.load(src + (row + x1))
+
+
+@triton.jit
+def _vertical(src, ry, col):
+    """The vertical half: wy0 * src[y0, col] + wy1 * src[y1, col], src holding horizontal halves. With
+    _horizontal, the same products and sums in the same order as _blend."""
+    y0, y1, wy0, wy1 = ry
+    return wy0 * tl.load(src + (y0 + col)) + wy1 * tl.load(src + (y1 + col))
+
+
+@triton.jit
+def _clip(py, px, height, width):
+    """Tile lanes inside height x width: (rows, columns, mask)."""
+    valid = (py < height) & (px < width)
+    # every address stays in range; the lanes outside are masked at the stores and in the sums. (Clamping also
+    # hides the rows' contiguity from the compiler, which would otherwise re-lay the tile out for vector loads of
+    # the row taps at the cost of layout conversions.)
+    return tl.minimum(py, height - 1), tl.minimum(px, width - 1), valid
+
+
+@triton.jit
 def _noise_words(seed, patch_index, block):
     w0, w1, w2, w3 = tl.randint4x(seed, (patch_index.to(tl.int64) << 32) | block.to(tl.int64))
     return w0, w1, w2, w3
@@ -132,13 +157,20 @@ def _tile(t, extent_x, ROWS: tl.constexpr, COLS: tl.constexpr):
 
 
 @triton.jit
-def _sums(acc, v0, v1, v2, valid, ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr):
+def _sums(acc, v0, v1, v2, valid, ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, FULL: tl.constexpr):
     """Adds a tile's float64 channel sums and sums of squares to acc (six [WARPS, C] partial sums). A warp holds
     rows r = WARPS * k + w of the tile, so summing over k stays within each thread: no shuffles, no barriers."""
     s0, s1, s2, q0, q1, q2 = acc
-    d0 = tl.reshape(tl.where(valid, v0.to(tl.float64), 0.0), [ROWS // WARPS, WARPS, COLS])
-    d1 = tl.reshape(tl.where(valid, v1.to(tl.float64), 0.0), [ROWS // WARPS, WARPS, COLS])
-    d2 = tl.reshape(tl.where(valid, v2.to(tl.float64), 0.0), [ROWS // WARPS, WARPS, COLS])
+    d0 = v0.to(tl.float64)
+    d1 = v1.to(tl.float64)
+    d2 = v2.to(tl.float64)
+    if not FULL:
+        d0 = tl.where(valid, d0, 0.0)
+        d1 = tl.where(valid, d1, 0.0)
+        d2 = tl.where(valid, d2, 0.0)
+    d0 = tl.reshape(d0, [ROWS // WARPS, WARPS, COLS])
+    d1 = tl.reshape(d1, [ROWS // WARPS, WARPS, COLS])
+    d2 = tl.reshape(d2, [ROWS // WARPS, WARPS, COLS])
     return (s0 + tl.sum(d0, axis=0), s1 + tl.sum(d1, axis=0), s2 + tl.sum(d2, axis=0),
             q0 + tl.sum(d0 * d0, axis=0), q1 + tl.sum(d1 * d1, axis=0), q2 + tl.sum(d2 * d2, axis=0))
 
@@ -167,11 +199,11 @@ def _colour(v0, v1, v2, seed, n, kept, py, px, COLOR: tl.constexpr, PATCH: tl.co
 
 
 @triton.jit
-def _render(data, meta, plan, n, seed, itab, wtab, values, small,
+def _render(data, meta, plan, n, seed, itab, wtab, first, second,
             COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr, LANES: tl.constexpr,
             ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr):
-    """Phases 1 and 2 for patch n: tap tables, then the patch (before normalisation) into `values`
-    ([3, P, P] float32 scratch); returns the float64 channel sums and sums of squares."""
+    """Phases 1 and 2 for patch n: tap tables, then the patch (before normalisation) into the scratch region
+    `first` (crop) or `second` (DOWN), each [3, P, P] float32; returns the float64 partial sums and squares."""
     PLANE: tl.constexpr = PATCH * PATCH
     row = plan + n * 7
     image_index = tl.load(row + 0).to(tl.int64)
@@ -204,14 +236,13 @@ def _render(data, meta, plan, n, seed, itab, wtab, values, small,
 
     zero = tl.zeros([WARPS, COLS], tl.float64)
     acc = (zero, zero, zero, zero, zero, zero)
+    FULL: tl.constexpr = (PATCH % ROWS == 0) and (PATCH % COLS == 0)
     NUM_TILES: tl.constexpr = ((PATCH + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
     if not DOWN:
         # ---- phase 2 (crop): the crop, coloured, summed and staged in one pass
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
-            valid = (py < PATCH) & (px < PATCH)
-            py = tl.minimum(py, PATCH - 1)  # every address in range; invalid lanes are masked below
-            px = tl.minimum(px, PATCH - 1)
+            py, px, valid = _clip(py, px, PATCH, PATCH)
             ry = _load_table(itab, wtab, 0, py, LANES)
             cx = _load_table(itab, wtab, 1, px, LANES)
             v0 = _gather(image, ry, cx)
@@ -222,56 +253,61 @@ def _render(data, meta, plan, n, seed, itab, wtab, values, small,
                 v1 = _gather(image + stride_c, ry, cx)
                 v2 = _gather(image + 2 * stride_c, ry, cx)
             v0, v1, v2 = _colour(v0, v1, v2, seed, n, kept, py, px, COLOR, PATCH, ROWS, COLS)
-            acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS)
-            where = values + py * PATCH + px
+            acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
+            where = first + py * PATCH + px
             tl.store(where, v0, mask=valid)
             tl.store(where + PLANE, v1, mask=valid)
             tl.store(where + 2 * PLANE, v2, mask=valid)
     else:
+        # Regions: the crop in `first`, the small image in `second`, its horizontal up-sampling (d x P) in
+        # `first` again (the crop is no longer needed), the patch in `second` (nor is the small image).
         CHANNELS: tl.constexpr = 1 if COLOR == 1 else 3
-        # ---- phase 2a: the crop of the channels read from the image, staged
+        # ---- phase 2a: the crop of the channels read from the image
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
-            valid = (py < PATCH) & (px < PATCH)
-            py = tl.minimum(py, PATCH - 1)
-            px = tl.minimum(px, PATCH - 1)
+            py, px, valid = _clip(py, px, PATCH, PATCH)
             ry = _load_table(itab, wtab, 0, py, LANES)
             cx = _load_table(itab, wtab, 1, px, LANES)
-            where = values + py * PATCH + px
+            where = first + py * PATCH + px
             for c in tl.static_range(CHANNELS):
                 tl.store(where + c * PLANE, _gather(image + c * stride_c, ry, cx), mask=valid)
         tl.debug_barrier()
-        # ---- phase 2b: down-sampled to down x down (row stride PATCH in `small`), from the staged crop
+        # ---- phase 2b: down-sampled to down x down (row stride PATCH), 4 reads of the crop per value
         small_tiles = ((down + ROWS - 1) // ROWS) * ((down + COLS - 1) // COLS)
         for t in tl.range(0, small_tiles, loop_unroll_factor=1):
             sy, sx = _tile(t, down, ROWS, COLS)
-            valid = (sy < down) & (sx < down)
-            sy = tl.minimum(sy, down - 1)
-            sx = tl.minimum(sx, down - 1)
+            sy, sx, valid = _clip(sy, sx, down, down)
             ry = _load_table(itab, wtab, 2, sy, LANES)
             cx = _load_table(itab, wtab, 3, sx, LANES)
-            where = small + sy * PATCH + sx
+            where = second + sy * PATCH + sx
             for c in tl.static_range(CHANNELS):
-                tl.store(where + c * PLANE, _gather(values + c * PLANE, ry, cx), mask=valid)
+                tl.store(where + c * PLANE, _gather(first + c * PLANE, ry, cx), mask=valid)
         tl.debug_barrier()
-        # ---- phase 2c: up-sampled back to P x P, coloured, summed and staged
+        # ---- phase 2c: up-sampling, horizontal half: down x P, each small row once
+        wide_tiles = ((down + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
+        for t in tl.range(0, wide_tiles, loop_unroll_factor=1):
+            sy, px = _tile(t, PATCH, ROWS, COLS)
+            sy, px, valid = _clip(sy, px, down, PATCH)
+            cx = _load_table(itab, wtab, 5, px, LANES)
+            line = sy * PATCH
+            for c in tl.static_range(CHANNELS):
+                tl.store(first + c * PLANE + line + px, _horizontal(second + c * PLANE, line, cx), mask=valid)
+        tl.debug_barrier()
+        # ---- phase 2d: up-sampling, vertical half, coloured, summed and staged
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
-            valid = (py < PATCH) & (px < PATCH)
-            py = tl.minimum(py, PATCH - 1)
-            px = tl.minimum(px, PATCH - 1)
+            py, px, valid = _clip(py, px, PATCH, PATCH)
             ry = _load_table(itab, wtab, 4, py, LANES)
-            cx = _load_table(itab, wtab, 5, px, LANES)
-            v0 = _gather(small, ry, cx)
+            v0 = _vertical(first, ry, px)
             if COLOR == 1:
                 v1 = v0
                 v2 = v0
             else:
-                v1 = _gather(small + PLANE, ry, cx)
-                v2 = _gather(small + 2 * PLANE, ry, cx)
+                v1 = _vertical(first + PLANE, ry, px)
+                v2 = _vertical(first + 2 * PLANE, ry, px)
             v0, v1, v2 = _colour(v0, v1, v2, seed, n, kept, py, px, COLOR, PATCH, ROWS, COLS)
-            acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS)
-            where = values + py * PATCH + px
+            acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
+            where = second + py * PATCH + px
             tl.store(where, v0, mask=valid)
             tl.store(where + PLANE, v1, mask=valid)
             tl.store(where + 2 * PLANE, v2, mask=valid)
@@ -302,13 +338,14 @@ def extract_patches_kernel(
     program = tl.program_id(0)
     programs = tl.num_programs(0)
     wtab = scratch_f + program.to(tl.int64) * (TABLES * 2 * LANES + 6 * PLANE)
-    values = wtab + TABLES * 2 * LANES
-    small = values + 3 * PLANE
+    first = wtab + TABLES * 2 * LANES
+    second = first + 3 * PLANE
+    staged = second if DOWN else first  # where phase 2 leaves the patch
     itab = scratch_i + program.to(tl.int64) * (TABLES * 2 * LANES)
     for n in range(program, num_patches, programs):  # a fixed grid walks the plan: scratch sized by the grid
         n = n + 0 * program  # a tensor under the interpreter too, where range() yields Python ints
         if (tl.load(plan + n * 7 + 6) > 0) == DOWN:
-            s0, s1, s2, q0, q1, q2 = _render(data, meta, plan, n, seed, itab, wtab, values, small,
+            s0, s1, s2, q0, q1, q2 = _render(data, meta, plan, n, seed, itab, wtab, first, second,
                                              COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS)
             s0 = tl.sum(tl.sum(s0, axis=1), axis=0)
             s1 = tl.sum(tl.sum(s1, axis=1), axis=0)
@@ -339,9 +376,9 @@ def extract_patches_kernel(
                 y = pix // PATCH
                 x = pix - y * PATCH
                 where = base + y * out_stride_y + x * out_stride_x
-                v0 = tl.load(values + pix, mask=valid)
-                v1 = tl.load(values + PLANE + pix, mask=valid)
-                v2 = tl.load(values + 2 * PLANE + pix, mask=valid)
+                v0 = tl.load(staged + pix, mask=valid)
+                v1 = tl.load(staged + PLANE + pix, mask=valid)
+                v2 = tl.load(staged + 2 * PLANE + pix, mask=valid)
                 tl.store(where, _cast((v0 - mean0) * scale, out.dtype.element_ty), mask=valid)
                 tl.store(where + out_stride_c, _cast((v1 - mean1) * scale, out.dtype.element_ty), mask=valid)
                 tl.store(where + 2 * out_stride_c, _cast((v2 - mean2) * scale, out.dtype.element_ty), mask=valid)
@@ -350,8 +387,8 @@ def extract_patches_kernel(
 
 # Tile shape, block, warps and register cap per path, chosen with benchmarks/gpu_static.py (sm_80/90).
 TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg)
-    (False, False): (16, 32, 2048, 4, None), (False, True): (16, 32, 2048, 4, None),
-    (True, False): (16, 32, 2048, 4, None), (True, True): (16, 32, 2048, 4, None),
+    (False, False): (16, 32, 1024, 4, None), (False, True): (16, 32, 1024, 4, None),
+    (True, False): (16, 32, 1024, 4, None), (True, True): (16, 32, 1024, 4, None),
 }
 PROGRAMS_PER_SM = 8  # the grid on a GPU: enough resident programs per SM to hide latency
 
@@ -386,7 +423,7 @@ def loop_trips(spec: dict, down: int) -> list[int]:
     normalise = -(-patch * patch // spec["BLOCK"])
     if not spec["DOWN"]:
         return [tiles, normalise]
-    return [tiles, -(-down // rows) * -(-down // cols), tiles, normalise]
+    return [tiles, -(-down // rows) * -(-down // cols), -(-down // rows) * -(-patch // cols), tiles, normalise]
 
 
 SPLITS_DOWN = True  # crop and down-sampled patches are separate specialisations
