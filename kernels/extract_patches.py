@@ -103,35 +103,29 @@ def _clip(py, px, height, width):
 
 
 @triton.jit
-def _noise_words(seed, patch_index, block):
-    w0, w1, w2, w3 = tl.randint4x(seed, (patch_index.to(tl.int64) << 32) | block.to(tl.int64))
-    return w0, w1, w2, w3
-
-
-@triton.jit
-def _to_noise(word):
-    """A Philox word as noise in [-0.5, 0.5): its top 24 bits."""
-    return (word >> 8).to(tl.float32) * (1.0 / 16777216.0) - 0.5
-
-
-@triton.jit
-def _noise(seed, patch_index, element, BLOCKED: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """Noise of the elements `element` [R, C] of patch `patch_index`: word (element % 4) of Philox4x32-10 at
-    counter (element // 4, patch). BLOCKED (the patch width and tile width are multiples of 4, the tile starts at
-    a multiple of 4): four consecutive columns share one Philox evaluation; otherwise one per element."""
-    if BLOCKED:
-        first = tl.reshape(element, [ROWS, COLS // 4, 4])
-        first = tl.min(first, axis=2)  # the element of each group of four at its Philox block's word 0
-        w0, w1, w2, w3 = _noise_words(seed, patch_index, first >> 2)
+def _noise_plane(dst, seed, n, c, PATCH: tl.constexpr, NB: tl.constexpr):
+    """Noise channel c of patch n into dst[c * P * P:] (planar, so a value's index there is its noise element
+    c * P * P + y * P + x): word (element % 4) of Philox4x32-10 at counter (element // 4, patch), top 24 bits.
+    Each Philox evaluation serves its four consecutive elements (NB evaluations per trip). Returns the float64
+    partial sums of squares ([NB]; the channel's plain sum is not needed: noise is not centred)."""
+    PLANE: tl.constexpr = PATCH * PATCH
+    TRIPS: tl.constexpr = (PLANE // 4 + (0 if PLANE % 4 == 0 else 2) + NB - 1) // NB  # blocks touching a plane
+    lo = c * PLANE
+    first_block = lo >> 2
+    squares = tl.zeros([NB], tl.float64)
+    for j in tl.range(0, TRIPS, loop_unroll_factor=1):
+        block = first_block + j * NB + tl.arange(0, NB)
+        w0, w1, w2, w3 = tl.randint4x(seed, (n.to(tl.int64) << 32) | block.to(tl.int64))
         # join adds a last axis: [.., k, l] holds (w0, w2)[k] for l = 0 and (w1, w3)[k] for l = 1, so the
-        # flattened order (k, l) is w0, w1, w2, w3
-        words = tl.join(tl.join(w0, w2), tl.join(w1, w3))
-        words = tl.reshape(words, [ROWS, COLS])
-    else:
-        w0, w1, w2, w3 = _noise_words(seed, patch_index, element >> 2)
-        k = element & 3
-        words = tl.where(k == 0, w0, tl.where(k == 1, w1, tl.where(k == 2, w2, w3)))
-    return _to_noise(words)
+        # flattened order (k, l) is w0, w1, w2, w3: element 4 * block + word
+        words = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [4 * NB])
+        element = 4 * (first_block + j * NB) + tl.arange(0, 4 * NB)
+        valid = (element >= lo) & (element < lo + PLANE)
+        value = (words >> 8).to(tl.float32) * (1.0 / 16777216.0) - 0.5
+        tl.store(dst + element, value, mask=valid)
+        d = tl.where(valid, value.to(tl.float64), 0.0)
+        squares += tl.sum(tl.reshape(d * d, [NB, 4]), axis=1)
+    return squares
 
 
 @triton.jit
@@ -176,32 +170,27 @@ def _sums(acc, v0, v1, v2, valid, ROWS: tl.constexpr, COLS: tl.constexpr, WARPS:
 
 
 @triton.jit
-def _colour(v0, v1, v2, seed, n, kept, py, px, COLOR: tl.constexpr, PATCH: tl.constexpr, ROWS: tl.constexpr,
-            COLS: tl.constexpr):
-    """Colour handling of a tile: drop (v0 holds the kept channel; the other two become noise) or project."""
-    if COLOR == 1:
-        pix = py * PATCH + px
-        blocked: tl.constexpr = (PATCH % 4 == 0) and (COLS % 4 == 0)
-        first = (kept + 1) % 3  # the two dropped channels, in channel order of their noise
-        second = (kept + 2) % 3
-        noise_a = _noise(seed, n, pix + first * (PATCH * PATCH), blocked, ROWS, COLS)
-        noise_b = _noise(seed, n, pix + second * (PATCH * PATCH), blocked, ROWS, COLS)
-        value = v0
-        v0 = tl.where(kept == 0, value, tl.where(first == 0, noise_a, noise_b))
-        v1 = tl.where(kept == 1, value, tl.where(first == 1, noise_a, noise_b))
-        v2 = tl.where(kept == 2, value, tl.where(first == 2, noise_a, noise_b))
-    elif COLOR == 2:  # project out the green-magenta axis
-        d = tl.math.div_rn(2.0 * v1 - v0 - v2, tl.full(v1.shape, 6.0, tl.float32))
-        v0 = v0 + d
-        v1 = v1 - 2.0 * d
-        v2 = v2 + d
-    return v0, v1, v2
+def _sums1(acc, v, valid, ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, FULL: tl.constexpr):
+    """_sums for one channel (colour drop's kept channel), into acc's first sum and square."""
+    s0, s1, s2, q0, q1, q2 = acc
+    d = v.to(tl.float64)
+    if not FULL:
+        d = tl.where(valid, d, 0.0)
+    d = tl.reshape(d, [ROWS // WARPS, WARPS, COLS])
+    return s0 + tl.sum(d, axis=0), s1, s2, q0 + tl.sum(d * d, axis=0), q1, q2
+
+
+@triton.jit
+def _project(v0, v1, v2):
+    """Colour projection: the green-magenta axis (-1, 2, -1) / sqrt(6) removed from an RGB value."""
+    d = tl.math.div_rn(2.0 * v1 - v0 - v2, tl.full(v1.shape, 6.0, tl.float32))
+    return v0 + d, v1 - 2.0 * d, v2 + d
 
 
 @triton.jit
 def _render(data, meta, plan, n, seed, itab, wtab, first, second,
             COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr, LANES: tl.constexpr,
-            ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr):
+            ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, NB: tl.constexpr):
     """Phases 1 and 2 for patch n: tap tables, then the patch (before normalisation) into the scratch region
     `first` (crop) or `second` (DOWN), each [3, P, P] float32; returns the float64 partial sums and squares."""
     PLANE: tl.constexpr = PATCH * PATCH
@@ -236,6 +225,7 @@ def _render(data, meta, plan, n, seed, itab, wtab, first, second,
 
     zero = tl.zeros([WARPS, COLS], tl.float64)
     acc = (zero, zero, zero, zero, zero, zero)
+    noise = (tl.zeros([NB], tl.float64), tl.zeros([NB], tl.float64))  # colour drop: the noise channels' squares
     FULL: tl.constexpr = (PATCH % ROWS == 0) and (PATCH % COLS == 0)
     NUM_TILES: tl.constexpr = ((PATCH + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
     if not DOWN:
@@ -245,19 +235,24 @@ def _render(data, meta, plan, n, seed, itab, wtab, first, second,
             py, px, valid = _clip(py, px, PATCH, PATCH)
             ry = _load_table(itab, wtab, 0, py, LANES)
             cx = _load_table(itab, wtab, 1, px, LANES)
-            v0 = _gather(image, ry, cx)
-            if COLOR == 1:
-                v1 = v0
-                v2 = v0
+            where = first + py * PATCH + px
+            if COLOR == 1:  # the kept channel only (acc's first pair); noise below
+                v0 = _gather(image, ry, cx)
+                acc = _sums1(acc, v0, valid, ROWS, COLS, WARPS, FULL)
+                tl.store(where + kept * PLANE, v0, mask=valid)
             else:
+                v0 = _gather(image, ry, cx)
                 v1 = _gather(image + stride_c, ry, cx)
                 v2 = _gather(image + 2 * stride_c, ry, cx)
-            v0, v1, v2 = _colour(v0, v1, v2, seed, n, kept, py, px, COLOR, PATCH, ROWS, COLS)
-            acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
-            where = first + py * PATCH + px
-            tl.store(where, v0, mask=valid)
-            tl.store(where + PLANE, v1, mask=valid)
-            tl.store(where + 2 * PLANE, v2, mask=valid)
+                if COLOR == 2:
+                    v0, v1, v2 = _project(v0, v1, v2)
+                acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
+                tl.store(where, v0, mask=valid)
+                tl.store(where + PLANE, v1, mask=valid)
+                tl.store(where + 2 * PLANE, v2, mask=valid)
+        if COLOR == 1:
+            noise = (_noise_plane(first, seed, n, (kept + 1) % 3, PATCH, NB),
+                     _noise_plane(first, seed, n, (kept + 2) % 3, PATCH, NB))
     else:
         # Regions: the crop in `first`, the small image in `second`, its horizontal up-sampling (d x P) in
         # `first` again (the crop is no longer needed), the patch in `second` (nor is the small image).
@@ -298,20 +293,25 @@ def _render(data, meta, plan, n, seed, itab, wtab, first, second,
             py, px = _tile(t, PATCH, ROWS, COLS)
             py, px, valid = _clip(py, px, PATCH, PATCH)
             ry = _load_table(itab, wtab, 4, py, LANES)
-            v0 = _vertical(first, ry, px)
+            where = second + py * PATCH + px
             if COLOR == 1:
-                v1 = v0
-                v2 = v0
+                v0 = _vertical(first, ry, px)
+                acc = _sums1(acc, v0, valid, ROWS, COLS, WARPS, FULL)
+                tl.store(where + kept * PLANE, v0, mask=valid)
             else:
+                v0 = _vertical(first, ry, px)
                 v1 = _vertical(first + PLANE, ry, px)
                 v2 = _vertical(first + 2 * PLANE, ry, px)
-            v0, v1, v2 = _colour(v0, v1, v2, seed, n, kept, py, px, COLOR, PATCH, ROWS, COLS)
-            acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
-            where = second + py * PATCH + px
-            tl.store(where, v0, mask=valid)
-            tl.store(where + PLANE, v1, mask=valid)
-            tl.store(where + 2 * PLANE, v2, mask=valid)
-    return acc
+                if COLOR == 2:
+                    v0, v1, v2 = _project(v0, v1, v2)
+                acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
+                tl.store(where, v0, mask=valid)
+                tl.store(where + PLANE, v1, mask=valid)
+                tl.store(where + 2 * PLANE, v2, mask=valid)
+        if COLOR == 1:  # the small image (plane 0 of `second`) was consumed by phase 2c
+            noise = (_noise_plane(second, seed, n, (kept + 1) % 3, PATCH, NB),
+                     _noise_plane(second, seed, n, (kept + 2) % 3, PATCH, NB))
+    return acc, noise
 
 
 @triton.jit
@@ -333,6 +333,7 @@ def extract_patches_kernel(
     BLOCK: tl.constexpr,  # phase 3 works in blocks of BLOCK pixels
     LANES: tl.constexpr,  # entries per tap table: the next power of two >= PATCH
     WARPS: tl.constexpr,  # num_warps, which shapes the in-thread partial sums (ROWS is a multiple of it)
+    NB: tl.constexpr,  # colour drop: Philox blocks (of four values) per trip of the noise loop
 ):
     PLANE: tl.constexpr = PATCH * PATCH
     program = tl.program_id(0)
@@ -345,8 +346,9 @@ def extract_patches_kernel(
     for n in range(program, num_patches, programs):  # a fixed grid walks the plan: scratch sized by the grid
         n = n + 0 * program  # a tensor under the interpreter too, where range() yields Python ints
         if (tl.load(plan + n * 7 + 6) > 0) == DOWN:
-            s0, s1, s2, q0, q1, q2 = _render(data, meta, plan, n, seed, itab, wtab, first, second,
-                                             COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS)
+            acc, noise = _render(data, meta, plan, n, seed, itab, wtab, first, second,
+                                 COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS, NB)
+            s0, s1, s2, q0, q1, q2 = acc
             s0 = tl.sum(tl.sum(s0, axis=1), axis=0)
             s1 = tl.sum(tl.sum(s1, axis=1), axis=0)
             s2 = tl.sum(tl.sum(s2, axis=1), axis=0)
@@ -354,6 +356,17 @@ def extract_patches_kernel(
             q1 = tl.sum(tl.sum(q1, axis=1), axis=0)
             q2 = tl.sum(tl.sum(q2, axis=1), axis=0)
             kept = tl.load(plan + n * 7 + 5)
+            if COLOR == 1:  # acc's first pair is the kept channel's; the others are noise, squares only
+                qa = tl.sum(noise[0], axis=0)
+                qb = tl.sum(noise[1], axis=0)
+                sk = s0
+                qk = q0
+                s0 = tl.where(kept == 0, sk, 0.0)
+                s1 = tl.where(kept == 1, sk, 0.0)
+                s2 = tl.where(kept == 2, sk, 0.0)
+                q0 = tl.where(kept == 0, qk, tl.where(kept == 2, qa, qb))  # channel 0 is (kept + 1) % 3 if kept == 2
+                q1 = tl.where(kept == 1, qk, tl.where(kept == 0, qa, qb))
+                q2 = tl.where(kept == 2, qk, tl.where(kept == 1, qa, qb))
             # Channels that carry image content are centred; noise channels (colour drop) are left as they are.
             keep0 = (COLOR != 1) | (kept == 0)
             keep1 = (COLOR != 1) | (kept == 1)
@@ -387,9 +400,10 @@ def extract_patches_kernel(
 
 # Tile shape, block, warps and register cap per path, chosen with benchmarks/gpu_static.py (sm_80/90).
 TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg)
-    (False, False): (16, 32, 1024, 4, None), (False, True): (16, 32, 1024, 4, None),
-    (True, False): (16, 32, 1024, 4, None), (True, True): (16, 32, 1024, 4, None),
+    (False, False): (16, 32, 2048, 8, 64), (False, True): (16, 32, 2048, 8, 64),
+    (True, False): (16, 32, 2048, 8, 64), (True, True): (16, 32, 2048, 8, 64),
 }
+NOISE_BLOCKS = 256  # Philox evaluations per trip of the noise loop (colour drop)
 PROGRAMS_PER_SM = 8  # the grid on a GPU: enough resident programs per SM to hide latency
 
 
@@ -408,10 +422,12 @@ def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
     warps = min(num_warps, rows)
     rows = max(warps, min(rows, triton.next_power_of_2(patch)))
     block = min(block, triton.next_power_of_2(patch * patch))
+    nb = min(NOISE_BLOCKS, triton.next_power_of_2(-(-patch * patch // 4)))
     return {"num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
             "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
-            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS"), "__num_warps__": num_warps,
+            "NB": nb,
+            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS", "NB"), "__num_warps__": num_warps,
             "__maxnreg__": maxnreg}
 
 
@@ -421,9 +437,14 @@ def loop_trips(spec: dict, down: int) -> list[int]:
     patch, rows, cols = spec["PATCH"], spec["ROWS"], spec["COLS"]
     tiles = -(-patch // rows) * -(-patch // cols)
     normalise = -(-patch * patch // spec["BLOCK"])
+    noise = []
+    if spec["COLOR"] == COLOR_DROP:  # two noise channels, each its own loop
+        plane = patch * patch
+        noise = [-(-(plane // 4 + (0 if plane % 4 == 0 else 2)) // spec["NB"])] * 2
     if not spec["DOWN"]:
-        return [tiles, normalise]
-    return [tiles, -(-down // rows) * -(-down // cols), -(-down // rows) * -(-patch // cols), tiles, normalise]
+        return [tiles, *noise, normalise]
+    return [tiles, -(-down // rows) * -(-down // cols), -(-down // rows) * -(-patch // cols), tiles, *noise,
+            normalise]
 
 
 SPLITS_DOWN = True  # crop and down-sampled patches are separate specialisations
@@ -457,7 +478,7 @@ def launch(data, meta, plan, out, seed: int, color: int, patch: int) -> None:
         extract_patches_kernel[(programs,)](
             data, meta, plan, out, scratch_f, scratch_i, num_patches, seed, *out.stride(), COLOR=color,
             PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
-            LANES=spec["LANES"], WARPS=spec["WARPS"],
+            LANES=spec["LANES"], WARPS=spec["WARPS"], NB=spec["NB"],
             num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
             enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
         )
