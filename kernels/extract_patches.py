@@ -103,11 +103,26 @@ def _clip(py, px, height, width):
 
 
 @triton.jit
+def _noise_word(dst, word, element, lo, PLANE: tl.constexpr, squares):
+    """One Philox word per block as noise (its top 24 bits) at dst[element], if element lies in [lo, lo + PLANE);
+    returns squares plus the float64 squares."""
+    value = (word >> 8).to(tl.float32) * (1.0 / 16777216.0) - 0.5
+    d = value.to(tl.float64)
+    if PLANE % 4 == 0:  # blocks never straddle a channel boundary
+        tl.store(dst + element, value)
+    else:
+        valid = (element >= lo) & (element < lo + PLANE)
+        tl.store(dst + element, value, mask=valid)
+        d = tl.where(valid, d, 0.0)
+    return squares + d * d
+
+
+@triton.jit
 def _noise_plane(dst, seed, n, c, PATCH: tl.constexpr, NB: tl.constexpr):
     """Noise channel c of patch n into dst[c * P * P:] (planar, so a value's index there is its noise element
-    c * P * P + y * P + x): word (element % 4) of Philox4x32-10 at counter (element // 4, patch), top 24 bits.
-    Each Philox evaluation serves its four consecutive elements (NB evaluations per trip). Returns the float64
-    partial sums of squares ([NB]; the channel's plain sum is not needed: noise is not centred)."""
+    c * P * P + y * P + x): word (element % 4) of Philox4x32-10 at counter (element // 4, patch). Each Philox
+    evaluation serves its four consecutive elements (NB evaluations per trip). Returns the float64 partial sums
+    of squares ([NB]; the channel's plain sum is not needed: noise is not centred)."""
     PLANE: tl.constexpr = PATCH * PATCH
     TRIPS: tl.constexpr = (PLANE // 4 + (0 if PLANE % 4 == 0 else 2) + NB - 1) // NB  # blocks touching a plane
     lo = c * PLANE
@@ -116,15 +131,11 @@ def _noise_plane(dst, seed, n, c, PATCH: tl.constexpr, NB: tl.constexpr):
     for j in tl.range(0, TRIPS, loop_unroll_factor=1):
         block = first_block + j * NB + tl.arange(0, NB)
         w0, w1, w2, w3 = tl.randint4x(seed, (n.to(tl.int64) << 32) | block.to(tl.int64))
-        # join adds a last axis: [.., k, l] holds (w0, w2)[k] for l = 0 and (w1, w3)[k] for l = 1, so the
-        # flattened order (k, l) is w0, w1, w2, w3: element 4 * block + word
-        words = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [4 * NB])
-        element = 4 * (first_block + j * NB) + tl.arange(0, 4 * NB)
-        valid = (element >= lo) & (element < lo + PLANE)
-        value = (words >> 8).to(tl.float32) * (1.0 / 16777216.0) - 0.5
-        tl.store(dst + element, value, mask=valid)
-        d = tl.where(valid, value.to(tl.float64), 0.0)
-        squares += tl.sum(tl.reshape(d * d, [NB, 4]), axis=1)
+        element = 4 * block
+        squares = _noise_word(dst, w0, element, lo, PLANE, squares)
+        squares = _noise_word(dst, w1, element + 1, lo, PLANE, squares)
+        squares = _noise_word(dst, w2, element + 2, lo, PLANE, squares)
+        squares = _noise_word(dst, w3, element + 3, lo, PLANE, squares)
     return squares
 
 
@@ -400,8 +411,8 @@ def extract_patches_kernel(
 
 # Tile shape, block, warps and register cap per path, chosen with benchmarks/gpu_static.py (sm_80/90).
 TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg)
-    (False, False): (16, 32, 2048, 8, 64), (False, True): (16, 32, 2048, 8, 64),
-    (True, False): (16, 32, 2048, 8, 64), (True, True): (16, 32, 2048, 8, 64),
+    (False, False): (16, 32, 1024, 4, None), (False, True): (16, 32, 1024, 4, None),
+    (True, False): (16, 32, 1024, 4, None), (True, True): (16, 32, 1024, 4, None),
 }
 NOISE_BLOCKS = 256  # Philox evaluations per trip of the noise loop (colour drop)
 PROGRAMS_PER_SM = 8  # the grid on a GPU: enough resident programs per SM to hide latency
