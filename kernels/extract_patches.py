@@ -103,12 +103,12 @@ def _clip(py, px, height, width):
 
 
 @triton.jit
-def _noise_word(dst, word, element, lo, PLANE: tl.constexpr, squares):
+def _noise_word(dst, word, element, lo, PLANE: tl.constexpr, EXACT: tl.constexpr, squares):
     """One Philox word per block as noise (its top 24 bits) at dst[element], if element lies in [lo, lo + PLANE);
     returns squares plus the float64 squares."""
     value = (word >> 8).to(tl.float32) * (1.0 / 16777216.0) - 0.5
     d = value.to(tl.float64)
-    if PLANE % 4 == 0:  # blocks never straddle a channel boundary
+    if EXACT:  # the trips' blocks cover the channel exactly
         tl.store(dst + element, value)
     else:
         valid = (element >= lo) & (element < lo + PLANE)
@@ -125,6 +125,7 @@ def _noise_plane(dst, seed, n, c, PATCH: tl.constexpr, NB: tl.constexpr):
     of squares ([NB]; the channel's plain sum is not needed: noise is not centred)."""
     PLANE: tl.constexpr = PATCH * PATCH
     TRIPS: tl.constexpr = (PLANE // 4 + (0 if PLANE % 4 == 0 else 2) + NB - 1) // NB  # blocks touching a plane
+    EXACT: tl.constexpr = (PLANE % 4 == 0) and ((PLANE // 4) % NB == 0)
     lo = c * PLANE
     first_block = lo >> 2
     squares = tl.zeros([NB], tl.float64)
@@ -132,10 +133,10 @@ def _noise_plane(dst, seed, n, c, PATCH: tl.constexpr, NB: tl.constexpr):
         block = first_block + j * NB + tl.arange(0, NB)
         w0, w1, w2, w3 = tl.randint4x(seed, (n.to(tl.int64) << 32) | block.to(tl.int64))
         element = 4 * block
-        squares = _noise_word(dst, w0, element, lo, PLANE, squares)
-        squares = _noise_word(dst, w1, element + 1, lo, PLANE, squares)
-        squares = _noise_word(dst, w2, element + 2, lo, PLANE, squares)
-        squares = _noise_word(dst, w3, element + 3, lo, PLANE, squares)
+        squares = _noise_word(dst, w0, element, lo, PLANE, EXACT, squares)
+        squares = _noise_word(dst, w1, element + 1, lo, PLANE, EXACT, squares)
+        squares = _noise_word(dst, w2, element + 2, lo, PLANE, EXACT, squares)
+        squares = _noise_word(dst, w3, element + 3, lo, PLANE, EXACT, squares)
     return squares
 
 
