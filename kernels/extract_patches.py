@@ -421,6 +421,7 @@ TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg)
 }
 NOISE_BLOCKS = 256  # Philox evaluations per trip of the noise loop (colour drop)
 PROGRAMS_PER_SM = 8  # the grid on a GPU: enough resident programs per SM to hide latency
+INTERPRETER_PROGRAMS = 4  # the grid in Triton's CPU interpreter (programs run one after another there)
 
 
 def scratch_sizes(patch: int) -> tuple[int, int]:
@@ -472,7 +473,7 @@ def grid_size(num_patches: int, device) -> int:
     if device.type == "cuda":
         cap = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
     else:
-        cap = 4
+        cap = INTERPRETER_PROGRAMS
     return max(1, min(num_patches, cap))
 
 
