@@ -351,8 +351,10 @@ def markdown(report: dict) -> str:
              f"{', dirty' if report['environment']['dirty'] else ''})", "",
              f"triton {report['environment']['triton']}, {report['environment']['nvcc']}. Compiler figures: regs, "
              "spill bytes, stack, shared memory, static SASS counts (ptxas/cuobjdump/nvdisasm). Derived (not measured): "
-             "occupancy (from per-SM limits); instructions per output element, a static estimate (every SASS "
-             "instruction issued once per loop trip by every warp, good to ~2x); the paper roofline from it. "
+             "occupancy (from per-SM limits); instructions per output element, a static estimate (each SASS loop body "
+             "issued once per trip by every warp, with the kernel's own trip counts, the rest once per patch; "
+             "see estimate()); the paper roofline from it (SASS issue vs HBM bytes only: the per-program scratch "
+             "traffic, L1/L2-resident by design, and the quarter-rate conversions are not in it). "
              "Nothing here ran on a GPU.", "",
              "| kernel | arch | threads | regs | spill B | stack B | smem B | occupancy (limit) | SASS | SASS local "
              "| instr/element (est) | roofline % (est) |",
@@ -400,10 +402,13 @@ def run_static(archs: list[int], full: bool, out: Path | None, cuda: bool = True
 def estimate(report: dict) -> None:
     """Instructions per output element and the paper roofline, per kernel and for the default mix.
 
-    Estimate (not a dynamic count): every static SASS instruction is issued once per loop trip (tile or pixel
-    chunk) by every warp. That overcounts one-off code and the path a patch does not take (single-path kernels:
-    the crop branch of the down path...), and undercounts loops inside the body (the 2-trip row loop of the Triton
-    down path), so read it to within ~2x."""
+    Estimate (not a dynamic count). Kernels that declare their loops (kernels/extract_patches.py: loop_trips):
+    each loop body's SASS is issued once per trip by every warp, with the kernel's trip counts (the down path's
+    averaged over the default plan's down sizes), and the rest once per patch; that overcounts one-off code, the
+    rarely taken slow paths of IEEE divisions and square roots, and loops LLVM partially unrolled (all
+    conservative); a loop unrolled away entirely fails the estimate rather than skew it. Older kernels: every
+    static SASS instruction once per loop trip, which overcounts one-off code and the path a patch does not take,
+    and undercounts loops inside the body, so read it to within ~2x."""
     for r in report["kernels"]:
         warps = r["threads_per_block"] // 32
         if r.get("warp_instr_per_patch_per_warp") is not None:
