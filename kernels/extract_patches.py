@@ -229,9 +229,9 @@ def _render(data, meta, plan, n, seed, itab, wtab, first, second,
     _store_table(itab, wtab, 0, top + lane, rows, resized_rows, PATCH, stride_y, LANES)
     _store_table(itab, wtab, 1, left + lane, cols, resized_cols, PATCH, stride_x, LANES)
     if DOWN:
-        _store_table(itab, wtab, 2, lane, PATCH, down, down, PATCH, LANES)  # crop rows/cols of each small one
+        _store_table(itab, wtab, 2, lane, PATCH, down, down, PATCH + 1, LANES)  # crop rows/cols of each small one
         _store_table(itab, wtab, 3, lane, PATCH, down, down, 1, LANES)
-        _store_table(itab, wtab, 4, lane, down, PATCH, PATCH, PATCH, LANES)  # small rows/cols of each output one
+        _store_table(itab, wtab, 4, lane, down, PATCH, PATCH, PATCH + 1, LANES)  # small rows/cols of each output one
         _store_table(itab, wtab, 5, lane, down, PATCH, PATCH, 1, LANES)
     tl.debug_barrier()
 
@@ -267,53 +267,75 @@ def _render(data, meta, plan, n, seed, itab, wtab, first, second,
                      _noise_plane(first, seed, n, (kept + 2) % 3, PATCH, NB))
     else:
         # Regions: the crop in `first`, the small image in `second`, its horizontal up-sampling (d x P) in
-        # `first` again (the crop is no longer needed), the patch in `second` (nor is the small image).
+        # `first` again (the crop is no longer needed), the patch in `second` (nor is the small image). The
+        # first three have row stride P + 1 and planes of (P + 1)^2, so that a tap's second position is always
+        # the next column (row): at an edge, where the spec repeats the first position with weight 0, this reads
+        # a neighbour instead, and 0 * (any finite value >= 0) adds the same +0. So the four reads share one
+        # address (constant offsets), and the neighbours past each image's edge must hold finite values: the
+        # crop's row and column P (zeroed here), the small image's column d (zeroed in 2b), the up-sampled
+        # rows' row d (a crop row, d < P).
         CHANNELS: tl.constexpr = 1 if COLOR == 1 else 3
+        STRIDE: tl.constexpr = PATCH + 1
+        SPLANE: tl.constexpr = STRIDE * STRIDE
+        edge = tl.arange(0, 2 * LANES)
+        for c in tl.static_range(CHANNELS):
+            tl.store(first + c * SPLANE + PATCH * STRIDE + edge, 0.0, mask=edge <= PATCH)  # row P
+            tl.store(first + c * SPLANE + edge * STRIDE + PATCH, 0.0, mask=edge < PATCH)  # column P
         # ---- phase 2a: the crop of the channels read from the image
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             py, px, valid = _clip(py, px, PATCH, PATCH)
             ry = _load_table(itab, wtab, 0, py, LANES)
             cx = _load_table(itab, wtab, 1, px, LANES)
-            where = first + py * PATCH + px
+            where = first + py * STRIDE + px
             for c in tl.static_range(CHANNELS):
-                tl.store(where + c * PLANE, _gather(image + c * stride_c, ry, cx), mask=valid)
+                tl.store(where + c * SPLANE, _gather(image + c * stride_c, ry, cx), mask=valid)
         tl.debug_barrier()
-        # ---- phase 2b: down-sampled to down x down (row stride PATCH), 4 reads of the crop per value
-        small_tiles = ((down + ROWS - 1) // ROWS) * ((down + COLS - 1) // COLS)
+        # ---- phase 2b: down-sampled to down x down, 4 reads of the crop per value from one address; each row
+        # also writes its column d as 0 (read by 2c with weight 0)
+        small_tiles = ((down + ROWS - 1) // ROWS) * ((down + COLS) // COLS)
         for t in tl.range(0, small_tiles, loop_unroll_factor=1):
-            sy, sx = _tile(t, down, ROWS, COLS)
-            sy, sx, valid = _clip(sy, sx, down, down)
-            ry = _load_table(itab, wtab, 2, sy, LANES)
-            cx = _load_table(itab, wtab, 3, sx, LANES)
-            where = second + sy * PATCH + sx
+            sy, sx = _tile(t, down + 1, ROWS, COLS)
+            sy, sx, valid = _clip(sy, sx, down, down + 1)
+            inside = sx < down
+            sx = tl.minimum(sx, down - 1)
+            y0, _, wy0, wy1 = _load_table(itab, wtab, 2, sy, LANES)
+            x0, _, wx0, wx1 = _load_table(itab, wtab, 3, sx, LANES)
+            at = (y0 + x0).to(tl.int32)
+            where = second + sy * STRIDE + tl.where(inside, sx, down)
             for c in tl.static_range(CHANNELS):
-                tl.store(where + c * PLANE, _gather(first + c * PLANE, ry, cx), mask=valid)
+                src = first + c * SPLANE + at
+                value = _blend(wy0, wy1, wx0, wx1, tl.load(src), tl.load(src + 1), tl.load(src + STRIDE),
+                               tl.load(src + STRIDE + 1))
+                tl.store(where + c * SPLANE, tl.where(inside, value, 0.0), mask=valid)
         tl.debug_barrier()
         # ---- phase 2c: up-sampling, horizontal half: down x P, each small row once
         wide_tiles = ((down + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
         for t in tl.range(0, wide_tiles, loop_unroll_factor=1):
             sy, px = _tile(t, PATCH, ROWS, COLS)
             sy, px, valid = _clip(sy, px, down, PATCH)
-            cx = _load_table(itab, wtab, 5, px, LANES)
-            line = sy * PATCH
+            x0, _, wx0, wx1 = _load_table(itab, wtab, 5, px, LANES)
+            at = (sy * STRIDE + x0).to(tl.int32)
             for c in tl.static_range(CHANNELS):
-                tl.store(first + c * PLANE + line + px, _horizontal(second + c * PLANE, line, cx), mask=valid)
+                src = second + c * SPLANE + at
+                tl.store(first + c * SPLANE + sy * STRIDE + px, wx0 * tl.load(src) + wx1 * tl.load(src + 1),
+                         mask=valid)
         tl.debug_barrier()
         # ---- phase 2d: up-sampling, vertical half, coloured, summed and staged
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             py, px, valid = _clip(py, px, PATCH, PATCH)
-            ry = _load_table(itab, wtab, 4, py, LANES)
+            y0, _, wy0, wy1 = _load_table(itab, wtab, 4, py, LANES)
+            src = first + (y0 + px).to(tl.int32)
             where = second + py * PATCH + px
             if COLOR == 1:
-                v0 = _vertical(first, ry, px)
+                v0 = wy0 * tl.load(src) + wy1 * tl.load(src + STRIDE)
                 acc = _sums1(acc, v0, valid, ROWS, COLS, WARPS, FULL)
                 tl.store(where + kept * PLANE, v0, mask=valid)
             else:
-                v0 = _vertical(first, ry, px)
-                v1 = _vertical(first + PLANE, ry, px)
-                v2 = _vertical(first + 2 * PLANE, ry, px)
+                v0 = wy0 * tl.load(src) + wy1 * tl.load(src + STRIDE)
+                v1 = wy0 * tl.load(src + SPLANE) + wy1 * tl.load(src + SPLANE + STRIDE)
+                v2 = wy0 * tl.load(src + 2 * SPLANE) + wy1 * tl.load(src + 2 * SPLANE + STRIDE)
                 if COLOR == 2:
                     v0, v1, v2 = _project(v0, v1, v2)
                 acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
@@ -350,9 +372,10 @@ def extract_patches_kernel(
     PLANE: tl.constexpr = PATCH * PATCH
     program = tl.program_id(0)
     programs = tl.num_programs(0)
-    wtab = scratch_f + program.to(tl.int64) * (TABLES * 2 * LANES + 6 * PLANE)
+    REGION: tl.constexpr = (3 * (PATCH + 1) * (PATCH + 1) + 31) // 32 * 32  # 128-byte aligned: vector access
+    wtab = scratch_f + program.to(tl.int64) * (TABLES * 2 * LANES + 2 * REGION)
     first = wtab + TABLES * 2 * LANES
-    second = first + 3 * PLANE
+    second = first + REGION
     staged = second if DOWN else first  # where phase 2 leaves the patch
     itab = scratch_i + program.to(tl.int64) * (TABLES * 2 * LANES)
     for n in range(program, num_patches, programs):  # a fixed grid walks the plan: scratch sized by the grid
@@ -427,7 +450,8 @@ INTERPRETER_PROGRAMS = 4  # the grid in Triton's CPU interpreter (programs run o
 def scratch_sizes(patch: int) -> tuple[int, int]:
     """float32 and int64 scratch elements per program."""
     lanes = triton.next_power_of_2(patch)
-    return TABLES.value * 2 * lanes + 6 * patch * patch, TABLES.value * 2 * lanes
+    region = (3 * (patch + 1) ** 2 + 31) // 32 * 32
+    return TABLES.value * 2 * lanes + 2 * region, TABLES.value * 2 * lanes
 
 
 def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
@@ -460,7 +484,7 @@ def loop_trips(spec: dict, down: int) -> list[int]:
         noise = [-(-(plane // 4 + (0 if plane % 4 == 0 else 2)) // spec["NB"])] * 2
     if not spec["DOWN"]:
         return [tiles, *noise, normalise]
-    return [tiles, -(-down // rows) * -(-down // cols), -(-down // rows) * -(-patch // cols), tiles, *noise,
+    return [tiles, -(-down // rows) * -(-(down + 1) // cols), -(-down // rows) * -(-patch // cols), tiles, *noise,
             normalise]
 
 
