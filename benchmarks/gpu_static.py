@@ -189,12 +189,14 @@ def bytes_per_patch(dtype_bytes: int, color: str) -> float:
     return read + 3 * PATCH * PATCH * dtype_bytes
 
 
-def roofline(instr_per_patch: float, nbytes: float) -> dict:
-    """Paper roofline at H100 clocks: patch time bound by issue (warp instructions, 4/clk/SM) vs by HBM."""
+def roofline(instr_per_patch: float, nbytes: float, extra_bytes: float = 0.0) -> dict:
+    """Paper roofline at H100 clocks: patch time bound by issue (warp instructions, 4/clk/SM) vs by HBM, as the
+    share of copy bandwidth the patch's own bytes get; extra_bytes (scratch traffic) take HBM time too."""
     t_issue = instr_per_patch / 32 / (H100["sms"] * H100["schedulers"] * H100["clock_hz"])
     t_mem = nbytes / H100["bandwidth"]
-    return {"bytes_per_patch": nbytes, "ns_issue_bound": t_issue * 1e9, "ns_memory_bound": t_mem * 1e9,
-            "percent_of_copy_bandwidth": 100.0 * t_mem / max(t_issue, t_mem)}
+    t_all = (nbytes + extra_bytes) / H100["bandwidth"]
+    return {"bytes_per_patch": nbytes, "extra_bytes_per_patch": extra_bytes, "ns_issue_bound": t_issue * 1e9,
+            "ns_memory_bound": t_all * 1e9, "percent_of_copy_bandwidth": 100.0 * t_mem / max(t_issue, t_all)}
 
 
 # ----------------------------------------------------------------------------------------------- Triton
@@ -282,7 +284,17 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
         trips = -(-PATCH // args["ROWS"]) * -(-PATCH // args["COLS"])
     else:
         trips = -(-PATCH * PATCH // args["BLOCK"])
+    scratch = None
+    if hasattr(k, "scratch_bytes"):  # bytes through the per-program scratch, averaged like the trips
+        if spec.down:
+            from relpos.config import PatchConfig
+            low, high = PatchConfig().downsample_area
+            sizes = [int((low + (high - low) * (i + 0.5) / 1000) ** 0.5) for i in range(1000)]
+            scratch = sum(k.scratch_bytes(args, d) for d in sizes) / len(sizes)
+        else:
+            scratch = k.scratch_bytes(args, 0)
     return {"kernel": spec.name, "arch": f"sm_{arch}", "threads_per_block": threads, "compile_s": round(seconds, 1),
+            "scratch_bytes_per_patch": scratch,
             "regs": usage["regs"], "stack": usage["stack"], "local": usage["local"],
             "spill_bytes": next(iter(ptxas_spills(log.stdout + log.stderr).values()), None),
             "shared": smem, "sass": counts["sass"], "sass_local": counts["local"], "sass_global": counts["global"],
@@ -368,11 +380,19 @@ def markdown(report: dict) -> str:
         lines += ["", f"Default mix ({DOWN_SHARE:.2f} of patches down-sampled), H100 paper roofline "
                   f"({H100['sms']} SMs x {H100['schedulers']} issue/clk at {H100['clock_hz'] / 1e9} GHz, "
                   f"{H100['bandwidth'] / 1e12} TB/s):", "",
-                  "| kernel | arch | instr/element (est) | ns/patch issue | ns/patch HBM | roofline % |", "|---|---|---|---|---|---|"]
+                  "Scratch: the per-program staging buffer of kernels/extract_patches.py, written and read back once per "
+                  "value; on chip (L1/L2) while the resident programs' regions fit, through HBM where they do not "
+                  "(8 programs per SM of ~240 KB each is ~250 MB, so expect much of it in HBM). The last column "
+                  "charges every scratch byte to HBM: the worst case.", "",
+                  "| kernel | arch | instr/element (est) | ns/patch issue | ns/patch HBM | roofline % | scratch KB/patch "
+                  "| roofline % if scratch in HBM |", "|---|---|---|---|---|---|---|---|"]
         for r in report["default_mix"]:
             f = r["roofline"]
+            worst = r.get("roofline_scratch_in_hbm")
             lines.append(f"| {r['kernel']} | {r['arch']} | {r['thread_instr_per_element_est']:.0f} | "
-                         f"{f['ns_issue_bound']:.1f} | {f['ns_memory_bound']:.1f} | {f['percent_of_copy_bandwidth']:.1f} |")
+                         f"{f['ns_issue_bound']:.1f} | {f['ns_memory_bound']:.1f} | {f['percent_of_copy_bandwidth']:.1f} | "
+                         + (f"{r['scratch_bytes_per_patch'] / 1000:.0f} | {worst['percent_of_copy_bandwidth']:.1f} |"
+                            if worst else "- | - |"))
     return "\n".join(lines) + "\n"
 
 
@@ -393,6 +413,10 @@ def run_static(archs: list[int], full: bool, out: Path | None, cuda: bool = True
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         stem = f"gpu-static-{report['environment']['date'][:10]}"
+        if (out / f"{stem}.json").exists():  # another commit's report of the same day stays: name this one by commit
+            previous = json.loads((out / f"{stem}.json").read_text())["environment"]["commit"]
+            if previous != report["environment"]["commit"]:
+                stem += f"-{report['environment']['commit'][:10]}"
         (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
         (out / f"{stem}.md").write_text(markdown(report))
         print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
@@ -418,6 +442,9 @@ def estimate(report: dict) -> None:
         r["thread_instr_per_element_est"] = r["warp_instr_per_patch_est"] * 32 / (3 * PATCH * PATCH)
         color = r["color"] if r["color"] in COLORS else "none"
         r["roofline"] = roofline(r["warp_instr_per_patch_est"] * 32, bytes_per_patch(DTYPES[r["dtype"]][1], color))
+        if r.get("scratch_bytes_per_patch") is not None:  # the worst case: every scratch byte through HBM
+            r["roofline_scratch_in_hbm"] = roofline(r["warp_instr_per_patch_est"] * 32, bytes_per_patch(
+                DTYPES[r["dtype"]][1], color), r["scratch_bytes_per_patch"])
     mixes = {}
     for r in report["kernels"]:
         if r["path"] in ("crop", "down"):
@@ -428,10 +455,14 @@ def estimate(report: dict) -> None:
             continue
         crop, down = paths["crop"], paths["down"]
         instr = (1 - DOWN_SHARE) * crop["warp_instr_per_patch_est"] + DOWN_SHARE * down["warp_instr_per_patch_est"]
-        report["default_mix"].append({
-            "kernel": name, "arch": arch, "warp_instr_per_patch_est": instr,
-            "thread_instr_per_element_est": instr * 32 / (3 * PATCH * PATCH),
-            "roofline": roofline(instr * 32, bytes_per_patch(DTYPES[crop["dtype"]][1], crop["color"]))})
+        nbytes = bytes_per_patch(DTYPES[crop["dtype"]][1], crop["color"])
+        row = {"kernel": name, "arch": arch, "warp_instr_per_patch_est": instr,
+               "thread_instr_per_element_est": instr * 32 / (3 * PATCH * PATCH), "roofline": roofline(instr * 32, nbytes)}
+        if crop.get("scratch_bytes_per_patch") is not None:
+            scratch = (1 - DOWN_SHARE) * crop["scratch_bytes_per_patch"] + DOWN_SHARE * down["scratch_bytes_per_patch"]
+            row["scratch_bytes_per_patch"] = scratch
+            row["roofline_scratch_in_hbm"] = roofline(instr * 32, nbytes, scratch)
+        report["default_mix"].append(row)
 
 
 def spilling(report: dict) -> list[str]:

@@ -437,7 +437,7 @@ def extract_patches_kernel(
 # One warp holds rows w, w + 4, ... of a tile. A tile of 8 x 32 (two pixels per thread) fits 64 registers with no
 # spills (50% theoretical occupancy); 16 x 32 takes ~6% fewer instructions per element but 72-90 registers
 # (31-44%), and spills under a cap of 64. Colour drop gathers one channel, so 16 x 32 fits under 64 uncapped.
-# Normalise blocks of 1024 pixels: smaller blocks let LLVM unroll the loop (gpu_static would then overcount it).
+# Normalise blocks of 1024 pixels: with 512 LLVM unrolls the NCHW loop 3 times (gpu_static would overcount it).
 TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg)
     (False, False): (8, 32, 1024, 4, 64), (False, True): (16, 32, 1024, 4, 64),
     (True, False): (8, 32, 1024, 4, 64), (True, True): (16, 32, 1024, 4, 64),
@@ -462,6 +462,8 @@ def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
     cols = min(cols, triton.next_power_of_2(patch))
     warps = min(num_warps, rows)
     rows = max(warps, min(rows, triton.next_power_of_2(patch)))
+    if down and stride_c == 1:  # channels-last down path: 1024 spills 48 B on sm_80 (the strided-store relayout)
+        block //= 2
     block = min(block, triton.next_power_of_2(patch * patch))
     nb = min(NOISE_BLOCKS, triton.next_power_of_2(-(-patch * patch // 4)))
     return {"num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
@@ -486,6 +488,18 @@ def loop_trips(spec: dict, down: int) -> list[int]:
         return [tiles, *noise, normalise]
     return [tiles, -(-down // rows) * -(-(down + 1) // cols), -(-down // rows) * -(-patch // cols), tiles, *noise,
             normalise]
+
+
+def scratch_bytes(spec: dict, down: int) -> int:
+    """Bytes of per-program scratch one patch of down size `down` (0: crop) writes and reads back (each value
+    once; the tap tables, ~3 KB, left out): L1/L2 traffic while the programs' regions fit there, HBM traffic where
+    they do not (benchmarks/gpu_static.py reports the roofline both ways)."""
+    patch, channels = spec["PATCH"], 1 if spec["COLOR"] == COLOR_DROP else 3
+    staged = 3 * patch * patch  # the patch before normalisation
+    if not spec["DOWN"]:
+        return 2 * 4 * staged
+    crop, small, wide = channels * patch * patch, channels * down * down, channels * down * patch
+    return 2 * 4 * (crop + small + wide + staged)
 
 
 SPLITS_DOWN = True  # crop and down-sampled patches are separate specialisations
