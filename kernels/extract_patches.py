@@ -1,22 +1,26 @@
 """Triton kernel of the fused pixel op: a program renders patches straight from the ragged uint8 images, in
-barrier-separated phases that share a small per-program scratch buffer in global memory (L1/L2-resident).
+barrier-separated phases that share a per-program scratch buffer in global memory (tap tables and staged images).
 
 Per patch:
-  1. taps: the bilinear tap tables (offset and weight per output row and column, for each resampling level)
-     computed once into scratch, not per pixel;
+  1. tap tables: source offset and weight of each output row and column, for each resampling level, computed
+     once (the integer and IEEE divisions of the taps are not repeated per pixel);
   2. crop patches: one pass renders the crop tile by tile from the tables (4 gathers per channel), accumulates
-     the float64 channel sums and stores the float32 patch into scratch;
-     down-sampled patches (DOWN): the crop goes to scratch, then the down x down image is computed once from it
-     (4 reads per value), then the P x P up-sampled patch from that (4 reads per value) with the sums: separable
-     stages instead of 64 nested taps per pixel;
-  3. normalise: the staged patch is read back (contiguous) and written centred and scaled in the output dtype.
-Colour drop renders only the kept channel; the noise channels are drawn once per Philox block of four values.
+     the float64 channel sums (within each thread: no shuffles or barriers per tile) and stages the float32
+     patch; down-sampled patches (DOWN): the crop is staged, then the down x down image is computed once from
+     it, then the up-sampling in separable halves (each small row blended horizontally once, then vertically),
+     with the sums: staged passes instead of 64 nested taps per pixel. The staged images have a guard row and
+     column so that a bilinear read's four values share one address (see the DOWN branch of _render);
+  3. colour drop renders only the kept channel; the two noise channels are drawn in their own loop, one Philox
+     evaluation per four values, straight into the staged planes;
+  4. normalise: the staged patch is read back (contiguous) and written centred and scaled in the output dtype.
 
 Every float is the one csrc/relpos_math.h computes, by the same IEEE operations in the same order (blend
-wy0 * (wx0 * a + wx1 * b) + wy1 * (...), no FMA contraction: the launch passes enable_fp_fusion=False), so the
-output is bit-identical to the C++ op; staging only avoids recomputing values. relpos/reference.py is the spec.
-Crop and down-sampled patches are separate specialisations (DOWN), so the longer down path does not set the
-register budget of the crop path. This file knows nothing of torch.library; relpos/triton_op.py registers it.
+wy0 * (wx0 * a + wx1 * b) + wy1 * (...), separable halves being exactly its two stages; no FMA contraction: the
+launch passes enable_fp_fusion=False), so the output is bit-identical to the C++ op; staging only avoids
+recomputing values. relpos/reference.py is the spec. Crop and down-sampled patches are separate
+specialisations (DOWN), each with its own tile and register budget. A fixed grid of programs walks the plan, so
+the scratch is sized by the grid (launch). This file knows nothing of torch.library; relpos/triton_op.py
+registers the op.
 """
 
 import triton
@@ -66,8 +70,9 @@ def _load_table(itab, wtab, table: tl.constexpr, index, LANES: tl.constexpr):
 
 @triton.jit
 def _gather(src, ry, cx):
-    """A bilinear read: row taps ry (offsets and weights, [R, 1]) and column taps cx ([1, C]) of the source
-    src (uint8 image or float32 scratch)."""
+    """A bilinear read of a uint8 image: row taps ry (byte offsets and weights, [R, 1]) and column taps cx
+    ([1, C]). (An image's second taps cannot be assumed to be the next row and column: at its last row and column
+    that would read past the image, and past the buffer for the last image.)"""
     y0, y1, wy0, wy1 = ry
     x0, x1, wx0, wx1 = cx
     v00 = tl.load(src + (y0 + x0)).to(tl.float32)
@@ -75,21 +80,6 @@ def _gather(src, ry, cx):
     v10 = tl.load(src + (y1 + x0)).to(tl.float32)
     v11 = tl.load(src + (y1 + x1)).to(tl.float32)
     return _blend(wy0, wy1, wx0, wx1, v00, v01, v10, v11)
-
-
-@triton.jit
-def _horizontal(src, row, cx):
-    """The horizontal half of a bilinear read of float32 scratch: wx0 * src[row, x0] + wx1 * src[row, x1]."""
-    x0, x1, wx0, wx1 = cx
-    return wx0 * tl.load(src + (row + x0)) + wx1 * tl.load(src + (row + x1))
-
-
-@triton.jit
-def _vertical(src, ry, col):
-    """The vertical half: wy0 * src[y0, col] + wy1 * src[y1, col], src holding horizontal halves. With
-    _horizontal, the same products and sums in the same order as _blend."""
-    y0, y1, wy0, wy1 = ry
-    return wy0 * tl.load(src + (y0 + col)) + wy1 * tl.load(src + (y1 + col))
 
 
 @triton.jit
