@@ -132,12 +132,13 @@ def _noise_plane(dst, seed, n, c, PATCH: tl.constexpr, NB: tl.constexpr):
 
 @triton.jit
 def _cast(value, dtype: tl.constexpr):
-    """float32 -> output dtype, rounding to nearest even. bfloat16 is rounded by hand: Triton's CPU
-    interpreter truncates float32 -> bfloat16 whatever rounding is asked for; after this the cast is exact."""
+    """float32 -> output dtype, rounding to nearest even. bfloat16 is rounded by hand (Triton's CPU interpreter
+    truncates float32 -> bfloat16 whatever rounding is asked for): the rounded top half of the bits is the
+    bfloat16, reinterpreted without a conversion."""
     if dtype == tl.bfloat16:
         bits = value.to(tl.uint32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-        value = bits.to(tl.float32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return value.to(dtype, fp_downcast_rounding="rtne")
 
 
