@@ -113,6 +113,62 @@ def sass_counts(cubin: Path) -> dict:
     return counts
 
 
+def sass_listing(cubin: Path) -> dict:
+    """Per function, its SASS in order: ("label", name) and ("instr", opcode, branch target or None), via nvdisasm."""
+    text = subprocess.run([tool("nvdisasm"), "-c", str(cubin)], check=True, capture_output=True, text=True).stdout
+    listing, name = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*\.section\s+\.text\.([^,\s]+)", line)
+        if m:
+            name = m.group(1)
+            listing[name] = []
+            continue
+        if name is None:
+            continue
+        m = re.match(r"(\.L_\w+):", line.strip())
+        if m:
+            listing[name].append(("label", m.group(1)))
+            continue
+        if re.match(r"\s*/\*[0-9a-f]{4,}\*/", line):
+            body = re.sub(r"^\s*/\*[0-9a-f]+\*/\s*(@!?U?P\w+\s+)?", "", line).split()
+            op = body[0] if body else ""
+            if op and not op.startswith("NOP"):
+                target = re.search(r"`\((\.L_\w+)\)", line) if op.startswith("BRA") else None
+                listing[name].append(("instr", op, target.group(1) if target else None))
+    return listing
+
+
+def loops(listing: list) -> list[tuple[int, int]]:
+    """Loops of a SASS listing as (first, last) instruction indices: a branch back to an earlier label."""
+    labels, found, index = {}, [], 0
+    for entry in listing:
+        if entry[0] == "label":
+            labels[entry[1]] = index
+        else:
+            if entry[2] is not None and entry[2] in labels and labels[entry[2]] < index:  # not the final self-branch
+                found.append((labels[entry[2]], index))
+            index += 1
+    return found
+
+
+def weighted_instructions(listing: list, trips: list[float]) -> float:
+    """Instructions one warp issues per patch: a kernel whose per-patch work lies in loops directly inside an
+    outer loop over patches (kernels/extract_patches.py). Each inner loop's body counts `trips` times (the
+    kernel's own per-loop trip counts, in program order), everything else once per patch (one-off code, the
+    rarely taken slow paths of divisions and the branch not taken all count in full)."""
+    found = sorted(loops(listing))
+    count = sum(1 for e in listing if e[0] == "instr")
+    outer = [l for l in found if any(o != l and l[0] <= o[0] and o[1] <= l[1] for o in found)]
+    inner = [l for l in found if l not in outer]
+    if len(outer) != 1 or len(inner) != len(trips):
+        raise RuntimeError(f"SASS loop structure {found} does not match the kernel's {len(trips)} per-patch loops "
+                           "(kernels/extract_patches.py: loop_trips)")
+    total = float(count)
+    for (first, last), n in zip(inner, trips):
+        total += (last - first + 1) * (n - 1)
+    return total
+
+
 def ptxas_spills(log: str) -> dict:
     """Spill bytes per function from `ptxas -v` output."""
     spills, name = {}, None
@@ -133,12 +189,14 @@ def bytes_per_patch(dtype_bytes: int, color: str) -> float:
     return read + 3 * PATCH * PATCH * dtype_bytes
 
 
-def roofline(instr_per_patch: float, nbytes: float) -> dict:
-    """Paper roofline at H100 clocks: patch time bound by issue (warp instructions, 4/clk/SM) vs by HBM."""
+def roofline(instr_per_patch: float, nbytes: float, extra_bytes: float = 0.0) -> dict:
+    """Paper roofline at H100 clocks: patch time bound by issue (warp instructions, 4/clk/SM) vs by HBM, as the
+    share of copy bandwidth the patch's own bytes get; extra_bytes (scratch traffic) take HBM time too."""
     t_issue = instr_per_patch / 32 / (H100["sms"] * H100["schedulers"] * H100["clock_hz"])
     t_mem = nbytes / H100["bandwidth"]
-    return {"bytes_per_patch": nbytes, "ns_issue_bound": t_issue * 1e9, "ns_memory_bound": t_mem * 1e9,
-            "percent_of_copy_bandwidth": 100.0 * t_mem / max(t_issue, t_mem)}
+    t_all = (nbytes + extra_bytes) / H100["bandwidth"]
+    return {"bytes_per_patch": nbytes, "extra_bytes_per_patch": extra_bytes, "ns_issue_bound": t_issue * 1e9,
+            "ns_memory_bound": t_all * 1e9, "percent_of_copy_bandwidth": 100.0 * t_mem / max(t_issue, t_all)}
 
 
 # ----------------------------------------------------------------------------------------------- Triton
@@ -163,6 +221,17 @@ def triton_specs(full: bool) -> list[TritonSpec]:
     return [TritonSpec(c, t, cl, d) for c in COLORS for t in DTYPES for cl in (False, True) for d in downs]
 
 
+def expected_trips(k, args: dict) -> list[float]:
+    """The kernel's per-loop trip counts, averaged over the default plan's down sizes (floor(sqrt(area)), area
+    uniform in PatchConfig.downsample_area) for the down path."""
+    if not args["DOWN"]:
+        return k.loop_trips(args, 0)
+    from relpos.config import PatchConfig
+    low, high = PatchConfig().downsample_area
+    samples = [k.loop_trips(args, int((low + (high - low) * (i + 0.5) / 1000) ** 0.5)) for i in range(1000)]
+    return [sum(column) / len(samples) for column in zip(*samples)]
+
+
 def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -173,7 +242,8 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
     args = k.specialisation(COLORS[spec.color], PATCH, strides, spec.down)
     fn = k.extract_patches_kernel
     signature, constexprs, attrs = {}, {}, {}
-    pointer_types = {"data": "*u8", "meta": "*i64", "plan": "*i32", "out": "*" + DTYPES[spec.dtype][0]}
+    pointer_types = {"data": "*u8", "meta": "*i64", "plan": "*i32", "out": "*" + DTYPES[spec.dtype][0],
+                     "scratch_f": "*fp32", "scratch_i": "*i64"}
     for i, name in enumerate(fn.arg_names):
         value = args.get(name)
         if name in pointer_types:
@@ -202,18 +272,35 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
                          capture_output=True, text=True)
     usage = next(iter(resource_usage(cubin).values()))
     counts = next(iter(sass_counts(cubin).values()))
+    per_patch = None
+    if hasattr(k, "loop_trips"):  # phases in loops: weight each loop body by its own trip count
+        listing = next(iter(sass_listing(cubin).values()))
+        per_patch = weighted_instructions(listing, expected_trips(k, args))
     threads = 32 * compiled.metadata.num_warps
     smem = compiled.metadata.shared
-    if "ROWS" in args:  # tiles of ROWS x COLS pixels, each loop body run once per tile per pass
+    if "BLOCK" in args:  # loop-weighted below
+        trips = None
+    elif "ROWS" in args:  # tiles of ROWS x COLS pixels, each loop body run once per tile per pass
         trips = -(-PATCH // args["ROWS"]) * -(-PATCH // args["COLS"])
     else:
         trips = -(-PATCH * PATCH // args["BLOCK"])
+    scratch = None
+    if hasattr(k, "scratch_bytes"):  # bytes through the per-program scratch, averaged like the trips
+        if spec.down:
+            from relpos.config import PatchConfig
+            low, high = PatchConfig().downsample_area
+            sizes = [int((low + (high - low) * (i + 0.5) / 1000) ** 0.5) for i in range(1000)]
+            scratch = sum(k.scratch_bytes(args, d) for d in sizes) / len(sizes)
+        else:
+            scratch = k.scratch_bytes(args, 0)
     return {"kernel": spec.name, "arch": f"sm_{arch}", "threads_per_block": threads, "compile_s": round(seconds, 1),
+            "scratch_bytes_per_patch": scratch,
             "regs": usage["regs"], "stack": usage["stack"], "local": usage["local"],
             "spill_bytes": next(iter(ptxas_spills(log.stdout + log.stderr).values()), None),
             "shared": smem, "sass": counts["sass"], "sass_local": counts["local"], "sass_global": counts["global"],
             **occupancy(arch, usage["regs"], smem, threads), "dtype": spec.dtype, "color": spec.color,
             "path": {None: "both", False: "crop", True: "down"}[spec.down], "trips": trips,
+            "warp_instr_per_patch_per_warp": per_patch,
             "layout": "nhwc" if spec.channels_last else "nchw"}
 
 
@@ -392,8 +479,10 @@ def markdown(report: dict) -> str:
              f"{', dirty' if report['environment']['dirty'] else ''})", "",
              f"triton {report['environment']['triton']}, {report['environment']['nvcc']}. Compiler figures: regs, "
              "spill bytes, stack, shared memory, static SASS counts (ptxas/cuobjdump/nvdisasm). Derived (not measured): "
-             "occupancy (from per-SM limits); instructions per output element, a static estimate (every SASS "
-             "instruction issued once per loop trip by every warp, good to ~2x); the paper roofline from it. "
+             "occupancy (from per-SM limits); instructions per output element, a static estimate. Triton rows: each "
+             "SASS loop body issued once per trip by every warp, with the kernel's own trip counts, the rest once per "
+             "patch (see estimate()); the paper roofline from it (SASS issue vs HBM bytes only: the per-program "
+             "scratch traffic, L1/L2-resident by design, and the quarter-rate conversions are not in it). "
              "Staged CUDA kernel (cuda-COLOUR-...-crop/down rows): shared memory includes the dynamic layout at P = 96 "
              "and the arch's opt-in limit; instructions per element weight every SASS instruction by the execution "
              "count of its source line when the same phases run on the CPU harness (benchmarks/cuda_line_counts.py, "
@@ -411,11 +500,19 @@ def markdown(report: dict) -> str:
         lines += ["", f"Default mix ({DOWN_SHARE:.2f} of patches down-sampled), H100 paper roofline "
                   f"({H100['sms']} SMs x {H100['schedulers']} issue/clk at {H100['clock_hz'] / 1e9} GHz, "
                   f"{H100['bandwidth'] / 1e12} TB/s):", "",
-                  "| kernel | arch | instr/element (est) | ns/patch issue | ns/patch HBM | roofline % |", "|---|---|---|---|---|---|"]
+                  "Scratch: the per-program staging buffer of kernels/extract_patches.py, written and read back once per "
+                  "value; on chip (L1/L2) while the resident programs' regions fit, through HBM where they do not "
+                  "(8 programs per SM of ~240 KB each is ~250 MB, so expect much of it in HBM). The last column "
+                  "charges every scratch byte to HBM: the worst case.", "",
+                  "| kernel | arch | instr/element (est) | ns/patch issue | ns/patch HBM | roofline % | scratch KB/patch "
+                  "| roofline % if scratch in HBM |", "|---|---|---|---|---|---|---|---|"]
         for r in report["default_mix"]:
             f = r["roofline"]
+            worst = r.get("roofline_scratch_in_hbm")
             lines.append(f"| {r['kernel']} | {r['arch']} | {r['thread_instr_per_element_est']:.0f} | "
-                         f"{f['ns_issue_bound']:.1f} | {f['ns_memory_bound']:.1f} | {f['percent_of_copy_bandwidth']:.1f} |")
+                         f"{f['ns_issue_bound']:.1f} | {f['ns_memory_bound']:.1f} | {f['percent_of_copy_bandwidth']:.1f} | "
+                         + (f"{r['scratch_bytes_per_patch'] / 1000:.0f} | {worst['percent_of_copy_bandwidth']:.1f} |"
+                            if worst else "- | - |"))
     return "\n".join(lines) + "\n"
 
 
@@ -442,6 +539,10 @@ def run_static(archs: list[int], full: bool, out: Path | None, cuda: bool = True
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         stem = f"gpu-static-{'' if triton else 'cuda-'}{report['environment']['date'][:10]}"
+        if (out / f"{stem}.json").exists():  # another commit's report of the same day stays: name this one by commit
+            previous = json.loads((out / f"{stem}.json").read_text())["environment"]["commit"]
+            if previous != report["environment"]["commit"]:
+                stem += f"-{report['environment']['commit'][:10]}"
         (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
         (out / f"{stem}.md").write_text(markdown(report))
         print(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
@@ -451,10 +552,13 @@ def run_static(archs: list[int], full: bool, out: Path | None, cuda: bool = True
 def estimate(report: dict) -> None:
     """Instructions per output element and the paper roofline, per kernel and for the default mix.
 
-    Estimate (not a dynamic count): every static SASS instruction is issued once per loop trip (tile or pixel
-    chunk) by every warp. That overcounts one-off code and the path a patch does not take (single-path kernels:
-    the crop branch of the down path...), and undercounts loops inside the body (the 2-trip row loop of the Triton
-    down path), so read it to within ~2x."""
+    Estimate (not a dynamic count). Kernels that declare their loops (kernels/extract_patches.py: loop_trips):
+    each loop body's SASS is issued once per trip by every warp, with the kernel's trip counts (the down path's
+    averaged over the default plan's down sizes), and the rest once per patch; that overcounts one-off code, the
+    rarely taken slow paths of IEEE divisions and square roots, and loops LLVM partially unrolled (all
+    conservative); a loop unrolled away entirely fails the estimate rather than skew it. Older kernels: every
+    static SASS instruction once per loop trip, which overcounts one-off code and the path a patch does not take,
+    and undercounts loops inside the body, so read it to within ~2x."""
     for r in report["kernels"]:
         color = r["color"] if r["color"] in COLORS else "none"
         if r.get("instr_method"):  # the staged CUDA kernel: weighted by line counts (compile_cuda)
@@ -462,9 +566,15 @@ def estimate(report: dict) -> None:
                                      bytes_per_patch(DTYPES[r["dtype"]][1], color))
             continue
         warps = r["threads_per_block"] // 32
-        r["warp_instr_per_patch_est"] = r["sass"] * r["trips"] * warps
+        if r.get("warp_instr_per_patch_per_warp") is not None:
+            r["warp_instr_per_patch_est"] = r["warp_instr_per_patch_per_warp"] * warps
+        else:
+            r["warp_instr_per_patch_est"] = r["sass"] * r["trips"] * warps
         r["thread_instr_per_element_est"] = r["warp_instr_per_patch_est"] * 32 / (3 * PATCH * PATCH)
         r["roofline"] = roofline(r["warp_instr_per_patch_est"] * 32, bytes_per_patch(DTYPES[r["dtype"]][1], color))
+        if r.get("scratch_bytes_per_patch") is not None:  # the worst case: every scratch byte through HBM
+            r["roofline_scratch_in_hbm"] = roofline(r["warp_instr_per_patch_est"] * 32, bytes_per_patch(
+                DTYPES[r["dtype"]][1], color), r["scratch_bytes_per_patch"])
     mixes = {}
     for r in report["kernels"]:
         if r["path"] in ("crop", "down"):
@@ -475,10 +585,14 @@ def estimate(report: dict) -> None:
             continue
         crop, down = paths["crop"], paths["down"]
         instr = (1 - DOWN_SHARE) * crop["warp_instr_per_patch_est"] + DOWN_SHARE * down["warp_instr_per_patch_est"]
-        report["default_mix"].append({
-            "kernel": name, "arch": arch, "warp_instr_per_patch_est": instr,
-            "thread_instr_per_element_est": instr * 32 / (3 * PATCH * PATCH),
-            "roofline": roofline(instr * 32, bytes_per_patch(DTYPES[crop["dtype"]][1], crop["color"]))})
+        nbytes = bytes_per_patch(DTYPES[crop["dtype"]][1], crop["color"])
+        row = {"kernel": name, "arch": arch, "warp_instr_per_patch_est": instr,
+               "thread_instr_per_element_est": instr * 32 / (3 * PATCH * PATCH), "roofline": roofline(instr * 32, nbytes)}
+        if crop.get("scratch_bytes_per_patch") is not None:
+            scratch = (1 - DOWN_SHARE) * crop["scratch_bytes_per_patch"] + DOWN_SHARE * down["scratch_bytes_per_patch"]
+            row["scratch_bytes_per_patch"] = scratch
+            row["roofline_scratch_in_hbm"] = roofline(instr * 32, nbytes, scratch)
+        report["default_mix"].append(row)
 
 
 def spilling(report: dict) -> list[str]:

@@ -1,6 +1,7 @@
 """The arithmetic and parsing of benchmarks/gpu_static.py (the compiles themselves run in CI via --ci)."""
 
 import gpu_static
+import pytest
 
 
 def test_occupancy_from_registers_shared_memory_and_threads():
@@ -48,3 +49,26 @@ def test_line_count_estimate_reads_sass_loops_and_weights_lines(tmp_path):
     per_element = clc.instructions_per_element(sass, "k", counts, patches=1, patch=2, threads=32)
     # set-up once per entry (10), body and helper per iteration (100 each), the branch per test (110)
     assert per_element == (10 + 100 + 100 + 110) / (3 * 2 * 2)
+
+
+def _listing(text):
+    """A SASS listing from a compact description: 'L:name' a label, 'OP' an instruction, 'BRA:name' a branch."""
+    out = []
+    for word in text.split():
+        if word.startswith("L:"):
+            out.append(("label", word[2:]))
+        elif word.startswith("BRA:"):
+            out.append(("instr", "BRA", word[4:]))
+        else:
+            out.append(("instr", word, None))
+    return out
+
+
+def test_loop_bodies_are_weighted_by_their_own_trip_counts():
+    # patch loop (a) holding two phase loops (b: 3 instructions, c: 2), then the exit's self-branch
+    listing = _listing("S L:a X L:b Y Y BRA:b Z L:c W BRA:c BRA:a EXIT L:e BRA:e")
+    assert gpu_static.loops(listing) == [(2, 4), (6, 7), (1, 8)]
+    # 11 instructions in all; b runs 10 times (9 extra trips of 3), c 5 times (4 extra of 2)
+    assert gpu_static.weighted_instructions(listing, [10, 5]) == 11 + 9 * 3 + 4 * 2
+    with pytest.raises(RuntimeError, match="does not match"):  # a loop LLVM unrolled away is not silently lost
+        gpu_static.weighted_instructions(listing, [10, 5, 7])

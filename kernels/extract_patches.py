@@ -1,19 +1,33 @@
-"""Triton kernel of the fused pixel op: one program renders one patch straight from the ragged uint8 images.
+"""Triton kernel of the fused pixel op: a program renders patches straight from the ragged uint8 images, in
+barrier-separated phases that share a per-program scratch buffer in global memory (tap tables and staged images).
 
-Crop and down-sampled patches are separate specialisations (DOWN), each with its own tile size, so the
-64-tap down/up path does not set the register budget of the 4-tap crop path. The patch is rendered in 2D tiles
-so that bilinear tap tables are computed per row and per column, once for all three channels. Pass 1 computes the patch's channel sums (float64, so the result does not depend on the reduction order);
-pass 2 recomputes each pixel and writes it normalised. Recomputing is cheaper than a round trip through
-memory: the gathers hit L1/L2, and the only HBM traffic is the images read once and the patches written
-once. The math follows csrc/relpos_math.h step for step (see relpos/reference.py for the spec).
+Per patch:
+  1. tap tables: source offset and weight of each output row and column, for each resampling level, computed
+     once (the integer and IEEE divisions of the taps are not repeated per pixel);
+  2. crop patches: one pass renders the crop tile by tile from the tables (4 gathers per channel), accumulates
+     the float64 channel sums (within each thread: no shuffles or barriers per tile) and stages the float32
+     patch; down-sampled patches (DOWN): the crop is staged, then the down x down image is computed once from
+     it, then the up-sampling in separable halves (each small row blended horizontally once, then vertically),
+     with the sums: staged passes instead of 64 nested taps per pixel. The staged images have a guard row and
+     column so that a bilinear read's four values share one address (see the DOWN branch of _render);
+  3. colour drop renders only the kept channel; the two noise channels are drawn in their own loop, one Philox
+     evaluation per four values, straight into the staged planes;
+  4. normalise: the staged patch is read back (contiguous) and written centred and scaled in the output dtype.
 
-This file knows nothing of torch.library; relpos/triton_op.py registers the launch as a torch op.
+Every float is the one csrc/relpos_math.h computes, by the same IEEE operations in the same order (blend
+wy0 * (wx0 * a + wx1 * b) + wy1 * (...), separable halves being exactly its two stages; no FMA contraction: the
+launch passes enable_fp_fusion=False), so the output is bit-identical to the C++ op; staging only avoids
+recomputing values. relpos/reference.py is the spec. Crop and down-sampled patches are separate
+specialisations (DOWN), each with its own tile and register budget. A fixed grid of programs walks the plan, so
+the scratch is sized by the grid (launch). This file knows nothing of torch.library; relpos/triton_op.py
+registers the op.
 """
 
 import triton
 import triton.language as tl
 
 COLOR_NONE, COLOR_DROP, COLOR_PROJECT = 0, 1, 2
+TABLES = tl.constexpr(6)  # tap tables per patch: crop rows, crop columns, down rows, down columns, up rows, up columns
 
 
 @triton.jit
@@ -36,95 +50,153 @@ def _blend(wy0, wy1, wx0, wx1, v00, v01, v10, v11):
 
 
 @triton.jit
-def _crop_axis(p, top, size, resized, stride):
-    """Source offsets and weights of crop row/column p at `top` of the virtually resized axis."""
-    i0, i1, w0, w1 = _taps(top + p, size, resized)
-    return i0 * stride, i1 * stride, w0, w1
+def _store_table(itab, wtab, table: tl.constexpr, dst, in_size, out_size, count, unit, LANES: tl.constexpr):
+    """Tap table `table` for outputs dst [LANES] (the first `count` are used): both source offsets (index times
+    `unit`, int64) and both weights."""
+    i0, i1, w0, w1 = _taps(dst, in_size, out_size)
+    used = tl.arange(0, LANES) < count
+    where = table * 2 * LANES + tl.arange(0, LANES)
+    tl.store(itab + where, i0.to(tl.int64) * unit, mask=used)
+    tl.store(itab + where + LANES, i1.to(tl.int64) * unit, mask=used)
+    tl.store(wtab + where, w0, mask=used)
+    tl.store(wtab + where + LANES, w1, mask=used)
 
 
 @triton.jit
-def _small_axis(s, top, size, resized, stride, down, PATCH: tl.constexpr):
-    """Row/column s of the crop downsampled to `down`: the two crop positions it blends, with their taps."""
-    b0, b1, wb0, wb1 = _taps(s, PATCH, down)
-    c00, c01, wc00, wc01 = _crop_axis(b0, top, size, resized, stride)
-    c10, c11, wc10, wc11 = _crop_axis(b1, top, size, resized, stride)
-    return wb0, wb1, c00, c01, wc00, wc01, c10, c11, wc10, wc11
+def _load_table(itab, wtab, table: tl.constexpr, index, LANES: tl.constexpr):
+    where = table * 2 * LANES + index
+    return tl.load(itab + where), tl.load(itab + where + LANES), tl.load(wtab + where), tl.load(wtab + where + LANES)
 
 
 @triton.jit
-def _crop_value(image, y0, y1, wy0, wy1, x0, x1, wx0, wx1):
-    """A bilinear source read; row taps are [R, 1], column taps [1, C], the value [R, C]."""
-    v00 = tl.load(image + y0 + x0).to(tl.float32)
-    v01 = tl.load(image + y0 + x1).to(tl.float32)
-    v10 = tl.load(image + y1 + x0).to(tl.float32)
-    v11 = tl.load(image + y1 + x1).to(tl.float32)
+def _gather(src, ry, cx):
+    """A bilinear read of a uint8 image: row taps ry (byte offsets and weights, [R, 1]) and column taps cx
+    ([1, C]). (An image's second taps cannot be assumed to be the next row and column: at its last row and column
+    that would read past the image, and past the buffer for the last image.)"""
+    y0, y1, wy0, wy1 = ry
+    x0, x1, wx0, wx1 = cx
+    v00 = tl.load(src + (y0 + x0)).to(tl.float32)
+    v01 = tl.load(src + (y0 + x1)).to(tl.float32)
+    v10 = tl.load(src + (y1 + x0)).to(tl.float32)
+    v11 = tl.load(src + (y1 + x1)).to(tl.float32)
     return _blend(wy0, wy1, wx0, wx1, v00, v01, v10, v11)
 
 
 @triton.jit
-def _small_value(image, ywb0, ywb1, yc00, yc01, ywc00, ywc01, yc10, yc11, ywc10, ywc11,
-                 xwb0, xwb1, xc00, xc01, xwc00, xwc01, xc10, xc11, xwc10, xwc11):
-    """A pixel of the downsampled crop, from its _small_axis taps."""
-    v00 = _crop_value(image, yc00, yc01, ywc00, ywc01, xc00, xc01, xwc00, xwc01)
-    v01 = _crop_value(image, yc00, yc01, ywc00, ywc01, xc10, xc11, xwc10, xwc11)
-    v10 = _crop_value(image, yc10, yc11, ywc10, ywc11, xc00, xc01, xwc00, xwc01)
-    v11 = _crop_value(image, yc10, yc11, ywc10, ywc11, xc10, xc11, xwc10, xwc11)
-    return _blend(ywb0, ywb1, xwb0, xwb1, v00, v01, v10, v11)
+def _clip(py, px, height, width):
+    """Tile lanes inside height x width: (rows, columns, mask)."""
+    valid = (py < height) & (px < width)
+    # every address stays in range; the lanes outside are masked at the stores and in the sums. (Clamping also
+    # hides the rows' contiguity from the compiler, which would otherwise re-lay the tile out for vector loads of
+    # the row taps at the cost of layout conversions.)
+    return tl.minimum(py, height - 1), tl.minimum(px, width - 1), valid
 
 
 @triton.jit
-def _channel(image, py, px, top, left, rows, cols, resized_rows, resized_cols, stride_y, stride_x, down,
-             PATCH: tl.constexpr, DOWN: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """One channel of a [R, C] tile (rows py [R, 1], columns px [1, C]) before colour handling: the crop, or
-    (DOWN) the crop down- and up-sampled again. Tap tables are per row and per column, not per pixel."""
-    if DOWN:
-        # value = way0 * h0 + way1 * h1 with h_i = wax0 * small(ay_i, ax0) + wax1 * small(ay_i, ax1), the blend
-        # order of _blend. A loop that is not unrolled over i keeps half of the 64 gathers and row taps live at a
-        # time; unrolled, the compiler hoists them all and spills.
-        ay0, ay1, way0, way1 = _taps(py, down, PATCH)
-        ax0, ax1, wax0, wax1 = _taps(px, down, PATCH)
-        x0 = _small_axis(ax0, left, cols, resized_cols, stride_x, down, PATCH)
-        x1 = _small_axis(ax1, left, cols, resized_cols, stride_x, down, PATCH)
-        h0 = tl.zeros([ROWS, COLS], tl.float32)
-        h1 = tl.zeros([ROWS, COLS], tl.float32)
-        for i in tl.range(0, 2, loop_unroll_factor=1):
-            y = _small_axis(tl.where(i == 0, ay0, ay1), top, rows, resized_rows, stride_y, down, PATCH)
-            h1 = wax0 * _small_value(image, *y, *x0) + wax1 * _small_value(image, *y, *x1)
-            h0 = tl.where(i == 0, h1, h0)
-        value = way0 * h0 + way1 * h1
+def _noise_word(dst, word, element, lo, PLANE: tl.constexpr, EXACT: tl.constexpr, squares):
+    """One Philox word per block as noise (its top 24 bits) at dst[element], if element lies in [lo, lo + PLANE);
+    returns squares plus the float64 squares."""
+    value = (word >> 8).to(tl.float32) * (1.0 / 16777216.0) - 0.5
+    d = value.to(tl.float64)
+    if EXACT:  # the trips' blocks cover the channel exactly
+        tl.store(dst + element, value)
     else:
-        y0, y1, wy0, wy1 = _crop_axis(py, top, rows, resized_rows, stride_y)
-        x0, x1, wx0, wx1 = _crop_axis(px, left, cols, resized_cols, stride_x)
-        value = _crop_value(image, y0, y1, wy0, wy1, x0, x1, wx0, wx1)
-    return value
+        valid = (element >= lo) & (element < lo + PLANE)
+        tl.store(dst + element, value, mask=valid)
+        d = tl.where(valid, d, 0.0)
+    return squares + d * d
 
 
 @triton.jit
-def _noise(seed, patch_index, element):
-    """Uniform noise in [-0.5, 0.5): word (element % 4) of Philox4x32-10 at counter (element // 4, patch),
-    top 24 bits."""
-    w0, w1, w2, w3 = tl.randint4x(seed, (patch_index.to(tl.int64) << 32) | (element >> 2).to(tl.int64))
-    k = element & 3
-    word = tl.where(k == 0, w0, tl.where(k == 1, w1, tl.where(k == 2, w2, w3)))
-    return (word >> 8).to(tl.float32) * (1.0 / 16777216.0) - 0.5
+def _noise_plane(dst, seed, n, c, PATCH: tl.constexpr, NB: tl.constexpr):
+    """Noise channel c of patch n into dst[c * P * P:] (planar, so a value's index there is its noise element
+    c * P * P + y * P + x): word (element % 4) of Philox4x32-10 at counter (element // 4, patch). Each Philox
+    evaluation serves its four consecutive elements (NB evaluations per trip). Returns the float64 partial sums
+    of squares ([NB]; the channel's plain sum is not needed: noise is not centred)."""
+    PLANE: tl.constexpr = PATCH * PATCH
+    TRIPS: tl.constexpr = (PLANE // 4 + (0 if PLANE % 4 == 0 else 2) + NB - 1) // NB  # blocks touching a plane
+    EXACT: tl.constexpr = (PLANE % 4 == 0) and ((PLANE // 4) % NB == 0)
+    lo = c * PLANE
+    first_block = lo >> 2
+    squares = tl.zeros([NB], tl.float64)
+    for j in tl.range(0, TRIPS, loop_unroll_factor=1):
+        block = first_block + j * NB + tl.arange(0, NB)
+        w0, w1, w2, w3 = tl.randint4x(seed, (n.to(tl.int64) << 32) | block.to(tl.int64))
+        element = 4 * block
+        squares = _noise_word(dst, w0, element, lo, PLANE, EXACT, squares)
+        squares = _noise_word(dst, w1, element + 1, lo, PLANE, EXACT, squares)
+        squares = _noise_word(dst, w2, element + 2, lo, PLANE, EXACT, squares)
+        squares = _noise_word(dst, w3, element + 3, lo, PLANE, EXACT, squares)
+    return squares
 
 
 @triton.jit
 def _cast(value, dtype: tl.constexpr):
-    """float32 -> output dtype, rounding to nearest even. bfloat16 is rounded by hand: Triton's CPU
-    interpreter truncates float32 -> bfloat16 whatever rounding is asked for; after this the cast is exact."""
+    """float32 -> output dtype, rounding to nearest even. bfloat16 is rounded by hand (Triton's CPU interpreter
+    truncates float32 -> bfloat16 whatever rounding is asked for): the rounded top half of the bits is the
+    bfloat16, reinterpreted without a conversion."""
     if dtype == tl.bfloat16:
         bits = value.to(tl.uint32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-        value = bits.to(tl.float32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+        return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return value.to(dtype, fp_downcast_rounding="rtne")
 
 
 @triton.jit
-def _pixels(data, meta, plan, n, seed, py, px, COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr,
-            ROWS: tl.constexpr, COLS: tl.constexpr):
-    """The three channels of the [R, C] tile at rows py [R, 1], columns px [1, C] of patch n, before
-    normalisation."""
+def _tile(t, extent_x, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Rows [R, 1] and columns [1, C] of tile t of a square of side extent_x, row-major tiles."""
+    tiles_x = (extent_x + COLS - 1) // COLS
+    ty = t // tiles_x
+    tx = t - ty * tiles_x
+    py = ty * ROWS + tl.arange(0, ROWS)[:, None]
+    px = tx * COLS + tl.arange(0, COLS)[None, :]
+    return py, px
+
+
+@triton.jit
+def _sums(acc, v0, v1, v2, valid, ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, FULL: tl.constexpr):
+    """Adds a tile's float64 channel sums and sums of squares to acc (six [WARPS, C] partial sums). A warp holds
+    rows r = WARPS * k + w of the tile, so summing over k stays within each thread: no shuffles, no barriers."""
+    s0, s1, s2, q0, q1, q2 = acc
+    d0 = v0.to(tl.float64)
+    d1 = v1.to(tl.float64)
+    d2 = v2.to(tl.float64)
+    if not FULL:
+        d0 = tl.where(valid, d0, 0.0)
+        d1 = tl.where(valid, d1, 0.0)
+        d2 = tl.where(valid, d2, 0.0)
+    d0 = tl.reshape(d0, [ROWS // WARPS, WARPS, COLS])
+    d1 = tl.reshape(d1, [ROWS // WARPS, WARPS, COLS])
+    d2 = tl.reshape(d2, [ROWS // WARPS, WARPS, COLS])
+    return (s0 + tl.sum(d0, axis=0), s1 + tl.sum(d1, axis=0), s2 + tl.sum(d2, axis=0),
+            q0 + tl.sum(d0 * d0, axis=0), q1 + tl.sum(d1 * d1, axis=0), q2 + tl.sum(d2 * d2, axis=0))
+
+
+@triton.jit
+def _sums1(acc, v, valid, ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, FULL: tl.constexpr):
+    """_sums for one channel (colour drop's kept channel), into acc's first sum and square."""
+    s0, s1, s2, q0, q1, q2 = acc
+    d = v.to(tl.float64)
+    if not FULL:
+        d = tl.where(valid, d, 0.0)
+    d = tl.reshape(d, [ROWS // WARPS, WARPS, COLS])
+    return s0 + tl.sum(d, axis=0), s1, s2, q0 + tl.sum(d * d, axis=0), q1, q2
+
+
+@triton.jit
+def _project(v0, v1, v2):
+    """Colour projection: the green-magenta axis (-1, 2, -1) / sqrt(6) removed from an RGB value."""
+    d = tl.math.div_rn(2.0 * v1 - v0 - v2, tl.full(v1.shape, 6.0, tl.float32))
+    return v0 + d, v1 - 2.0 * d, v2 + d
+
+
+@triton.jit
+def _render(data, meta, plan, n, seed, itab, wtab, first, second,
+            COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr, LANES: tl.constexpr,
+            ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, NB: tl.constexpr):
+    """Phases 1 and 2 for patch n: tap tables, then the patch (before normalisation) into the scratch region
+    `first` (crop) or `second` (DOWN), each [3, P, P] float32; returns the float64 partial sums and squares."""
+    PLANE: tl.constexpr = PATCH * PATCH
     row = plan + n * 7
     image_index = tl.load(row + 0).to(tl.int64)
     resized_rows = tl.load(row + 1)
@@ -139,24 +211,132 @@ def _pixels(data, meta, plan, n, seed, py, px, COLOR: tl.constexpr, PATCH: tl.co
     stride_c = tl.load(m + 3)
     stride_y = tl.load(m + 4)
     stride_x = tl.load(m + 5)
-    base = data + tl.load(m + 0)
-    geometry = (top, left, rows, cols, resized_rows, resized_cols, stride_y, stride_x, down)
+    image = data + tl.load(m + 0)
     if COLOR == 1:  # drop: only the kept channel is read from the image
-        value = _channel(base + kept.to(tl.int64) * stride_c, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
-        pix = py * PATCH + px
-        v0 = tl.where(kept == 0, value, _noise(seed, n, pix))
-        v1 = tl.where(kept == 1, value, _noise(seed, n, pix + PATCH * PATCH))
-        v2 = tl.where(kept == 2, value, _noise(seed, n, pix + 2 * PATCH * PATCH))
+        image = image + kept.to(tl.int64) * stride_c
+
+    # ---- phase 1: tap tables
+    lane = tl.arange(0, LANES)
+    _store_table(itab, wtab, 0, top + lane, rows, resized_rows, PATCH, stride_y, LANES)
+    _store_table(itab, wtab, 1, left + lane, cols, resized_cols, PATCH, stride_x, LANES)
+    if DOWN:
+        _store_table(itab, wtab, 2, lane, PATCH, down, down, PATCH + 1, LANES)  # crop rows/cols of each small one
+        _store_table(itab, wtab, 3, lane, PATCH, down, down, 1, LANES)
+        _store_table(itab, wtab, 4, lane, down, PATCH, PATCH, PATCH + 1, LANES)  # small rows/cols of each output one
+        _store_table(itab, wtab, 5, lane, down, PATCH, PATCH, 1, LANES)
+    tl.debug_barrier()
+
+    zero = tl.zeros([WARPS, COLS], tl.float64)
+    acc = (zero, zero, zero, zero, zero, zero)
+    noise = (tl.zeros([NB], tl.float64), tl.zeros([NB], tl.float64))  # colour drop: the noise channels' squares
+    FULL: tl.constexpr = (PATCH % ROWS == 0) and (PATCH % COLS == 0)
+    NUM_TILES: tl.constexpr = ((PATCH + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
+    if not DOWN:
+        # ---- phase 2 (crop): the crop, coloured, summed and staged in one pass
+        for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
+            py, px = _tile(t, PATCH, ROWS, COLS)
+            py, px, valid = _clip(py, px, PATCH, PATCH)
+            ry = _load_table(itab, wtab, 0, py, LANES)
+            cx = _load_table(itab, wtab, 1, px, LANES)
+            where = first + py * PATCH + px
+            if COLOR == 1:  # the kept channel only (acc's first pair); noise below
+                v0 = _gather(image, ry, cx)
+                acc = _sums1(acc, v0, valid, ROWS, COLS, WARPS, FULL)
+                tl.store(where + kept * PLANE, v0, mask=valid)
+            else:
+                v0 = _gather(image, ry, cx)
+                v1 = _gather(image + stride_c, ry, cx)
+                v2 = _gather(image + 2 * stride_c, ry, cx)
+                if COLOR == 2:
+                    v0, v1, v2 = _project(v0, v1, v2)
+                acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
+                tl.store(where, v0, mask=valid)
+                tl.store(where + PLANE, v1, mask=valid)
+                tl.store(where + 2 * PLANE, v2, mask=valid)
+        if COLOR == 1:
+            noise = (_noise_plane(first, seed, n, (kept + 1) % 3, PATCH, NB),
+                     _noise_plane(first, seed, n, (kept + 2) % 3, PATCH, NB))
     else:
-        v0 = _channel(base, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
-        v1 = _channel(base + stride_c, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
-        v2 = _channel(base + 2 * stride_c, py, px, *geometry, PATCH, DOWN, ROWS, COLS)
-        if COLOR == 2:  # project out the green-magenta axis
-            d = tl.math.div_rn(2.0 * v1 - v0 - v2, tl.full(v1.shape, 6.0, tl.float32))
-            v0 = v0 + d
-            v1 = v1 - 2.0 * d
-            v2 = v2 + d
-    return v0, v1, v2
+        # Regions: the crop in `first`, the small image in `second`, its horizontal up-sampling (d x P) in
+        # `first` again (the crop is no longer needed), the patch in `second` (nor is the small image). The
+        # first three have row stride P + 1 and planes of (P + 1)^2, so that a tap's second position is always
+        # the next column (row): at an edge, where the spec repeats the first position with weight 0, this reads
+        # a neighbour instead, and 0 * (any finite value >= 0) adds the same +0. So the four reads share one
+        # address (constant offsets), and the neighbours past each image's edge must hold finite values: the
+        # crop's row and column P (zeroed here), the small image's column d (zeroed in 2b), the up-sampled
+        # rows' row d (a crop row, d < P).
+        CHANNELS: tl.constexpr = 1 if COLOR == 1 else 3
+        STRIDE: tl.constexpr = PATCH + 1
+        SPLANE: tl.constexpr = STRIDE * STRIDE
+        edge = tl.arange(0, 2 * LANES)
+        for c in tl.static_range(CHANNELS):
+            tl.store(first + c * SPLANE + PATCH * STRIDE + edge, 0.0, mask=edge <= PATCH)  # row P
+            tl.store(first + c * SPLANE + edge * STRIDE + PATCH, 0.0, mask=edge < PATCH)  # column P
+        # ---- phase 2a: the crop of the channels read from the image
+        for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
+            py, px = _tile(t, PATCH, ROWS, COLS)
+            py, px, valid = _clip(py, px, PATCH, PATCH)
+            ry = _load_table(itab, wtab, 0, py, LANES)
+            cx = _load_table(itab, wtab, 1, px, LANES)
+            where = first + py * STRIDE + px
+            for c in tl.static_range(CHANNELS):
+                tl.store(where + c * SPLANE, _gather(image + c * stride_c, ry, cx), mask=valid)
+        tl.debug_barrier()
+        # ---- phase 2b: down-sampled to down x down, 4 reads of the crop per value from one address; each row
+        # also writes its column d as 0 (read by 2c with weight 0)
+        small_tiles = ((down + ROWS - 1) // ROWS) * ((down + COLS) // COLS)
+        for t in tl.range(0, small_tiles, loop_unroll_factor=1):
+            sy, sx = _tile(t, down + 1, ROWS, COLS)
+            sy, sx, valid = _clip(sy, sx, down, down + 1)
+            inside = sx < down
+            sx = tl.minimum(sx, down - 1)
+            y0, _, wy0, wy1 = _load_table(itab, wtab, 2, sy, LANES)
+            x0, _, wx0, wx1 = _load_table(itab, wtab, 3, sx, LANES)
+            at = (y0 + x0).to(tl.int32)
+            where = second + sy * STRIDE + tl.where(inside, sx, down)
+            for c in tl.static_range(CHANNELS):
+                src = first + c * SPLANE + at
+                value = _blend(wy0, wy1, wx0, wx1, tl.load(src), tl.load(src + 1), tl.load(src + STRIDE),
+                               tl.load(src + STRIDE + 1))
+                tl.store(where + c * SPLANE, tl.where(inside, value, 0.0), mask=valid)
+        tl.debug_barrier()
+        # ---- phase 2c: up-sampling, horizontal half: down x P, each small row once
+        wide_tiles = ((down + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
+        for t in tl.range(0, wide_tiles, loop_unroll_factor=1):
+            sy, px = _tile(t, PATCH, ROWS, COLS)
+            sy, px, valid = _clip(sy, px, down, PATCH)
+            x0, _, wx0, wx1 = _load_table(itab, wtab, 5, px, LANES)
+            at = (sy * STRIDE + x0).to(tl.int32)
+            for c in tl.static_range(CHANNELS):
+                src = second + c * SPLANE + at
+                tl.store(first + c * SPLANE + sy * STRIDE + px, wx0 * tl.load(src) + wx1 * tl.load(src + 1),
+                         mask=valid)
+        tl.debug_barrier()
+        # ---- phase 2d: up-sampling, vertical half, coloured, summed and staged
+        for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
+            py, px = _tile(t, PATCH, ROWS, COLS)
+            py, px, valid = _clip(py, px, PATCH, PATCH)
+            y0, _, wy0, wy1 = _load_table(itab, wtab, 4, py, LANES)
+            src = first + (y0 + px).to(tl.int32)
+            where = second + py * PATCH + px
+            if COLOR == 1:
+                v0 = wy0 * tl.load(src) + wy1 * tl.load(src + STRIDE)
+                acc = _sums1(acc, v0, valid, ROWS, COLS, WARPS, FULL)
+                tl.store(where + kept * PLANE, v0, mask=valid)
+            else:
+                v0 = wy0 * tl.load(src) + wy1 * tl.load(src + STRIDE)
+                v1 = wy0 * tl.load(src + SPLANE) + wy1 * tl.load(src + SPLANE + STRIDE)
+                v2 = wy0 * tl.load(src + 2 * SPLANE) + wy1 * tl.load(src + 2 * SPLANE + STRIDE)
+                if COLOR == 2:
+                    v0, v1, v2 = _project(v0, v1, v2)
+                acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
+                tl.store(where, v0, mask=valid)
+                tl.store(where + PLANE, v1, mask=valid)
+                tl.store(where + 2 * PLANE, v2, mask=valid)
+        if COLOR == 1:  # the small image (plane 0 of `second`) was consumed by phase 2c
+            noise = (_noise_plane(second, seed, n, (kept + 1) % 3, PATCH, NB),
+                     _noise_plane(second, seed, n, (kept + 2) % 3, PATCH, NB))
+    return acc, noise
 
 
 @triton.jit
@@ -165,116 +345,186 @@ def extract_patches_kernel(
     meta,  # int64 [B, 6]: offset, rows, cols, stride_c, stride_y, stride_x
     plan,  # int32 [N, 7]: image, resized rows, resized cols, top, left, kept channel, down size
     out,  # [N, 3, P, P] in any memory format, strides below
+    scratch_f,  # float32 [programs, SCRATCH_F]: tap weights, then the staged patch and the small image
+    scratch_i,  # int64 [programs, SCRATCH_I]: tap offsets
+    num_patches,
     seed,
     out_stride_n, out_stride_c, out_stride_y, out_stride_x,
     COLOR: tl.constexpr,
     PATCH: tl.constexpr,
     DOWN: tl.constexpr,  # this specialisation renders only the patches with (down > 0) == DOWN
-    ROWS: tl.constexpr,  # the patch is rendered in tiles of ROWS x COLS pixels
+    ROWS: tl.constexpr,  # phases 2 work in tiles of ROWS x COLS pixels
     COLS: tl.constexpr,
+    BLOCK: tl.constexpr,  # phase 3 works in blocks of BLOCK pixels
+    LANES: tl.constexpr,  # entries per tap table: the next power of two >= PATCH
+    WARPS: tl.constexpr,  # num_warps, which shapes the in-thread partial sums (ROWS is a multiple of it)
+    NB: tl.constexpr,  # colour drop: Philox blocks (of four values) per trip of the noise loop
 ):
-    n = tl.program_id(0)
-    if (tl.load(plan + n * 7 + 6) > 0) == DOWN:
-        PIXELS: tl.constexpr = PATCH * PATCH
-        lane_y = tl.arange(0, ROWS)[:, None]
-        lane_x = tl.arange(0, COLS)[None, :]
-        sum0 = tl.zeros([ROWS, COLS], tl.float64)
-        sum1 = tl.zeros([ROWS, COLS], tl.float64)
-        sum2 = tl.zeros([ROWS, COLS], tl.float64)
-        sq0 = tl.zeros([ROWS, COLS], tl.float64)
-        sq1 = tl.zeros([ROWS, COLS], tl.float64)
-        sq2 = tl.zeros([ROWS, COLS], tl.float64)
-        for y_start in range(0, PATCH, ROWS):
-            for x_start in range(0, PATCH, COLS):
-                py = y_start + lane_y
-                px = x_start + lane_x
-                valid = (py < PATCH) & (px < PATCH)
-                py = tl.minimum(py, PATCH - 1)  # keep every address in range; invalid lanes are masked below
-                px = tl.minimum(px, PATCH - 1)
-                v0, v1, v2 = _pixels(data, meta, plan, n, seed, py, px, COLOR, PATCH, DOWN, ROWS, COLS)
-                d0 = tl.where(valid, v0.to(tl.float64), 0.0)
-                d1 = tl.where(valid, v1.to(tl.float64), 0.0)
-                d2 = tl.where(valid, v2.to(tl.float64), 0.0)
-                sum0 += d0
-                sum1 += d1
-                sum2 += d2
-                sq0 += d0 * d0
-                sq1 += d1 * d1
-                sq2 += d2 * d2
-        s0 = tl.sum(tl.sum(sum0, axis=1), axis=0)
-        s1 = tl.sum(tl.sum(sum1, axis=1), axis=0)
-        s2 = tl.sum(tl.sum(sum2, axis=1), axis=0)
-        q0 = tl.sum(tl.sum(sq0, axis=1), axis=0)
-        q1 = tl.sum(tl.sum(sq1, axis=1), axis=0)
-        q2 = tl.sum(tl.sum(sq2, axis=1), axis=0)
-        kept = tl.load(plan + n * 7 + 5)
-        # Channels that carry image content are centred; noise channels (colour drop) are left as they are.
-        keep0 = (COLOR != 1) | (kept == 0)
-        keep1 = (COLOR != 1) | (kept == 1)
-        keep2 = (COLOR != 1) | (kept == 2)
-        m0 = s0 / PIXELS
-        m1 = s1 / PIXELS
-        m2 = s2 / PIXELS
-        total = (tl.where(keep0, q0 - s0 * m0, q0) + tl.where(keep1, q1 - s1 * m1, q1)
-                 + tl.where(keep2, q2 - s2 * m2, q2))
-        scale = (50.0 / tl.sqrt(total / (3 * PIXELS) + 1e-8)).to(tl.float32)
-        mean0 = tl.where(keep0, m0, 0.0).to(tl.float32)
-        mean1 = tl.where(keep1, m1, 0.0).to(tl.float32)
-        mean2 = tl.where(keep2, m2, 0.0).to(tl.float32)
-        base = out + n.to(tl.int64) * out_stride_n
-        for y_start in range(0, PATCH, ROWS):
-            for x_start in range(0, PATCH, COLS):
-                py = y_start + lane_y
-                px = x_start + lane_x
-                valid = (py < PATCH) & (px < PATCH)
-                py = tl.minimum(py, PATCH - 1)
-                px = tl.minimum(px, PATCH - 1)
-                v0, v1, v2 = _pixels(data, meta, plan, n, seed, py, px, COLOR, PATCH, DOWN, ROWS, COLS)
-                where = base + py * out_stride_y + px * out_stride_x
+    PLANE: tl.constexpr = PATCH * PATCH
+    program = tl.program_id(0)
+    programs = tl.num_programs(0)
+    REGION: tl.constexpr = (3 * (PATCH + 1) * (PATCH + 1) + 31) // 32 * 32  # 128-byte aligned: vector access
+    wtab = scratch_f + program.to(tl.int64) * (TABLES * 2 * LANES + 2 * REGION)
+    first = wtab + TABLES * 2 * LANES
+    second = first + REGION
+    staged = second if DOWN else first  # where phase 2 leaves the patch
+    itab = scratch_i + program.to(tl.int64) * (TABLES * 2 * LANES)
+    for n in range(program, num_patches, programs):  # a fixed grid walks the plan: scratch sized by the grid
+        n = n + 0 * program  # a tensor under the interpreter too, where range() yields Python ints
+        if (tl.load(plan + n * 7 + 6) > 0) == DOWN:
+            acc, noise = _render(data, meta, plan, n, seed, itab, wtab, first, second,
+                                 COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS, NB)
+            s0, s1, s2, q0, q1, q2 = acc
+            s0 = tl.sum(tl.sum(s0, axis=1), axis=0)
+            s1 = tl.sum(tl.sum(s1, axis=1), axis=0)
+            s2 = tl.sum(tl.sum(s2, axis=1), axis=0)
+            q0 = tl.sum(tl.sum(q0, axis=1), axis=0)
+            q1 = tl.sum(tl.sum(q1, axis=1), axis=0)
+            q2 = tl.sum(tl.sum(q2, axis=1), axis=0)
+            kept = tl.load(plan + n * 7 + 5)
+            if COLOR == 1:  # acc's first pair is the kept channel's; the others are noise, squares only
+                qa = tl.sum(noise[0], axis=0)
+                qb = tl.sum(noise[1], axis=0)
+                sk = s0
+                qk = q0
+                s0 = tl.where(kept == 0, sk, 0.0)
+                s1 = tl.where(kept == 1, sk, 0.0)
+                s2 = tl.where(kept == 2, sk, 0.0)
+                q0 = tl.where(kept == 0, qk, tl.where(kept == 2, qa, qb))  # channel 0 is (kept + 1) % 3 if kept == 2
+                q1 = tl.where(kept == 1, qk, tl.where(kept == 0, qa, qb))
+                q2 = tl.where(kept == 2, qk, tl.where(kept == 1, qa, qb))
+            # Channels that carry image content are centred; noise channels (colour drop) are left as they are.
+            keep0 = (COLOR != 1) | (kept == 0)
+            keep1 = (COLOR != 1) | (kept == 1)
+            keep2 = (COLOR != 1) | (kept == 2)
+            m0 = s0 / PLANE
+            m1 = s1 / PLANE
+            m2 = s2 / PLANE
+            total = (tl.where(keep0, q0 - s0 * m0, q0) + tl.where(keep1, q1 - s1 * m1, q1)
+                     + tl.where(keep2, q2 - s2 * m2, q2))
+            scale = (50.0 / tl.sqrt(total / (3 * PLANE) + 1e-8)).to(tl.float32)
+            mean0 = tl.where(keep0, m0, 0.0).to(tl.float32)
+            mean1 = tl.where(keep1, m1, 0.0).to(tl.float32)
+            mean2 = tl.where(keep2, m2, 0.0).to(tl.float32)
+            tl.debug_barrier()
+            # ---- phase 3: normalise the staged patch into the output
+            base = out + n.to(tl.int64) * out_stride_n
+            for start in tl.range(0, PLANE, BLOCK, loop_unroll_factor=1):
+                pix = start + tl.arange(0, BLOCK)
+                valid = pix < PLANE
+                y = pix // PATCH
+                x = pix - y * PATCH
+                where = base + y * out_stride_y + x * out_stride_x
+                v0 = tl.load(staged + pix, mask=valid)
+                v1 = tl.load(staged + PLANE + pix, mask=valid)
+                v2 = tl.load(staged + 2 * PLANE + pix, mask=valid)
                 tl.store(where, _cast((v0 - mean0) * scale, out.dtype.element_ty), mask=valid)
                 tl.store(where + out_stride_c, _cast((v1 - mean1) * scale, out.dtype.element_ty), mask=valid)
                 tl.store(where + 2 * out_stride_c, _cast((v2 - mean2) * scale, out.dtype.element_ty), mask=valid)
+            tl.debug_barrier()  # the next patch overwrites the scratch
 
 
-# Tile shape, warps and register cap per path, chosen with benchmarks/gpu_static.py (sm_80/90): one pixel per
-# thread; the crop path fits 64 registers without spilling (50% theoretical occupancy), the down path (64
-# gathers per channel) needs ~100 uncapped (25-31%) and spills under a cap of 80. With 8 warps ptxas capped
-# the down path at 128 registers on sm_80 and colour drop spilled; 4 warps lift that cap.
-# Colour drop's crop path (Philox noise) spills 16 B at 64 on sm_80, so it gets 72 (43.75%).
-TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, num_warps, maxnreg)
-    (False, False): (4, 32, 4, 64), (False, True): (4, 32, 4, 72),
-    (True, False): (4, 32, 4, None), (True, True): (4, 32, 4, None),
+# Tile shape, normalise block, warps and register cap per path, chosen with benchmarks/gpu_static.py (sm_80/90).
+# One warp holds rows w, w + 4, ... of a tile. A tile of 8 x 32 (two pixels per thread) fits 64 registers with no
+# spills (50% theoretical occupancy); 16 x 32 takes ~6% fewer instructions per element but 72-90 registers
+# (31-44%), and spills under a cap of 64. Colour drop gathers one channel, so 16 x 32 fits under 64 uncapped.
+# Normalise blocks of 1024 pixels: with 512 LLVM unrolls the NCHW loop 3 times (gpu_static would overcount it).
+TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg)
+    (False, False): (8, 32, 1024, 4, 64), (False, True): (16, 32, 1024, 4, 64),
+    (True, False): (8, 32, 1024, 4, 64), (True, True): (16, 32, 1024, 4, 64),
 }
+NOISE_BLOCKS = 256  # Philox evaluations per trip of the noise loop (colour drop)
+PROGRAMS_PER_SM = 8  # the grid on a GPU: enough resident programs per SM to hide latency
+INTERPRETER_PROGRAMS = 4  # the grid in Triton's CPU interpreter (programs run one after another there)
+
+
+def scratch_sizes(patch: int) -> tuple[int, int]:
+    """float32 and int64 scratch elements per program."""
+    lanes = triton.next_power_of_2(patch)
+    region = (3 * (patch + 1) ** 2 + 31) // 32 * 32
+    return TABLES.value * 2 * lanes + 2 * region, TABLES.value * 2 * lanes
 
 
 def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
     """The non-tensor arguments `launch` passes for one specialisation (also what benchmarks/gpu_static.py
     compiles ahead of time)."""
     stride_n, stride_c, stride_y, stride_x = out_strides
-    rows, cols, num_warps, maxnreg = TILES[down, color == COLOR_DROP]
+    rows, cols, block, num_warps, maxnreg = TILES[down, color == COLOR_DROP]
     cols = min(cols, triton.next_power_of_2(patch))
-    rows = min(rows, triton.next_power_of_2(patch))
-    return {"seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c, "out_stride_y": stride_y,
-            "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down, "ROWS": rows, "COLS": cols,
-            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS"), "__num_warps__": num_warps,
+    warps = min(num_warps, rows)
+    rows = max(warps, min(rows, triton.next_power_of_2(patch)))
+    if down and stride_c == 1:  # channels-last down path: 1024 spills 48 B on sm_80 (the strided-store relayout)
+        block //= 2
+    block = min(block, triton.next_power_of_2(patch * patch))
+    nb = min(NOISE_BLOCKS, triton.next_power_of_2(-(-patch * patch // 4)))
+    return {"num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
+            "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
+            "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
+            "NB": nb,
+            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS", "NB"), "__num_warps__": num_warps,
             "__maxnreg__": maxnreg}
+
+
+def loop_trips(spec: dict, down: int) -> list[int]:
+    """Trip counts of the kernel's per-patch loops in program order, for a patch of down size `down` (0: crop):
+    what benchmarks/gpu_static.py weights the SASS of each loop body by."""
+    patch, rows, cols = spec["PATCH"], spec["ROWS"], spec["COLS"]
+    tiles = -(-patch // rows) * -(-patch // cols)
+    normalise = -(-patch * patch // spec["BLOCK"])
+    noise = []
+    if spec["COLOR"] == COLOR_DROP:  # two noise channels, each its own loop
+        plane = patch * patch
+        noise = [-(-(plane // 4 + (0 if plane % 4 == 0 else 2)) // spec["NB"])] * 2
+    if not spec["DOWN"]:
+        return [tiles, *noise, normalise]
+    return [tiles, -(-down // rows) * -(-(down + 1) // cols), -(-down // rows) * -(-patch // cols), tiles, *noise,
+            normalise]
+
+
+def scratch_bytes(spec: dict, down: int) -> int:
+    """Bytes of per-program scratch one patch of down size `down` (0: crop) writes and reads back (each value
+    once; the tap tables, ~3 KB, left out): L1/L2 traffic while the programs' regions fit there, HBM traffic where
+    they do not (benchmarks/gpu_static.py reports the roofline both ways)."""
+    patch, channels = spec["PATCH"], 1 if spec["COLOR"] == COLOR_DROP else 3
+    staged = 3 * patch * patch  # the patch before normalisation
+    if not spec["DOWN"]:
+        return 2 * 4 * staged
+    crop, small, wide = channels * patch * patch, channels * down * down, channels * down * patch
+    return 2 * 4 * (crop + small + wide + staged)
 
 
 SPLITS_DOWN = True  # crop and down-sampled patches are separate specialisations
 
 
+def grid_size(num_patches: int, device) -> int:
+    """Programs to launch: on a GPU a fixed number per SM (each walks the plan), on the CPU interpreter a few."""
+    import torch
+    if device.type == "cuda":
+        cap = PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        cap = INTERPRETER_PROGRAMS
+    return max(1, min(num_patches, cap))
+
+
 def launch(data, meta, plan, out, seed: int, color: int, patch: int) -> None:
     """Launch on tensors already checked and on one device (`out` preallocated, any memory format).
 
-    Two launches over the whole plan, one per specialisation; each program returns at once for a patch of the
-    other kind. That costs N empty programs but needs no host sync to partition the plan."""
+    Two launches over the whole plan, one per specialisation; each program skips the patches of the other kind.
+    That needs no host sync to partition the plan. The scratch buffer is sized from the plan's shape alone."""
+    import torch
     num_patches = plan.shape[0]
     if num_patches == 0:
         return
+    programs = grid_size(num_patches, out.device)
+    size_f, size_i = scratch_sizes(patch)
+    scratch_f = torch.empty((programs, size_f), dtype=torch.float32, device=out.device)
+    scratch_i = torch.empty((programs, size_i), dtype=torch.int64, device=out.device)
     for down in (False, True):
         spec = specialisation(color, patch, out.stride(), down)
-        extract_patches_kernel[(num_patches,)](
-            data, meta, plan, out, seed, *out.stride(), COLOR=color, PATCH=patch, DOWN=down, ROWS=spec["ROWS"],
-            COLS=spec["COLS"], num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
+        extract_patches_kernel[(programs,)](
+            data, meta, plan, out, scratch_f, scratch_i, num_patches, seed, *out.stride(), COLOR=color,
+            PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
+            LANES=spec["LANES"], WARPS=spec["WARPS"], NB=spec["NB"],
+            num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
             enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
         )

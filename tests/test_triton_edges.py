@@ -60,3 +60,63 @@ def test_single_patch_plan(down, generator):
     image = _image(generator, 23, 19)
     for color in relpos.COLOR_MODES:
         _agree([image], _plan([[0, 23, 19, 3, 2, 1, down]], [[23, 19]], 12, 7), color, dtype=torch.bfloat16)
+
+
+# ---- what the staged kernel (per-program scratch, phases, a fixed grid walking the plan) makes fragile
+
+
+@pytest.mark.parametrize("color", relpos.COLOR_MODES)
+@pytest.mark.parametrize("down", [10, 95])
+def test_every_colour_at_both_ends_of_the_down_range(color, down, generator):
+    # both down-sampled patches of a program share its scratch: the second must not see the first's stale values
+    image = _image(generator, 150, 131)
+    rows = [[0, 150, 131, 150 - 96, 131 - 96, int(generator.seed()) % 3, down],
+            [0, 160, 140, 0, 0, 2, 105 - down]]
+    _agree([image], _plan(rows, [[150, 131]], 96, int(generator.seed()) % 2**62), color, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("color", relpos.COLOR_MODES)
+def test_crops_flush_with_every_edge_of_up_and_down_scaled_images(color, generator):
+    patch = 24
+    image = _image(generator, 41, 37)
+    rows = []
+    for rh, rw in [(41, 37), (patch, patch), (60, 90), (patch + 1, 200)]:  # unscaled, exact, up, mixed
+        for top, left in [(0, 0), (rh - patch, rw - patch), (0, rw - patch), (rh - patch, 0)]:
+            rows.append([0, rh, rw, top, left, len(rows) % 3, 0])
+    _agree([image], _plan(rows, [[41, 37]], patch, 99), color, channels_last=color == "drop")
+
+
+def _random_rows(generator, count, sizes, patch):
+    rows = []
+    for _ in range(count):
+        image = int(torch.randint(0, len(sizes), (), generator=generator))
+        h, w = sizes[image]
+        scale = 0.5 + 1.5 * float(torch.rand((), generator=generator))
+        rh, rw = max(patch, int(h * scale)), max(patch, int(w * scale))
+        top = int(torch.randint(0, rh - patch + 1, (), generator=generator))
+        left = int(torch.randint(0, rw - patch + 1, (), generator=generator))
+        down = int(torch.randint(1, patch, (), generator=generator)) if torch.rand((), generator=generator) < 0.4 else 0
+        rows.append([image, rh, rw, top, left, int(torch.randint(0, 3, (), generator=generator)), down])
+    return rows
+
+
+def test_a_plan_of_thousands_of_patches(generator):
+    # each of the few interpreter programs walks hundreds of patches, crop and down-sampled interleaved; colour
+    # drop (the kept channel in one plane, noise in the others) is the most stateful case (~1 min interpreted)
+    sizes = [(9, 11), (14, 8), (7, 7)]
+    images = [_image(generator, h, w) for h, w in sizes]
+    rows = _random_rows(generator, 2000, sizes, 6)
+    _agree(images, _plan(rows, sizes, 6, int(generator.seed()) % 2**62), "drop", channels_last=True)
+
+
+@pytest.mark.parametrize("programs", [1, 3, 64])
+def test_the_result_does_not_depend_on_the_grid(programs, generator, monkeypatch):
+    # the launcher sizes the scratch by the grid; one program walking the whole plan or one per patch agree
+    from relpos.kernels import extract_patches as kernel
+
+    monkeypatch.setattr(kernel, "INTERPRETER_PROGRAMS", programs)
+    sizes = [(30, 40), (25, 21)]
+    images = [_image(generator, h, w) for h, w in sizes]
+    rows = _random_rows(generator, 9, sizes, 12)
+    for color in relpos.COLOR_MODES:
+        _agree(images, _plan(rows, sizes, 12, 5), color)
