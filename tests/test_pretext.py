@@ -170,3 +170,12 @@ def test_a_version_2_relative_position_checkpoint_still_loads_and_resumes(photos
     assert isinstance(pretext_from_checkpoint(load_checkpoint(out / "checkpoint.pt")), RelativePosition)
     summary = train(dataclasses.replace(config, stop_after=-1, resume=True))
     assert summary["step"] == 3 and summary["task"] == "relpos"
+
+
+def test_show_draws_a_sheet_of_puzzles(tmp_path, capsys):
+    from relpos.cli import main
+
+    assert main(["show", "--task", "jigsaw", "--permutations", "10", "--puzzles", "2", "--out",
+                 str(tmp_path / "puzzles.png")]) == 0
+    assert "4 puzzles" in capsys.readouterr().out  # 4 puzzles per image (PatchConfig.grids_per_image)
+    assert (tmp_path / "puzzles.png").stat().st_size > 10_000 and (tmp_path / "puzzles_grids.png").exists()
