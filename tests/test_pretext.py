@@ -179,3 +179,15 @@ def test_show_draws_a_sheet_of_puzzles(tmp_path, capsys):
                  str(tmp_path / "puzzles.png")]) == 0
     assert "4 puzzles" in capsys.readouterr().out  # 4 puzzles per image (PatchConfig.grids_per_image)
     assert (tmp_path / "puzzles.png").stat().st_size > 10_000 and (tmp_path / "puzzles_grids.png").exists()
+
+
+def test_train_options_and_checks_come_from_one_place():
+    """Every TrainConfig field has its help; a choice or bound refused by `check` is the one the CLI offers."""
+    from relpos.train.config import TrainConfig
+
+    for field in dataclasses.fields(TrainConfig):
+        assert field.metadata["help"], field.name
+    for name, bad in (("task", "colorization"), ("color", "sepia"), ("backend", "tpu"), ("permutations", 1)):
+        with pytest.raises(ValueError, match=f"--{name}"):
+            TrainConfig(**{name: bad}).check()
+    assert {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume_may_change"]} >= {"workers", "out"}

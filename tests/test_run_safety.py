@@ -161,7 +161,8 @@ BAD_TRAIN_OPTIONS = [
     ("--holdout", "-0.1"), ("--eval-every", "0"), ("--checkpoint-every", "0"), ("--log-every", "-1"),
     ("--eval-plans", "0"), ("--patch", "0"), ("--patch", "100000"), ("--gap", "-1"), ("--jitter", "-5"),
     ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--max-nonfinite", "0"), ("--workers", "-1"),
-    ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"),
+    ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"), ("--permutations", "1"),
+    ("--permutations", "5000"), ("--task", "colorization"), ("--color", "sepia"),
 ]
 
 
