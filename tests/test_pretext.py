@@ -191,3 +191,14 @@ def test_train_options_and_checks_come_from_one_place():
         with pytest.raises(ValueError, match=f"--{name}"):
             TrainConfig(**{name: bad}).check()
     assert {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume_may_change"]} >= {"workers", "out"}
+
+
+def test_evaluation_and_bench_do_not_load_the_training_loop():
+    import subprocess
+    import sys
+
+    code = ("import sys, relpos.evaluation, relpos.bench; "
+            "print(sorted(m for m in sys.modules if m in ('relpos.train.loop', 'relpos.training')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
