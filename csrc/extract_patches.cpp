@@ -2,6 +2,8 @@
 // The CUDA implementation registers itself for the same schema in csrc/cuda/extract_patches_binding.cpp.
 #include "extract_patches.h"
 
+#include "plan_guard.h"
+
 #include <ATen/Parallel.h>
 #include <Python.h>
 #include <c10/util/BFloat16.h>
@@ -105,6 +107,26 @@ void check_out(const at::Tensor& out, const at::Tensor& plan) {
                     out.strides());
 }
 
+// [lowest, highest) byte addresses a tensor's elements can touch.
+static std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
+  const uintptr_t start = reinterpret_cast<uintptr_t>(t.data_ptr());
+  if (t.numel() == 0) return {start, start};
+  int64_t low = 0, high = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t reach = (t.size(d) - 1) * t.stride(d);
+    (reach < 0 ? low : high) += reach;
+  }
+  return {start + low * t.element_size(), start + (high + 1) * t.element_size()};
+}
+
+void check_out_disjoint(const at::Tensor& out, const at::Tensor& input, const char* name) {
+  if (out.device() != input.device()) return;  // separate memories
+  const auto [out_begin, out_end] = byte_span(out);
+  const auto [in_begin, in_end] = byte_span(input);
+  TORCH_CHECK_VALUE(out_end <= in_begin || in_end <= out_begin, "out shares memory with ", name,
+                    "; pass a separate output tensor");
+}
+
 at::Tensor empty_patches(int64_t num_patches, int64_t patch_size, at::ScalarType dtype, bool channels_last,
                          const at::Device& device) {
   return at::empty({num_patches, 3, patch_size, patch_size},
@@ -143,25 +165,6 @@ bool cpu_has_avx2() {
 #endif
 }
 
-// [lowest, highest) byte addresses a tensor's elements can touch.
-std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
-  const uintptr_t start = reinterpret_cast<uintptr_t>(t.data_ptr());
-  if (t.numel() == 0) return {start, start};
-  int64_t low = 0, high = 0;
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    const int64_t reach = (t.size(d) - 1) * t.stride(d);
-    (reach < 0 ? low : high) += reach;
-  }
-  return {start + low * t.element_size(), start + (high + 1) * t.element_size()};
-}
-
-void check_out_disjoint(const at::Tensor& out, const at::Tensor& input, const char* name) {
-  const auto [out_begin, out_end] = byte_span(out);
-  const auto [in_begin, in_end] = byte_span(input);
-  TORCH_CHECK_VALUE(out_end <= in_begin || in_end <= out_begin, "out shares memory with ", name,
-                    "; pass a separate output tensor");
-}
-
 // The out variant with the kernel copy chosen by `simd`: "auto" (AVX2 where the CPU has it), "avx2" or "scalar".
 // The public op uses "auto"; the internal op exposes the choice so tests can compare the two copies.
 void extract_patches_out_cpu_simd(const at::Tensor& data, const at::Tensor& meta, const at::Tensor& plan,
@@ -189,10 +192,11 @@ void extract_patches_out_cpu_simd(const at::Tensor& data, const at::Tensor& meta
   const int64_t* m = meta_copy.data_ptr<int64_t>();
   const int32_t* p = plan_copy.data_ptr<int32_t>();
   const int patch = static_cast<int>(out.size(2));
+  const int64_t size = data.numel();
 #if RELPOS_HAVE_AVX2_COPY
-  if (avx2) return avx2::run_kernel(bytes, m, p, plan.size(0), patch, static_cast<uint64_t>(seed), code, out, strides);
+  if (avx2) return avx2::run_kernel(bytes, size, m, p, plan.size(0), patch, static_cast<uint64_t>(seed), code, out, strides);
 #endif
-  scalar::run_kernel(bytes, m, p, plan.size(0), patch, static_cast<uint64_t>(seed), code, out, strides);
+  scalar::run_kernel(bytes, size, m, p, plan.size(0), patch, static_cast<uint64_t>(seed), code, out, strides);
 }
 
 void extract_patches_out_cpu(const at::Tensor& data, const at::Tensor& meta, const at::Tensor& plan, int64_t seed,
@@ -251,9 +255,15 @@ TORCH_LIBRARY(relpos, m) {
       "extract_patches_out_cpu_simd(Tensor data, Tensor meta, Tensor plan, int seed, str color, Tensor(a!) out, "
       "str simd) -> ()");
   m.def("build_info() -> str", &build_info);
+  // Device-side plan check (csrc/plan_guard.h): used by the CUDA binding on device-resident plans.
+  m.def("guard_plan(Tensor plan, int num_images, int patch_size) -> Tensor");
+  m.def("plan_error_flag(Device device) -> Tensor", &plan_error_flag);
 }
 
-TORCH_LIBRARY_IMPL(relpos, CompositeExplicitAutograd, m) { m.impl("extract_patches", &extract_patches); }
+TORCH_LIBRARY_IMPL(relpos, CompositeExplicitAutograd, m) {
+  m.impl("extract_patches", &extract_patches);
+  m.impl("guard_plan", &guard_plan);
+}
 
 TORCH_LIBRARY_IMPL(relpos, CPU, m) {
   m.impl("extract_patches_out", &extract_patches_out_cpu);

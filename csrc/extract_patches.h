@@ -18,6 +18,9 @@ void check_extract_args(const at::Tensor& data, const at::Tensor& meta, const at
 // Checks the preallocated output of the out variant: float type, [N, 3, P, P], dense.
 void check_out(const at::Tensor& out, const at::Tensor& plan);
 
+// Rejects an `out` whose bytes overlap `input` (named `name` in the message) on the same device.
+void check_out_disjoint(const at::Tensor& out, const at::Tensor& input, const char* name);
+
 at::Tensor empty_patches(int64_t num_patches, int64_t patch_size, at::ScalarType dtype, bool channels_last,
                          const at::Device& device);
 

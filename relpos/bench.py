@@ -10,19 +10,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
+import logging
 import os
 import platform
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import torch
 
 from . import backends, extract_patches, pack_images, sample_plan
 from .baselines import batched_torch, has_opencv, numpy_pil_pipeline, opencv_pipeline, per_sample_torch
+from .cli_types import bounded_float, bounded_int, device_text
+from .bench_cpu import DTYPES, cpu_op_detail, instructions_per_element
+from .checkpoint import atomic_write_bytes
 from .config import PatchConfig
+from .devices import resolve_device
+from .metrics import strict_json
+from .timing import time_median
+
+log = logging.getLogger("relpos.bench")
 
 
 def environment(device: torch.device) -> dict:
@@ -50,32 +57,6 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "commit": commit,
     }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_median(fn, inputs: list, device: torch.device, rounds: int) -> float:
-    """Median seconds of fn(input) over `rounds` runs, rotating through `inputs`; one warm-up run first."""
-    fn(inputs[0])
-    _sync(device)
-    times = []
-    for r in range(rounds):
-        item = inputs[(r + 1) % len(inputs)]
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(item)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
-        else:
-            begin = time.perf_counter()
-            fn(item)
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
 
 
 def make_inputs(sets: int, images_per_set: int, config: PatchConfig, device: torch.device, seed: int,
@@ -257,6 +238,14 @@ def bench_train_step(config: PatchConfig, device: torch.device, steps: int, widt
             "data_path_share": max(0.0, 1.0 - without / with_data)}
 
 
+def _compare_with_baselines(cpu_op: dict, data_step: dict) -> None:
+    """Speed-up of the CPU op (out=, N threads) over each baseline row of the same run (same inputs)."""
+    threads = cpu_op["threads"]
+    for row in cpu_op["rows"].values():
+        row["speedup_over"] = {name: row[f"{threads}_thread_patches_per_s"] / base["patches_per_s"]
+                               for name, base in data_step["rows"].items() if name.startswith("baseline")}
+
+
 def format_report(report: dict) -> str:
     lines = [f"device: {report['environment']['device']} ({report['environment']['device_type']}), "
              f"torch {report['environment']['torch']}, commit {str(report['environment']['commit'])[:10]}"]
@@ -269,6 +258,17 @@ def format_report(report: dict) -> str:
     lines.append("\nspeed-up of each fused backend over each baseline (same run, same inputs):")
     for name, ratio in data["ratios"].items():
         lines.append(f"  {name:<70}{ratio:>8.1f}x")
+    if "cpu_op" in report:
+        detail, n = report["cpu_op"], report["cpu_op"]["threads"]
+        lines.append(f"\nCPU op, out= reused (as training does), colour drop, {detail['patches_per_batch']:.0f} patches:")
+        counts = report["cpu_op"].get("instructions_per_element", {})
+        for name, row in detail["rows"].items():
+            ipe = f", {counts[name]:.1f} instructions/element" if counts.get(name) else ""
+            lines.append(f"  {name}: {row['1_thread_patches_per_s']:.0f} patches/s on 1 thread, "
+                         f"{row[f'{n}_thread_patches_per_s']:.0f} on {n} ({row['speedup_1_to_n_threads']:.2f}x), "
+                         f"{row['times_fill_floor']:.1f}x the time of filling its output{ipe}")
+            for base, ratio in row["speedup_over"].items():
+                lines.append(f"      {ratio:6.1f}x {base}")
     if "batch_sizes" in report:
         lines.append(f"\nGPU roofline (copy {report['batch_sizes']['copy_bandwidth_GBps']:.0f} GB/s):")
         for name, row in report["batch_sizes"]["rows"].items():
@@ -303,8 +303,7 @@ def plot_report(report: dict, path: Path) -> None:
 
 
 def run_bench(args) -> dict:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     quick = args.quick
     config = PatchConfig(patch=32, gap=16, jitter=3, min_pixels=20_000, max_pixels=40_000,
                          downsample_area=(9, 31 * 31)) if quick else PatchConfig()
@@ -315,6 +314,12 @@ def run_bench(args) -> dict:
                                           include_reference=quick or args.reference)
     if device.type == "cuda":
         report["batch_sizes"] = bench_batch_sizes(config, device, rounds)
+    elif backends.has_cpu_extension():
+        images, sets = report["data_step"]["images_per_batch"], 2 if quick else 4
+        report["cpu_op"] = cpu_op_detail(make_inputs(sets, images, config, device, seed=0), rounds)
+        _compare_with_baselines(report["cpu_op"], report["data_step"])
+        if not quick:  # callgrind takes minutes
+            report["cpu_op"]["instructions_per_element"] = {name: instructions_per_element(name) for name in DTYPES}
     if args.train or quick:
         runs = [(False, False)] if device.type == "cpu" else [(False, False), (True, True)]
         width = 0.125 if quick else args.width
@@ -322,6 +327,24 @@ def run_bench(args) -> dict:
             patch=48, gap=24, jitter=3, min_pixels=30_000, max_pixels=40_000, downsample_area=(9, 45 * 45)),
             device, max(2, rounds), width, 2 if quick else args.images, compiled, bf16) for compiled, bf16 in runs]
     return report
+
+
+_DEFAULTS = {"device": "auto", "images": 8, "rounds": 10, "workers": 2, "reference": False, "train": False,
+             "width": 1.0, "quick": False, "arch": [90, 80]}
+# Options each mode leaves unused: naming them beats silently ignoring what the user typed.
+_IGNORED = (
+    (lambda args: args.static, ("device", "images", "rounds", "workers", "reference", "train", "width", "quick")),
+    (lambda args: not args.static, ("arch",)),
+    (lambda args: args.quick, ("images", "rounds", "width")),
+    (lambda args: not (args.train or args.quick), ("width",)),
+)
+
+
+def _warn_ignored(args) -> None:
+    ignored = {name for applies, names in _IGNORED if applies(args) for name in names
+               if getattr(args, name) != _DEFAULTS[name]}
+    for name in sorted(ignored):
+        log.warning("--%s is ignored in this mode (see relpos bench --help)", name.replace("_", "-"))
 
 
 def add_parser(commands) -> None:
@@ -333,37 +356,56 @@ def add_parser(commands) -> None:
         "table and writes JSON and a PNG chart.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--images", type=int, default=8, help="images per batch")
-    parser.add_argument("--rounds", type=int, default=10, help="timed runs per case (median reported)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the numpy/PIL baseline")
+    parser.add_argument("--device", type=device_text, default=_DEFAULTS["device"], help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--images", type=bounded_int(1, 4096), default=_DEFAULTS["images"], help="images per batch")
+    parser.add_argument("--rounds", type=bounded_int(1, 10_000), default=_DEFAULTS["rounds"],
+                        help="timed runs per case (median reported)")
+    parser.add_argument("--workers", type=bounded_int(0, 256), default=_DEFAULTS["workers"],
+                        help="DataLoader workers for the numpy/PIL baseline")
     parser.add_argument("--reference", action="store_true", help="also time the (slow) pure-PyTorch reference")
     parser.add_argument("--train", action="store_true", help="also time the training step (data path share)")
-    parser.add_argument("--width", type=float, default=1.0, help="tower width for --train")
+    parser.add_argument("--width", type=bounded_float(0.01, 16.0), default=_DEFAULTS["width"],
+                        help="tower width for --train")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, two rounds: checks the suite runs")
     parser.add_argument("--static", action="store_true",
                         help="instead: the static GPU report (benchmarks/gpu_static.py; compiles for --arch, no GPU needed)")
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="SM versions for --static")
+    parser.add_argument("--arch", type=int, nargs="+", choices=(80, 90), default=_DEFAULTS["arch"],
+                        help="SM versions for --static")
     parser.set_defaults(run=_run)
 
 
+def unused_stem(folder: Path, stem: str, suffixes: tuple[str, ...]) -> str:
+    """`stem`, or `stem-2`, `stem-3`, ...: the first whose files do not exist yet (no run overwrites another)."""
+    candidate, count = stem, 1
+    while any((folder / f"{candidate}{suffix}").exists() for suffix in suffixes):
+        count += 1
+        candidate = f"{stem}-{count}"
+    return candidate
+
+
 def _run(args) -> int:
+    _warn_ignored(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)  # before the long run, so a bad --out fails at once
     if args.static:  # lives beside the benchmarks of the source checkout, not in the installed package
         import importlib.util
+        import sys
         path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_static.py"
         if not path.exists():
             raise SystemExit(f"relpos bench --static needs a source checkout: {path} not found")
         spec = importlib.util.spec_from_file_location("gpu_static", path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
         spec.loader.exec_module(module)
         return module.run(argparse.Namespace(arch=args.arch, ci=False, out=args.out))
     report = run_bench(args)
     print(format_report(report))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     env = report["environment"]
-    stem = f"bench-{env['device_type']}-{env['date'][:10]}{'-quick' if report['quick'] else ''}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    stem = unused_stem(out, f"bench-{env['device_type']}-{env['date'][:10]}{'-quick' if report['quick'] else ''}",
+                       (".json", ".png"))
+    atomic_write_bytes(out / f"{stem}.json", strict_json(report, indent=2).encode())
     plot_report(report, out / f"{stem}.png")
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')}")
     return 0

@@ -59,6 +59,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # every torch.save since torch 1.6 is a zip archive
+        raise CheckpointError(f"checkpoint {path} is unreadable: not a torch.save archive (truncated or corrupted?)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:  # what weights_only raises for anything that is not plain data

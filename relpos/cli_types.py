@@ -32,3 +32,14 @@ def bounded_float(low: float, high: float):
 
     parse.__name__ = "number"
     return parse
+
+
+def device_text(text: str) -> str:
+    """argparse type of a --device option (see relpos.devices)."""
+    from .devices import check_device_text
+
+    try:
+        return check_device_text(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}") from None
+

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from .cli_types import bounded_int
 
 
 def add_parser(commands) -> None:
@@ -21,16 +24,30 @@ def add_parser(commands) -> None:
                         "`apt-get download PKG && dpkg-deb -x PKG.deb ROOT` extracted them")
     photos.add_argument("--sources", default="gcompris-qt-data,opencv-doc,mate-backgrounds",
                         help="comma-separated packages to read")
-    photos.add_argument("--min-side", type=int, default=160, help="skip pictures whose short side is smaller")
+    photos.add_argument("--min-side", type=bounded_int(1, 32767), default=160,
+                        help="skip pictures whose short side is smaller")
+    photos.add_argument("--overwrite", action="store_true", help="replace an earlier assembly in DIR")
     photos.set_defaults(run=_photos)
     parser.set_defaults(run=lambda args: parser.print_help() or 2)
 
 
 def _photos(args) -> int:
-    from .data.photos import assemble, summary
+    from .data.photos import MANIFEST, SOURCES, assemble, summary
+    from .run_folder import claim_run_folder
 
     sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
-    report = assemble(args.out, args.root, sources, args.min_side)
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown or not sources:
+        raise ValueError(f"--sources must be a comma-separated list from {sorted(SOURCES)}, got {args.sources!r}")
+    if not Path(args.root).is_dir():
+        raise ValueError(f"--root {args.root} is not a folder")
+    # locked, and an earlier assembly (or any other files) is never mixed into or replaced without --overwrite
+    folder = claim_run_folder(args.out, overwrite=args.overwrite, can_resume=False, option="DIR",
+                              run_files=(MANIFEST, "skipped.json", *SOURCES))
+    try:
+        report = assemble(args.out, args.root, sources, args.min_side)
+    finally:
+        folder.release()
     print(summary(report))
     print(f"wrote {len(report.kept)} photographs and {args.out}/manifest.csv")
     return 0 if report.kept else 1

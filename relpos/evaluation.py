@@ -15,7 +15,6 @@ With `--labelled DIR` (a folder made by `relpos data photos`), the cross-validat
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,15 +22,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import atomic_write_bytes, load_checkpoint
+from .cli_types import bounded_int, device_text
 from .data import bundled_photos, load_rgb
-from .device import resolve_device
-from .metrics import format_pretext, pretext_summary
+from .metrics import format_pretext, pretext_summary, strict_json
 from .models import build_tower
 from .ops import extract_patches
 from .plan import Plan
-from .pretext import evaluate, pretext_from_checkpoint
+from .pretext import evaluate
+from .train.config import pretext_from_checkpoint
 from .probe import knn_accuracy, linear_probe
+from .devices import resolve_device
+from .run_folder import claim_run_folder
 
 log = logging.getLogger("relpos.eval")
 
@@ -150,22 +152,28 @@ def run_eval(checkpoint: str, out: str, layer: str = "conv5", draws: int = 3, pe
         results["labelled"] = evaluate_labelled(labelled, state, device, random_seeds=random_seeds, folds=folds, k=k,
                                                 min_per_class=min_per_class)
     _pictures(state, pretrained, random_tower, device, out_dir, retrieval_data, queries, layer)
-    (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
+    atomic_write_bytes(out_dir / "eval.json", strict_json(results, indent=2).encode())
     return results
 
 
 def _pretext(state, model, device, out_dir: Path) -> dict:
-    from .data import decodable_images, list_images, split_holdout
+    from .data import iter_decodable_images, list_images, split_holdout
 
     args = state["args"]
     pretext = pretext_from_checkpoint(state)
     paths = list_images(args["data"]) if args.get("data") else bundled_photos()
     _, held = split_holdout(paths, args["holdout"] if args["holdout"] > 0 else 0.2)
-    images = decodable_images(held)
-    _, confusion = evaluate(model, pretext, images, device, color=args["color"], backend="auto", plans=8)
+    decoded = []  # counts the images as they stream from disk (held-out sets can be large)
+
+    def stream():
+        for image in iter_decodable_images(held):
+            decoded.append(None)
+            yield image
+
+    _, confusion = evaluate(model, pretext, stream(), device, color=args["color"], backend="auto", plans=8)
     summary = pretext_summary(confusion)
     _plot_confusion(confusion, out_dir / "confusion.png", summary, pretext.class_names)
-    return {"task": pretext.name, "held_out_images": len(images), **summary, "confusion": confusion.tolist()}
+    return {"task": pretext.name, "held_out_images": len(decoded), **summary, "confusion": confusion.tolist()}
 
 
 def _plot_confusion(confusion: torch.Tensor, path: Path, summary: dict, names: tuple[str, ...]) -> None:
@@ -272,6 +280,11 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6")
+LABELLED_DEFAULTS = {"random_seeds": 3, "folds": 5, "min_per_class": 15}
+EVAL_FILES = ("eval.json", "confusion.png", "neighbours.png", "grids.png", "pairs.png", "puzzles.png")
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "eval", help="linear probe, k-NN, pretext accuracy and pictures for a checkpoint",
@@ -281,28 +294,43 @@ def add_parser(commands) -> None:
         formatter_class=__import__("argparse").ArgumentDefaultsHelpFormatter)
     parser.add_argument("checkpoint", help="training checkpoint (OUT/checkpoint.pt)")
     parser.add_argument("--out", default="eval", help="output folder (eval.json and PNGs)")
-    parser.add_argument("--layer", default="conv5", help="pooled layer: conv1..conv5 or fc6 (caffenet)")
-    parser.add_argument("--draws", "--seeds", dest="draws", type=int, default=3,
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    parser.add_argument("--layer", default="conv5", choices=LAYERS, help="pooled layer (caffenet; resnet18 has one)")
+    parser.add_argument("--draws", "--seeds", dest="draws", type=bounded_int(1, 100), default=3,
                         help="independent draws of photo-regions crops (each gets a fresh probe and k-NN)")
-    parser.add_argument("--per-class", type=int, default=60, help="crops per class and split (photo-regions)")
-    parser.add_argument("--k", type=int, default=5, help="neighbours for k-NN")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--per-class", type=bounded_int(2, 10_000), default=60,
+                        help="crops per class and split (photo-regions)")
+    parser.add_argument("--k", type=bounded_int(1, 1000), default=5, help="neighbours for k-NN")
+    parser.add_argument("--device", type=device_text, default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--data", default=None, help="folder for the nearest-neighbour figure (default: bundled)")
-    parser.add_argument("--queries", type=int, default=6, help="query patches in the nearest-neighbour figure")
+    parser.add_argument("--queries", type=bounded_int(1, 64), default=6,
+                        help="query patches in the nearest-neighbour figure")
     parser.add_argument("--labelled", default=None, metavar="DIR",
                         help="also run the cross-validated labelled evaluation on DIR (made by `relpos data photos`)")
-    parser.add_argument("--random-seeds", type=int, default=3,
+    parser.add_argument("--random-seeds", type=bounded_int(1, 100), default=LABELLED_DEFAULTS["random_seeds"],
                         help="random-init towers in the labelled evaluation (their spread is the noise floor)")
-    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds of the labelled evaluation")
-    parser.add_argument("--min-per-class", type=int, default=15,
+    parser.add_argument("--folds", type=bounded_int(2, 100), default=LABELLED_DEFAULTS["folds"],
+                        help="cross-validation folds of the labelled evaluation")
+    parser.add_argument("--min-per-class", type=bounded_int(2, 100_000), default=LABELLED_DEFAULTS["min_per_class"],
                         help="labelled evaluation: keep the classes with at least this many unseen photographs")
     parser.set_defaults(run=_run)
 
 
 def _run(args) -> int:
-    results = run_eval(args.checkpoint, args.out, args.layer, args.draws, args.per_class, args.k, args.device,
-                       args.data, args.queries, args.labelled, args.random_seeds, args.folds,
-                       args.min_per_class)
+    if args.labelled is None:  # options of the labelled evaluation mean nothing without it: say so
+        for name, default in LABELLED_DEFAULTS.items():
+            if getattr(args, name) != default:
+                log.warning("--%s is ignored without --labelled", name.replace("_", "-"))
+    if not Path(args.checkpoint).is_file():
+        raise ValueError(f"checkpoint {args.checkpoint} is not a file")
+    # checked before the long probes, and locked while they run: no evaluation overwrites another
+    folder = claim_run_folder(args.out, overwrite=args.overwrite, can_resume=False, run_files=EVAL_FILES)
+    try:
+        results = run_eval(args.checkpoint, args.out, args.layer, args.draws, args.per_class, args.k, args.device,
+                           args.data, args.queries, args.labelled, args.random_seeds, args.folds,
+                           args.min_per_class)
+    finally:
+        folder.release()
     print(format_table(results))
     examples = "puzzles.png" if results["pretext"]["task"] == "jigsaw" else "pairs.png"
     print(f"wrote {Path(args.out) / 'eval.json'}, confusion.png, neighbours.png, grids.png, {examples}")

@@ -2,32 +2,47 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
 from .models import build_tower
 
 
-def export_tower(checkpoint: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the tower's weights from a training checkpoint to `out` (.safetensors, or .pt for a state dict)."""
+EXPORT_SUFFIXES = (".safetensors", ".pt")
+
+
+def export_tower(checkpoint: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the tower's weights from a training checkpoint to `out` (.safetensors, or .pt for a state dict).
+
+    An existing `out` is replaced only with `overwrite`; the file is written atomically (a reader sees the old
+    export or the new one, never a partial file)."""
+    out = Path(out)
+    if out.suffix not in EXPORT_SUFFIXES:
+        raise ValueError(f"--out must end in .safetensors or .pt, got {str(out)!r}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name ending in .safetensors or .pt")
+    if out.exists() and not overwrite:
+        raise ValueError(f"--out {out} already exists: pass --overwrite to replace it, or choose another --out")
     state = load_checkpoint(checkpoint)
     tower = {k[len("tower."):]: v.contiguous() for k, v in state["model"].items() if k.startswith("tower.")}
     if not tower:
         raise CheckpointError(f"{checkpoint} holds no tower weights")
     meta = {"arch": state["args"]["arch"], "width": str(state["args"]["width"]), "step": str(state["step"]),
             "patch": str(state["args"]["patch"])}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(tower, str(out), metadata=meta)
+        payload = save(tower, metadata=meta)
     else:
-        torch.save({"tower": tower, "meta": meta}, out)
+        buffer = io.BytesIO()
+        torch.save({"tower": tower, "meta": meta}, buffer)
+        payload = buffer.getvalue()
+    atomic_write_bytes(out, payload)
     return out
 
 
@@ -55,10 +70,11 @@ def add_parser(commands) -> None:
     parser.add_argument("checkpoint", help="training checkpoint (OUT/checkpoint.pt)")
     parser.add_argument("--out", default="tower.safetensors", help="output file, .safetensors or .pt "
                         "(default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.set_defaults(run=_run)
 
 
 def _run(args) -> int:
-    path = export_tower(args.checkpoint, args.out)
+    path = export_tower(args.checkpoint, args.out, overwrite=args.overwrite)
     print(json.dumps({"exported": str(path)}))
     return 0

@@ -165,7 +165,7 @@ def evaluate_labelled(folder: str, state: dict, device, random_seeds: int = 3, f
     from .data import load_rgb
     from .data.photos import read_manifest
     from .models import build_tower
-    from .pretext import pretext_from_checkpoint
+    from .train.config import pretext_from_checkpoint
 
     if random_seeds < 1:
         raise ValueError(f"random_seeds must be at least 1, got {random_seeds}")

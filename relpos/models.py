@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .pretext.base import head_input
-
 ARCHS = ("caffenet", "resnet18")
 
 
@@ -107,6 +105,11 @@ class PairHead(ClassifierHead):
 
     def __init__(self, in_dim: int, width: float = 1.0, hidden: int = 4096):
         super().__init__(in_dim, 2, 8, width, hidden)
+
+
+def head_input(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[M, k * D]: the features of every item's k patches side by side, in the order `index` lists them."""
+    return torch.cat([features[index[:, j]] for j in range(index.shape[1])], dim=1)
 
 
 class PretextNet(nn.Module):

@@ -1,4 +1,4 @@
-"""The public face of the fused pixel op: checks, backend choice, and the fake kernel for torch.compile."""
+"""The public face of the fused pixel op: argument and plan checks, backend choice, dispatch."""
 
 from __future__ import annotations
 
@@ -10,38 +10,16 @@ from . import backends
 from .config import COLOR_MODES
 from .images import PackedImages, pack_images
 from .plan import PLAN_COLUMNS, Plan
-from .plan_guard import bad_plan_rows, guard_plan
+from .plan_guard import bad_plan_rows
+from .raw_ops import empty_patches, register_compiled_fakes
 from .reference import extract_patches_reference
 
 OUTPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def empty_patches(num_patches: int, patch_size: int, dtype: torch.dtype, channels_last: bool, device) -> torch.Tensor:
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty((num_patches, 3, patch_size, patch_size), dtype=dtype, device=device, memory_format=memory_format)
-
-
-def check_op_devices(data: torch.Tensor, meta: torch.Tensor, plan: torch.Tensor, out: torch.Tensor | None = None):
-    """The raw ops' device rule, also enforced by their fake kernels: a `meta`-device table would otherwise route
-    the call to the fake kernel and hand back uninitialised memory with no error."""
-    tables_ok = all(t.device == data.device or t.device.type == "cpu" for t in (meta, plan))
-    if not tables_ok or (out is not None and out.device != data.device):
-        where = f"data {data.device}, meta {meta.device}, plan {plan.device}" + (f", out {out.device}" if out is not None else "")
-        raise ValueError(f"relpos op: mixed devices ({where}); meta and plan must be on data's device or the CPU, "
-                         "out on data's device")
-
-
+# the fake kernels of the compiled ops, so torch.compile(fullgraph=True) traces through them
 if backends.has_cpu_extension():
-    # Fake (meta) kernels: shapes only, so torch.compile(fullgraph=True) traces through the C++/CUDA ops.
-    @torch.library.register_fake("relpos::extract_patches")
-    def _extract_patches_fake(data, meta, plan, seed, color, patch_size, dtype, channels_last):
-        check_op_devices(data, meta, plan)
-        return empty_patches(plan.shape[0], patch_size, dtype, channels_last, data.device)
-
-    @torch.library.register_fake("relpos::extract_patches_out")
-    def _extract_patches_out_fake(data, meta, plan, seed, color, out):
-        check_op_devices(data, meta, plan, out)
-        return None
+    register_compiled_fakes()
 
 
 def check_plan(plan: object, images: PackedImages) -> None:
@@ -106,10 +84,8 @@ def extract_patches(
     if chosen == "triton":
         torch.ops.relpos.extract_patches_triton_out(images.data, images.meta, plan.patches, plan.seed, color, out)
         return out
-    rows = plan.patches
-    if rows.device.type != "cpu":  # values of a device-resident plan are checked on the device (no host sync)
-        rows = guard_plan(rows, len(images), plan.patch_size)
-    torch.ops.relpos.extract_patches_out(images.data, images.meta, rows, plan.seed, color, out)
+    # the compiled op checks a CPU plan's values, and guards a device-resident one on the device (no host sync)
+    torch.ops.relpos.extract_patches_out(images.data, images.meta, plan.patches, plan.seed, color, out)
     return out
 
 

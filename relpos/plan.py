@@ -20,6 +20,7 @@ PLAN_COLUMNS = 7
 #                                                                 5 6 7
 OFFSET_TO_LABEL = {(-1, -1): 0, (-1, 0): 1, (-1, 1): 2, (0, -1): 3, (0, 1): 4, (1, -1): 5, (1, 0): 6, (1, 1): 7}
 LABEL_TO_OFFSET = {label: offset for offset, label in OFFSET_TO_LABEL.items()}
+LABEL_NAMES = ("up-left", "up", "up-right", "left", "right", "down-left", "down", "down-right")
 
 
 @dataclasses.dataclass

@@ -5,9 +5,14 @@ stalling the stream, so its rows are checked there: rows out of range for the ba
 placeholder (image 0 resized to the patch itself: every read stays inside image 0), and a per-device error flag is
 raised. The kernels therefore never read out of bounds, and `raise_on_plan_errors` (called by the training loop
 where it synchronises anyway) turns the flag into an error. On the CPU the ops read the flag at once.
+
+The compiled extension has the same guard in C++ (csrc/plan_guard.cpp, used by the raw CUDA op on device plans);
+when it is built, both share its flag, so one `raise_on_plan_errors` covers every backend.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 
@@ -26,13 +31,30 @@ def bad_plan_rows(plan: torch.Tensor, num_images: int, patch_size: int) -> torch
             | (p[:, CHANNEL] < 0) | (p[:, CHANNEL] > 2) | (p[:, DOWN] < 0) | (p[:, DOWN] > patch_size))
 
 
+def _device_key(device: torch.device | str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _error_flag(device: torch.device) -> torch.Tensor:
+    """The device's flag: the compiled extension's when it is built (its CUDA op raises that one), else our own."""
+    flag = _error_flags.get(device)
+    if flag is None:
+        try:
+            importlib.import_module("relpos._C")
+            flag = torch.ops.relpos.plan_error_flag(device)
+        except (ImportError, AttributeError, RuntimeError):  # no extension, or one built before the guard existed
+            flag = torch.zeros((), dtype=torch.int32, device=device)
+        _error_flags[device] = flag
+    return flag
+
+
 def guard_plan(plan: torch.Tensor, num_images: int, patch_size: int) -> torch.Tensor:
     """`plan` with out-of-range rows replaced by a safe placeholder; raises the device's error flag if any were."""
     bad = bad_plan_rows(plan, num_images, patch_size)
-    flag = _error_flags.get(plan.device)
-    if flag is None:
-        flag = _error_flags[plan.device] = torch.zeros((), dtype=torch.int32, device=plan.device)
-    flag.bitwise_or_(bad.any().to(torch.int32))
+    _error_flag(_device_key(plan.device)).bitwise_or_(bad.any().to(torch.int32))
     placeholder = torch.tensor([0, patch_size, patch_size, 0, 0, 0, 0], dtype=plan.dtype).to(plan.device,
                                                                                               non_blocking=True)
     return torch.where(bad[:, None], placeholder, plan)
@@ -40,8 +62,10 @@ def guard_plan(plan: torch.Tensor, num_images: int, patch_size: int) -> torch.Te
 
 def raise_on_plan_errors(device: torch.device | str | None = None) -> None:
     """Raise (once) if a plan guarded on `device` (every device when None) had out-of-range rows."""
+    if device is not None:
+        _error_flag(_device_key(device))  # fetch the extension's flag even if only its CUDA op raised it
     for flag_device, flag in list(_error_flags.items()):
-        if device is not None and flag_device != torch.device(device):
+        if device is not None and flag_device != _device_key(device):
             continue
         if int(flag.item()):  # the one host read, made where the caller can afford it
             flag.zero_()

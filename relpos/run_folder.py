@@ -2,13 +2,14 @@
 
 `claim_run_folder` takes an exclusive lock (held until the process exits or `release()`), then refuses a
 folder that already holds files unless the run resumes it or the user said --overwrite, in which case only
-relpos's own run files are removed.
+the files (and folders) that command writes are removed. Every command that writes a folder uses it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 LOCK_NAME = ".relpos.lock"
@@ -29,34 +30,43 @@ class RunFolder:
             self._lock_fd = -1
 
 
-def claim_run_folder(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> RunFolder:
+def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+                     run_files: tuple[str, ...] = RUN_FILES, can_resume: bool = True,
+                     option: str = "--out") -> RunFolder:
+    """Lock `path` for this process and check it may be written; `run_files` are what --overwrite removes, and
+    `option` is how the messages name the folder."""
     path = Path(path)
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other: choose one")
     if path.exists() and not path.is_dir():
-        raise RunFolderError(f"--out {path} exists and is not a folder")
+        raise RunFolderError(f"{option} {path} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
-        raise RunFolderError(f"--out {path} cannot be used: {error.strerror or error}") from error
+        raise RunFolderError(f"{option} {path} cannot be used: {error.strerror or error}") from error
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
         os.close(lock_fd)
-        raise RunFolderError(f"--out {path} is in use by another relpos run (it holds {path / LOCK_NAME}); "
-                             "wait for it to finish or choose another --out") from error
+        raise RunFolderError(f"{option} {path} is in use by another relpos run (it holds {path / LOCK_NAME}); "
+                             f"wait for it to finish or choose another {option}") from error
     folder = RunFolder(path, lock_fd)
     existing = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
     if existing and not resume:
         if not overwrite:
             folder.release()
             shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
-            raise RunFolderError(f"--out {path} already holds files ({shown}): pass --resume to continue that run, "
-                                 "--overwrite to replace it, or choose another --out")
-        for name in RUN_FILES:
-            (path / name).unlink(missing_ok=True)
+            advice = "pass --resume to continue that run, " if can_resume else "pass "
+            raise RunFolderError(f"{option} {path} already holds files ({shown}): {advice}--overwrite to replace "
+                                 f"them, or choose another {option}")
+        for name in run_files:
+            target = path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
     if not os.access(path, os.W_OK):
         folder.release()
-        raise RunFolderError(f"--out {path} is not writable")
+        raise RunFolderError(f"{option} {path} is not writable")
     return folder

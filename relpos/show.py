@@ -11,8 +11,7 @@ import matplotlib.patches as mpatches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .plan import HEIGHT, LEFT, TOP, WIDTH, Plan  # noqa: E402
-from .pretext.relative_position import LABEL_NAMES  # noqa: E402
+from .plan import HEIGHT, LABEL_NAMES, LEFT, TOP, WIDTH, Plan  # noqa: E402
 
 
 def _display(patch: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from .kernels import extract_patches as _kernel
 from .images import check_packed
-from .ops import check_op_devices, empty_patches
+from .raw_ops import check_op_devices, empty_patches
 from .plan_guard import guard_plan, raise_on_plan_errors
 
 _COLOR_CODES = {"none": _kernel.COLOR_NONE, "drop": _kernel.COLOR_DROP, "project": _kernel.COLOR_PROJECT}

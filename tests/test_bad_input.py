@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import relpos
+from relpos import backends
 
 from conftest import SMALL, random_images
 
@@ -147,3 +148,39 @@ def test_images_too_small_for_a_pair():
     with pytest.raises(ValueError, match=r"image 0 \(4x500\).*not larger than the pair footprint"):
         relpos.sample_plan([[4, 500]], SMALL, seed=0, on_small="raise")
     assert relpos.sample_plan([[4, 500]], SMALL, seed=0).skipped == [0]
+
+
+@pytest.mark.parametrize("backend,missing", [("cpu", "has_cpu_extension"), ("cuda", "has_cuda_extension"),
+                                             ("triton", "triton_runs_on")])
+def test_an_unavailable_backend_is_a_runtime_error_whichever_it_is(monkeypatch, backend, missing):
+    monkeypatch.setattr(backends, missing, lambda *args: False)
+    device = torch.device("cuda" if backend == "cuda" else "cpu")
+    with pytest.raises(RuntimeError, match=f"backend='{backend}'"):
+        backends.resolve(backend, device)
+
+
+def _raw_op_error(generator, damage):
+    images = [torch.randint(0, 256, (200, 300, 3), dtype=torch.uint8, generator=generator)]
+    packed = relpos.pack_images(images)
+    plan = relpos.sample_plan(packed.sizes, SMALL, generator=generator)
+    data, meta, rows = packed.data, packed.meta, plan.patches
+    if damage == "plan-dtype":
+        rows = rows.float()
+    elif damage == "plan-row":
+        rows = rows.clone()
+        rows[-1, 0] = 99
+    elif damage == "meta-row":
+        meta = meta.clone()
+        meta[0, 0] = 10**12
+    else:
+        rows = rows.to("meta")
+    with pytest.raises((ValueError, TypeError)) as error:
+        torch.ops.relpos.extract_patches(data, meta, rows, plan.seed, "drop", plan.patch_size, torch.float32, False)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("damage", ["plan-dtype", "plan-row", "meta-row", "mixed-devices"])
+def test_raw_op_errors_name_the_problem_without_printing_tensors(generator, damage):
+    message = _raw_op_error(generator, damage)
+    assert "tensor(" not in message and len(message) < 400, message
+    assert any(word in message for word in ("plan", "meta", "devices")), message

@@ -140,3 +140,41 @@ def test_raw_triton_op_refuses_a_bad_plan(generator):
     with pytest.raises(ValueError, match="rows out of range"):
         torch.ops.relpos.extract_patches_triton_out(packed.data, packed.meta, bad, plan.seed, "none", out)
     assert torch.isnan(out).all()  # on the CPU the flag is read before the launch: nothing rendered
+
+
+def _corrupted_plan(generator, plan, num_images):
+    """`plan` with random rows pushed just past (or just inside) each bound, column by column."""
+    rows = plan.patches.clone()
+    n = rows.shape[0]
+    for r in range(n):
+        column = int(torch.randint(0, 7, (), generator=generator))
+        edge = {0: [-1, num_images, num_images - 1], 3: [-1, int(rows[r, 1]) - plan.patch_size,
+                                                          int(rows[r, 1]) - plan.patch_size + 1],
+                4: [-1, int(rows[r, 2]) - plan.patch_size + 1], 5: [-1, 2, 3], 6: [-1, plan.patch_size,
+                                                                                  plan.patch_size + 1],
+                1: [plan.patch_size - 1, 32768], 2: [plan.patch_size - 1, 32767]}[column]
+        rows[r, column] = edge[int(torch.randint(0, len(edge), (), generator=generator))]
+    return rows
+
+
+def test_compiled_plan_guard_matches_the_python_one(generator):
+    """The C++ guard (what the raw CUDA op runs on a device-resident plan) and relpos.plan_guard flag the same rows,
+    write the same placeholder, and raise the one shared flag; run here on CPU tensors."""
+    from relpos.plan_guard import bad_plan_rows, guard_plan, raise_on_plan_errors
+
+    packed, plan = _batch(generator)
+    for _ in range(5):
+        corrupted = _corrupted_plan(generator, plan, len(packed))
+        expected_bad = bad_plan_rows(corrupted, len(packed), plan.patch_size)
+        assert 0 < int(expected_bad.sum()) < len(corrupted)  # both kinds of row are exercised
+        raise_on_plan_errors("cpu")  # start from a clear flag
+        compiled = torch.ops.relpos.guard_plan(corrupted, len(packed), plan.patch_size)
+        with pytest.raises(ValueError, match="rows out of range"):
+            raise_on_plan_errors("cpu")  # the C++ guard raised the flag the Python side reads
+        assert torch.equal(compiled, guard_plan(corrupted, len(packed), plan.patch_size))
+        with pytest.raises(ValueError, match="rows out of range"):
+            raise_on_plan_errors("cpu")
+    clean = torch.ops.relpos.guard_plan(plan.patches, len(packed), plan.patch_size)
+    assert torch.equal(clean, plan.patches)
+    raise_on_plan_errors("cpu")  # a clean plan raises nothing
+    torch.library.opcheck(torch.ops.relpos.guard_plan, (plan.patches, len(packed), plan.patch_size))

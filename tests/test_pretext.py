@@ -12,8 +12,8 @@ from relpos.checkpoint import load_checkpoint
 from relpos import backends
 from relpos.ops import check_plan
 from relpos.plan import LEFT, TOP
-from relpos.pretext import (Jigsaw, RelativePosition, build_pretext, hamming_distances, head_input, permutation_set,
-                            pretext_from_checkpoint)
+from relpos.pretext import Jigsaw, RelativePosition, build_pretext, hamming_distances, head_input, permutation_set
+from relpos.train.config import pretext_from_checkpoint
 from relpos.train.loop import train
 
 from conftest import SMALL, random_images, subset

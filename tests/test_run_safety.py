@@ -4,7 +4,6 @@ locked and not overwritten, bad option values and environment failures give one 
 import dataclasses
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -161,8 +160,8 @@ BAD_TRAIN_OPTIONS = [
     ("--holdout", "-0.1"), ("--eval-every", "0"), ("--checkpoint-every", "0"), ("--log-every", "-1"),
     ("--eval-plans", "0"), ("--patch", "0"), ("--patch", "100000"), ("--gap", "-1"), ("--jitter", "-5"),
     ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--max-nonfinite", "0"), ("--workers", "-1"),
-    ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"), ("--permutations", "1"),
-    ("--permutations", "5000"), ("--task", "colorization"), ("--color", "sepia"),
+    ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"), ("--device", "bogus"), ("--device", "cuda:x"),
+    ("--permutations", "1"), ("--permutations", "5000"), ("--task", "colorization"), ("--color", "sepia"),
 ]
 
 
@@ -247,7 +246,8 @@ def test_both_decode_paths_refuse_huge_files_before_reading(tmp_path, monkeypatc
 
 
 BAD_SHOW_OPTIONS = [("--pairs", "0"), ("--pairs", "-2"), ("--patch", "0"), ("--patch", "x"), ("--gap", "-1"),
-                    ("--jitter", "-3"), ("--seed", "-1"), ("--backend", "fast")]
+                    ("--jitter", "-3"), ("--seed", "-1"), ("--backend", "fast"), ("--permutations", "1"),
+                    ("--puzzles", "0")]
 
 
 @pytest.mark.parametrize("option,value", BAD_SHOW_OPTIONS, ids=[f"{o}={v}" for o, v in BAD_SHOW_OPTIONS])
@@ -271,3 +271,26 @@ def test_eval_checks_the_stored_data_folder_before_any_probe(photos, tmp_path, c
     err = capsys.readouterr().err
     assert "training data" in err and str(data) in err
     assert not (tmp_path / "eval" / "eval.json").exists()
+
+
+def test_held_out_images_are_streamed_not_kept(photos, tmp_path, monkeypatch):
+    """At most a couple of decoded held-out images are alive at once during evaluation (a list would hold all)."""
+    import weakref
+
+    import relpos.train.loop as training
+
+    alive_at_most = []
+    real = training.iter_decodable_images
+
+    def watched(paths):
+        refs = []
+        for image in real(paths):
+            refs.append(weakref.ref(image))
+            alive_at_most.append(sum(ref() is not None for ref in refs))
+            yield image
+            del image
+
+    monkeypatch.setattr(training, "iter_decodable_images", watched)
+    train(tiny_config(photos, tmp_path / "run", steps=3, holdout=0.5))
+    assert len(alive_at_most) >= 4  # the evaluation did see several held-out images
+    assert max(alive_at_most) <= 2, alive_at_most

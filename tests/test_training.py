@@ -124,6 +124,10 @@ def test_export_tower(photos, tmp_path):
     for name, tensor in tower.state_dict().items():
         assert torch.equal(tensor, state[f"tower.{name}"])
     assert tower(torch.randn(2, 3, 48, 48)).shape[0] == 2
+    with pytest.raises(ValueError, match="already exists"):  # an earlier export is never replaced silently
+        export_tower(out / "checkpoint.pt", path)
+    assert export_tower(out / "checkpoint.pt", path, overwrite=True) == path
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # written atomically, no temp file left
 
 
 def test_weights_digest_sees_one_bit():

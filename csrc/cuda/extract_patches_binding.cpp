@@ -1,5 +1,6 @@
 // CUDA implementation of relpos::extract_patches: checks the tensors (shared checks, same messages as on the
-// CPU), turns them into ExtractParams, and launches on the current stream.
+// CPU; a device-resident plan is guarded on the device), turns them into ExtractParams, and launches on the
+// current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -7,6 +8,7 @@
 #include <torch/library.h>
 
 #include "../extract_patches.h"
+#include "../plan_guard.h"
 #include "extract_patches_cuda.h"
 
 namespace relpos {
@@ -19,11 +21,22 @@ void extract_patches_out_cuda(const at::Tensor& data, const at::Tensor& meta, co
   TORCH_CHECK_VALUE((meta.is_cpu() || meta.device() == data.device()) && (plan.is_cpu() || plan.device() == data.device()),
                     "meta and plan must be on the CPU or on the device of data (", data.device(), ")");
   check_out(out, plan);
-  check_extract_args(data, meta, plan, out.size(2), out.scalar_type());
+  check_out_disjoint(out, data, "data");
+  check_out_disjoint(out, meta, "meta");
+  check_out_disjoint(out, plan, "plan");
+  // Host tables are copied before they are checked, and the checked copies are what the kernel reads, so
+  // another thread rewriting the caller's tensors during the call cannot steer it (as in the CPU op).
+  const at::Tensor host_meta = meta.is_cpu() ? meta.clone() : meta;
+  const at::Tensor host_plan = plan.is_cpu() ? plan.clone() : plan;
+  check_extract_args(data, host_meta, host_plan, out.size(2), out.scalar_type());
   const at::ScalarType dtype = out.scalar_type();
   const c10::cuda::CUDAGuard guard(data.device());
-  const at::Tensor device_meta = meta.to(data.device(), /*non_blocking=*/true);
-  const at::Tensor device_plan = plan.to(data.device(), /*non_blocking=*/true);
+  const at::Tensor device_meta = host_meta.to(data.device(), /*non_blocking=*/true);
+  // A device-resident plan cannot be read without stalling the stream, so its rows are checked on the device:
+  // bad rows become a safe placeholder and raise the device's error flag (read by
+  // relpos.plan_guard.raise_on_plan_errors). guard_plan returns a new tensor: a private copy here too.
+  const at::Tensor device_plan = host_plan.is_cpu() ? host_plan.to(data.device(), /*non_blocking=*/true)
+                                                    : guard_plan(host_plan, meta.size(0), out.size(2));
 
   ExtractParams params;
   params.data = data.data_ptr<uint8_t>();

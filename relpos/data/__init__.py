@@ -5,16 +5,15 @@ from .decode import ImageError, load_rgb
 
 __all__ = ["ImageError", "bundled_photos", "load_rgb"]
 
+from .batch import ImageBatch  # noqa: E402
 from .dataset import (  # noqa: E402
-    ImageBatch,
     ImageFiles,
     ResidentImages,
-    StepBatches,
     decodable_images,
     iter_decodable_images,
     list_images,
-    make_loader,
     split_holdout,
 )
+from .loader import StepBatches, make_loader  # noqa: E402
 
 __all__ += ["ImageBatch", "ImageFiles", "ResidentImages", "StepBatches", "decodable_images", "iter_decodable_images", "list_images", "make_loader", "split_holdout"]

@@ -1,4 +1,4 @@
-"""Image files -> ragged uint8 batches: listing, splitting, decoding in DataLoader workers, resident storage.
+"""Image files -> decoded images: listing, splitting, decoding one file at a time, resident storage.
 
 A bad file (corrupt, truncated, not an image, huge) never stops a run: it is skipped, and the reason is
 reported in the batch so the trainer can count and list it.
@@ -6,7 +6,6 @@ reported in the batch so the trainer can count and list it.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
@@ -15,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..images import PackedImages, pack_images
+from ..images import PackedImages
+from .batch import ImageBatch, collate_images
 from .decode import ImageError, load_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif"}
@@ -46,18 +46,6 @@ def split_holdout(paths: Sequence[Path], fraction: float) -> tuple[list[Path], l
     count = max(1, int(round(len(paths) * fraction)))
     held = set(ranked[:count])
     return [p for p in paths if p not in held], [p for p in paths if p in held]
-
-
-@dataclasses.dataclass
-class ImageBatch:
-    """One decoded batch: the images that decoded, and the files that did not, with the reason."""
-
-    images: PackedImages | None
-    paths: list[str]
-    failures: list[tuple[str, str]]
-
-    def pin_memory(self) -> "ImageBatch":
-        return dataclasses.replace(self, images=self.images.pin_memory() if self.images is not None else None)
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -92,60 +80,6 @@ def iter_decodable_images(paths: Sequence[Path]) -> Iterator[torch.Tensor]:
 
 def decodable_images(paths: Sequence[Path]) -> list[torch.Tensor]:
     return list(iter_decodable_images(paths))
-
-
-def collate_images(items) -> ImageBatch:
-    good = [(path, image) for path, image in items if isinstance(image, torch.Tensor)]
-    failures = [(path, reason) for path, reason in items if not isinstance(reason, torch.Tensor)]
-    images = pack_images([image for _, image in good]) if good else None
-    return ImageBatch(images, [path for path, _ in good], failures)
-
-
-class StepBatches(torch.utils.data.Sampler):
-    """Image indices for each step, a pure function of (seed, step): a resumed run sees the same batches.
-
-    Each epoch is a fresh permutation; with several processes (DDP) rank r takes every world_size-th slot.
-    """
-
-    def __init__(self, count: int, per_step: int, seed: int, start_step: int, steps: int, rank: int = 0,
-                 world_size: int = 1):
-        if count < 1:
-            raise ValueError("no training images")
-        self.count, self.per_step, self.seed = count, per_step, seed
-        self.start_step, self.steps, self.rank, self.world_size = start_step, steps, rank, world_size
-
-    def indices(self, step: int) -> list[int]:
-        taken = self.per_step * self.world_size
-        first = step * taken + self.rank * self.per_step
-        out = []
-        for position in range(first, first + self.per_step):
-            epoch, offset = divmod(position, self.count)
-            order = torch.randperm(self.count, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-            out.append(int(order[offset]))
-        return out
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for step in range(self.start_step, self.steps):
-            yield self.indices(step)
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start_step)
-
-
-def make_loader(paths: Sequence[Path], per_step: int, seed: int, start_step: int, steps: int, workers: int,
-                pin_memory: bool, rank: int = 0, world_size: int = 1, raw: bool = False) -> torch.utils.data.DataLoader:
-    """Batches of decoded images (or, with raw=True, of file bytes for decoding on the GPU), per step."""
-    sampler = StepBatches(len(paths), per_step, seed, start_step, steps, rank, world_size)
-    if raw:
-        from .gpu_decode import RawFiles, collate_raw
-
-        dataset, collate = RawFiles(paths), collate_raw
-    else:
-        dataset, collate = ImageFiles(paths), collate_images
-    return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-        pin_memory=pin_memory, persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
-    )
 
 
 class ResidentImages:

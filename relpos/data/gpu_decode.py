@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..images import pack_images
-from .dataset import ImageBatch
+from .batch import ImageBatch
 from .decode import MAX_FILE_BYTES, ImageError, load_rgb
 
 _EXIF_ORIENTATION = 0x0112

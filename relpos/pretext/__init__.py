@@ -16,7 +16,7 @@ from .relative_position import LABEL_NAMES, RelativePosition
 TASKS = {"relpos": RelativePosition, "jigsaw": Jigsaw}
 
 __all__ = ["DEFAULT_PERMUTATIONS", "LABEL_NAMES", "TASKS", "Jigsaw", "Pretext", "RelativePosition", "build_pretext",
-           "compute_loss", "evaluate", "hamming_distances", "head_input", "permutation_set", "pretext_from_checkpoint"]
+           "compute_loss", "evaluate", "hamming_distances", "head_input", "permutation_set"]
 
 
 def build_pretext(task: str, config: PatchConfig, permutations=DEFAULT_PERMUTATIONS) -> Pretext:
@@ -27,11 +27,3 @@ def build_pretext(task: str, config: PatchConfig, permutations=DEFAULT_PERMUTATI
         return Jigsaw(config, permutations)
     return TASKS[task](config)
 
-
-def pretext_from_checkpoint(state: dict) -> Pretext:
-    """The task of a training checkpoint; checkpoints from before the pretext tasks are relative position."""
-    from ..train.config import TrainConfig
-
-    config = TrainConfig.from_dict(state["args"])
-    saved = state.get("pretext") or {"task": "relpos"}
-    return build_pretext(saved["task"], config.patch_config(), saved.get("permutations", config.permutations))

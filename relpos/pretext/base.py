@@ -14,12 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PatchConfig
+from ..models import ClassifierHead, PretextNet, build_tower, head_input  # noqa: F401 - head_input: interface
 from ..plan import Plan
-
-
-def head_input(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """[M, k * D]: the features of every item's k patches side by side, in the order `index` lists them."""
-    return torch.cat([features[index[:, j]] for j in range(index.shape[1])], dim=1)
 
 
 def compute_loss(model, patches, index, labels, autocast_dtype):
@@ -67,7 +63,6 @@ class Pretext:
         return {"task": self.name}
 
     def build_model(self, arch: str, width: float):
-        from ..models import ClassifierHead, PretextNet, build_tower
 
         tower = build_tower(arch, width, self.config.patch)
         head = ClassifierHead(tower.out_dim, self.patches_per_item, self.num_classes, width)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from ..plan import LABEL_NAMES
 from .base import Pretext
 
 # Class k is the second patch's position relative to the first (relpos.plan.OFFSET_TO_LABEL):  0 1 2
 #                                                                                             3 _ 4
 #                                                                                             5 6 7
-LABEL_NAMES = ("up-left", "up", "up-right", "left", "right", "down-left", "down", "down-right")
 
 
 class RelativePosition(Pretext):

@@ -8,8 +8,9 @@ import math
 
 from ..backends import BACKENDS
 from ..config import COLOR_MODES, PatchConfig
+from ..devices import DEVICE_HELP, check_device_text
 from ..models import ARCHS
-from ..pretext import DEFAULT_PERMUTATIONS, TASKS
+from ..pretext import DEFAULT_PERMUTATIONS, TASKS, Pretext, build_pretext
 
 AUTO_ON_OFF = ("auto", "on", "off")
 
@@ -46,7 +47,7 @@ class TrainConfig:
                             choices=("auto", "bf16", "fp32"))
     compile: str = option("auto", "torch.compile the step: auto (on for CUDA, off on CPU where compiling costs more "
                           "than it saves), on or off", choices=AUTO_ON_OFF, resume_may_change=True)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N", resume_may_change=True)
+    device: str = option("auto", DEVICE_HELP, resume_may_change=True)
     deterministic: str = option("auto", "deterministic algorithms, for bit-exact reruns and resumes: auto (on for "
                                 "CPU, off on CUDA where it costs speed), on or off", choices=AUTO_ON_OFF)
     seed: int = option(0, "random seed (model init, batches, plans, noise)", bounds=(0, 2**62))
@@ -99,6 +100,7 @@ class TrainConfig:
             if bounds and not (isinstance(value, (int, float)) and math.isfinite(value)
                                and bounds[0] <= value <= bounds[1]):
                 raise ValueError(f"{flag} must lie in [{bounds[0]}, {bounds[1]}], got {value}")
+        check_device_text(self.device)
         self.patch_config()
 
     def changes_on_resume(self, saved: dict) -> list[str]:
@@ -108,3 +110,10 @@ class TrainConfig:
                 f"{getattr(self, f.name)!r})" for f in dataclasses.fields(self)
                 if not f.metadata["resume_may_change"] and saved.get(f.name, getattr(defaults, f.name))
                 != getattr(self, f.name)]
+
+
+def pretext_from_checkpoint(state: dict) -> Pretext:
+    """The task of a training checkpoint; checkpoints from before the pretext tasks are relative position."""
+    config = TrainConfig.from_dict(state["args"])
+    saved = state.get("pretext") or {"task": "relpos"}
+    return build_pretext(saved["task"], config.patch_config(), saved.get("permutations", config.permutations))

@@ -44,7 +44,7 @@ from ..plan_guard import raise_on_plan_errors
 from ..pretext import Pretext, build_pretext, compute_loss
 from ..pretext import evaluate as evaluate_pretext
 from ..run_folder import claim_run_folder
-from ..device import resolve_device
+from ..devices import resolve_device
 from .config import TrainConfig
 from .distributed import finish_distributed, init_distributed, ranks_agree
 from .state import NonFiniteLoss, restore_run_state, save_run_state

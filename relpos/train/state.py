@@ -18,8 +18,8 @@ from ..checkpoint import (
     set_numpy_rng_state,
     set_python_rng_state,
 )
-from ..pretext import Pretext, pretext_from_checkpoint
-from .config import TrainConfig
+from ..pretext import Pretext
+from .config import TrainConfig, pretext_from_checkpoint
 
 log = logging.getLogger("relpos.train")
 

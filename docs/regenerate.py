@@ -1,0 +1,149 @@
+"""Regenerate README's result figures from the current commit, in one command.
+
+    python docs/regenerate.py [--labelled PHOTOS_DIR] [--only demo,labelled]
+
+- demo: runs README's first command (its `relpos train` arguments are read from README itself, so the two cannot
+  drift) into a fresh folder, then copies `summary.json` and `curves.png` to docs/ with the commit recorded;
+- labelled: `relpos eval` of that checkpoint with `--labelled PHOTOS_DIR` (a folder made by `relpos data photos`),
+  kept as docs/demo_eval.json;
+- then rewrites README's generated blocks (between `<!-- BEGIN name -->` and `<!-- END name -->`) from those files.
+
+The working tree must be clean (the figures are attributed to a commit). `render_blocks` is also what
+tests/test_readme_figures.py uses to check that README says what the files in docs/ say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
+SUMMARY = DOCS / "demo_train_summary.json"
+EVAL = DOCS / "demo_eval.json"
+CURVES = DOCS / "demo_curves.png"
+
+
+def readme_train_args(readme: str) -> list[str]:
+    """The `relpos train ...` arguments of README's first command."""
+    first = re.search(r"```bash\n(.*?)\n```", readme, re.S).group(1)
+    command = next(part for part in first.split("&&") if part.strip().startswith("relpos train"))
+    return shlex.split(command)[2:]
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def render_demo(summary: dict) -> str:
+    held = summary["held_out"]
+    sigmas = (held["accuracy"] - held["majority"]) / held["stderr"] if held["stderr"] else float("nan")
+    return (f"Measured at commit {summary['commit']} (`docs/demo_train_summary.json`, {summary['device']}, "
+            f"{summary['train_images']} training and {summary['held_out_images']} held-out photographs): after "
+            f"{summary['step']} steps the held-out pretext accuracy is **{_pct(held['accuracy'])} ± "
+            f"{_pct(held['stderr'])}** on {held['items']:,} pairs, against **{_pct(held['majority'])}** for always "
+            f"answering the most common label of those pairs ({sigmas:.1f} standard errors above it; balanced "
+            f"accuracy {_pct(held['balanced_accuracy'])}).")
+
+
+def render_labelled(evaluation: dict, summary: dict) -> str:
+    labelled = evaluation["labelled"]
+    towers = labelled["towers"]
+    randoms = [name for name in towers if name.startswith("random")]
+    counts = ", ".join(f"{c} {n}" for c, n in zip(labelled["classes"], labelled["counts"]))
+    any_layer = next(iter(towers["pretrained"].values()))
+    lines = [f"Checkpoint of the demo above (commit {summary['commit']}, step {evaluation['step']}; "
+             f"`docs/demo_eval.json`), {sum(labelled['counts'])} unseen photographs ({counts}), "
+             f"{len(set(labelled['folds']))}-fold cross-validation, majority "
+             f"{any_layer['majority']['mean']:.3f} ± {any_layer['majority']['se']:.3f}:", "",
+             "| layer | probe, pretrained | probe, random init (mean [min, max] of "
+             f"{len(randoms)}) | k-NN, pretrained | k-NN, random init |", "| --- | --- | --- | --- | --- |"]
+    for layer, row in towers["pretrained"].items():
+        cells = []
+        for metric in ("linear_probe", "knn"):
+            others = [towers[name][layer][metric]["mean"] for name in randoms]
+            cells.append(f"{row[metric]['mean']:.3f} ± {row[metric]['se']:.3f}")
+            cells.append(f"{sum(others) / len(others):.3f} [{min(others):.3f}, {max(others):.3f}]")
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_blocks() -> dict[str, str]:
+    """README's generated blocks, from the files in docs/."""
+    summary = json.loads(SUMMARY.read_text())
+    blocks = {"demo-result": render_demo(summary)}
+    if EVAL.exists():
+        evaluation = json.loads(EVAL.read_text())
+        if "labelled" in evaluation:
+            blocks["labelled-table"] = render_labelled(evaluation, summary)
+    return blocks
+
+
+def block_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- BEGIN {re.escape(name)} -->\n)(.*?)(\n<!-- END {re.escape(name)} -->)", re.S)
+
+
+def readme_blocks(readme: str) -> dict[str, str]:
+    return {m.group(1): m.group(2) for m in re.finditer(r"<!-- BEGIN ([\w-]+) -->\n(.*?)\n<!-- END \1 -->", readme, re.S)}
+
+
+def write_blocks(readme: str, blocks: dict[str, str]) -> str:
+    for name, text in blocks.items():
+        readme, count = block_pattern(name).subn(lambda m: m.group(1) + text + m.group(3), readme)
+        if count != 1:
+            raise SystemExit(f"README.md has {count} '{name}' blocks, expected 1")
+    return readme
+
+
+def _commit() -> str:
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                      text=True, check=True).stdout.strip():
+        raise SystemExit("the working tree has uncommitted changes: commit first, so the figures name their commit")
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _relpos(*args: str) -> None:
+    print("+ relpos", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "relpos.cli", *args], cwd=ROOT, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--labelled", type=Path, help="folder made by `relpos data photos` (for the labelled table)")
+    parser.add_argument("--only", default="demo,labelled", help="comma-separated steps: demo, labelled")
+    args = parser.parse_args(argv)
+    steps = set(args.only.split(","))
+    commit = _commit()
+    work = Path(tempfile.mkdtemp(prefix=f"relpos-regenerate-{commit}-"))
+    run = work / "demo"
+    if "demo" in steps:
+        _relpos("train", *[a if a != "runs/demo" else str(run) for a in readme_train_args(README.read_text())])
+        summary = json.loads((run / "summary.json").read_text())
+        summary["commit"] = commit
+        summary["regenerated"] = datetime.date.today().isoformat()
+        SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.copyfile(run / "curves.png", CURVES)
+    if "labelled" in steps:
+        if args.labelled is None:
+            raise SystemExit("--labelled PHOTOS_DIR is needed for the labelled table (make it with relpos data photos)")
+        if not (run / "checkpoint.pt").exists():
+            raise SystemExit("the labelled step evaluates the demo checkpoint: run the demo step in the same call")
+        _relpos("eval", str(run / "checkpoint.pt"), "--out", str(work / "eval"), "--labelled", str(args.labelled))
+        EVAL.write_text((work / "eval" / "eval.json").read_text())
+    README.write_text(write_blocks(README.read_text(), render_blocks()))
+    print(f"README.md and docs/ regenerated from commit {commit}; review and commit them (work files in {work})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
