@@ -1,7 +1,8 @@
 """The plan: everything random about a batch, drawn once, so that every backend renders the same patches.
 
-A plan holds one int32 row per patch (columns below), the pair index tensor with labels, the noise seed,
-and the sizes of the images it was drawn for (so a plan cannot silently be applied to another batch).
+A plan holds one int32 row per patch (columns below), the item index tensor with labels (neighbour pairs or jigsaw
+puzzles, drawn by relpos.pretext), the noise seed, and the sizes of the images it was drawn for (so a plan cannot
+silently be applied to another batch).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ LABEL_NAMES = ("up-left", "up", "up-right", "left", "right", "down-left", "down"
 @dataclasses.dataclass
 class Plan:
     patches: torch.Tensor  # int32 [N, 7]: image, resized height, resized width, top, left, kept channel, down size
-    pairs: torch.Tensor  # int64 [M, 2]: rows of `patches`, (first, second)
-    labels: torch.Tensor  # int64 [M]: position of second relative to first, 0..7
+    # int64 [M, k]: the rows of `patches` each item's head reads, in order: k = 2 for relative position (first,
+    # second), k = 9 for jigsaw (the tiles in shuffled order); the name is from the first task
+    pairs: torch.Tensor
+    labels: torch.Tensor  # int64 [M]: the item's class (relative position 0..7, jigsaw permutation 0..K-1)
     seed: int  # key of the counter-based noise
     patch_size: int  # side of every patch, in pixels
     image_sizes: torch.Tensor  # int64 [B, 2]: (height, width) of the batch the plan was drawn for

@@ -170,3 +170,35 @@ def test_a_version_2_relative_position_checkpoint_still_loads_and_resumes(photos
     assert isinstance(pretext_from_checkpoint(load_checkpoint(out / "checkpoint.pt")), RelativePosition)
     summary = train(dataclasses.replace(config, stop_after=-1, resume=True))
     assert summary["step"] == 3 and summary["task"] == "relpos"
+
+
+def test_show_draws_a_sheet_of_puzzles(tmp_path, capsys):
+    from relpos.cli import main
+
+    assert main(["show", "--task", "jigsaw", "--permutations", "10", "--puzzles", "2", "--out",
+                 str(tmp_path / "puzzles.png")]) == 0
+    assert "4 puzzles" in capsys.readouterr().out  # 4 puzzles per image (PatchConfig.grids_per_image)
+    assert (tmp_path / "puzzles.png").stat().st_size > 10_000 and (tmp_path / "puzzles_grids.png").exists()
+
+
+def test_train_options_and_checks_come_from_one_place():
+    """Every TrainConfig field has its help; a choice or bound refused by `check` is the one the CLI offers."""
+    from relpos.train.config import TrainConfig
+
+    for field in dataclasses.fields(TrainConfig):
+        assert field.metadata["help"], field.name
+    for name, bad in (("task", "colorization"), ("color", "sepia"), ("backend", "tpu"), ("permutations", 1)):
+        with pytest.raises(ValueError, match=f"--{name}"):
+            TrainConfig(**{name: bad}).check()
+    assert {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume_may_change"]} >= {"workers", "out"}
+
+
+def test_evaluation_and_bench_do_not_load_the_training_loop():
+    import subprocess
+    import sys
+
+    code = ("import sys, relpos.evaluation, relpos.bench; "
+            "print(sorted(m for m in sys.modules if m in ('relpos.train.loop', 'relpos.training')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

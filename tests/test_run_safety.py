@@ -161,7 +161,7 @@ BAD_TRAIN_OPTIONS = [
     ("--eval-plans", "0"), ("--patch", "0"), ("--patch", "100000"), ("--gap", "-1"), ("--jitter", "-5"),
     ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--max-nonfinite", "0"), ("--workers", "-1"),
     ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"), ("--device", "bogus"), ("--device", "cuda:x"),
-    ("--permutations", "1"), ("--permutations", "5000"),
+    ("--permutations", "1"), ("--permutations", "5000"), ("--task", "colorization"), ("--color", "sepia"),
 ]
 
 
