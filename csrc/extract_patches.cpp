@@ -192,11 +192,10 @@ void extract_patches_out_cpu_simd(const at::Tensor& data, const at::Tensor& meta
   const int64_t* m = meta_copy.data_ptr<int64_t>();
   const int32_t* p = plan_copy.data_ptr<int32_t>();
   const int patch = static_cast<int>(out.size(2));
-  const int64_t size = data.numel();
 #if RELPOS_HAVE_AVX2_COPY
-  if (avx2) return avx2::run_kernel(bytes, size, m, p, plan.size(0), patch, static_cast<uint64_t>(seed), code, out, strides);
+  if (avx2) return avx2::run_kernel(bytes, m, p, plan.size(0), patch, static_cast<uint64_t>(seed), code, out, strides);
 #endif
-  scalar::run_kernel(bytes, size, m, p, plan.size(0), patch, static_cast<uint64_t>(seed), code, out, strides);
+  scalar::run_kernel(bytes, m, p, plan.size(0), patch, static_cast<uint64_t>(seed), code, out, strides);
 }
 
 void extract_patches_out_cpu(const at::Tensor& data, const at::Tensor& meta, const at::Tensor& plan, int64_t seed,
