@@ -25,7 +25,6 @@ import re
 import shutil
 import struct
 import subprocess
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent

@@ -140,3 +140,17 @@ def resolve(backend: str, device: torch.device) -> str:
         reason = triton_error() or f"Triton runs on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 (got {device})"
         raise RuntimeError(f"backend='triton' is not available: {reason}")
     return backend
+
+
+def fast_backends(device: torch.device) -> tuple[str, ...]:
+    """The compiled backends that run on `device` at speed: what benchmarks time (the Triton interpreter on CPU
+    tensors is a correctness tool, not a speed one, so it is left out)."""
+    usable = []
+    for backend in ("cpu", "cuda", "triton"):
+        try:
+            resolve(backend, device)
+        except (ValueError, RuntimeError):
+            continue
+        if not (backend == "triton" and device.type == "cpu"):
+            usable.append(backend)
+    return tuple(usable)

@@ -97,13 +97,7 @@ def data_step_cases(device: torch.device, include_reference: bool, workers: int)
     cases = {}
     if include_reference:
         cases["reference"] = lambda b: extract_patches(b["packed"], b["plan"], backend="reference")
-    for backend in ("cpu", "cuda", "triton"):
-        try:
-            backends.resolve(backend, device)
-        except (ValueError, RuntimeError):
-            continue
-        if backend == "triton" and device.type == "cpu":
-            continue  # the Triton interpreter is a correctness tool, not a speed one
+    for backend in backends.fast_backends(device):
         cases[backend] = lambda b, backend=backend: extract_patches(b["packed"], b["plan"], backend=backend)
     cases["baseline: numpy/PIL per patch"] = lambda b: numpy_pil_pipeline(b["numpy"], b["plan"])
     if has_opencv():
@@ -186,11 +180,7 @@ def bench_batch_sizes(config: PatchConfig, device: torch.device, rounds: int, si
         for batch in inputs:  # trim every plan to exactly `patches` patches (repeat rows if short)
             rows = torch.arange(patches) % batch["plan"].num_patches
             batch["plan"] = dataclasses.replace(batch["plan"], patches=batch["plan"].patches[rows].contiguous())
-        for backend in ("cuda", "triton"):
-            try:
-                backends.resolve(backend, device)
-            except (ValueError, RuntimeError):
-                continue
+        for backend in backends.fast_backends(device):
             seconds = time_median(lambda b: extract_patches(b["packed"], b["plan"], backend=backend), inputs, device,
                                   rounds)
             moved = statistics.mean(_bytes_moved(b, 4) for b in inputs)

@@ -135,3 +135,9 @@ def test_triton_and_cpp_agree_bit_for_bit(color, generator):
     cpp = relpos.extract_patches(images, plan, color=color, backend="cpu")
     tri = relpos.extract_patches(images, plan, color=color, backend="triton")
     assert torch.equal(cpp, tri)
+
+
+def test_fast_backends_are_the_compiled_ones_that_run_here():
+    """What benchmarks time: the C++ op on the CPU (not the Triton interpreter, not the reference)."""
+    cpu = backends.fast_backends(torch.device("cpu"))
+    assert cpu == (("cpu",) if backends.has_cpu_extension() else ())
