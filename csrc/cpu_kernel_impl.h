@@ -195,6 +195,58 @@ inline void noise_32(uint32_t k0_start, uint32_t k1_start, uint32_t block, uint3
 }
 #endif
 
+#if RELPOS_AVX512
+// mulhilo8 and noise_32 sixteen lanes wide: the same words and floats, transposed across four 128-bit lanes.
+inline void mulhilo16(__m512i x, __m512i constant, __m512i* hi, __m512i* lo) {
+  const __m512i even = _mm512_mul_epu32(x, constant);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(x, 32), constant);
+  *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+
+inline __m512 words_to_noise16(__m512i words) {
+  const __m512 value = _mm512_cvtepi32_ps(_mm512_srli_epi32(words, 8));
+  return _mm512_sub_ps(_mm512_mul_ps(value, _mm512_set1_ps(1.0f / 16777216.0f)), _mm512_set1_ps(0.5f));
+}
+
+// 64 noise values of the 16 Philox blocks from `block`, stored contiguously.
+inline void noise_64(uint32_t k0_start, uint32_t k1_start, uint32_t block, uint32_t patch_index, float* dst) {
+  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(block)),
+                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  __m512i c1 = _mm512_set1_epi32(static_cast<int>(patch_index)), c2 = _mm512_setzero_si512(), c3 = c2;
+  const __m512i mul_b = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  const __m512i mul_a = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  uint32_t k0 = k0_start, k1 = k1_start;
+  for (int round = 0; round < 10; ++round) {
+    __m512i hi_b, lo_b, hi_a, lo_a;
+    mulhilo16(c2, mul_b, &hi_b, &lo_b);
+    mulhilo16(c0, mul_a, &hi_a, &lo_a);
+    c0 = _mm512_xor_si512(_mm512_xor_si512(hi_b, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    c2 = _mm512_xor_si512(_mm512_xor_si512(hi_a, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c1 = lo_b;
+    c3 = lo_a;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  const __m512 f0 = words_to_noise16(c0), f1 = words_to_noise16(c1), f2 = words_to_noise16(c2),
+               f3 = words_to_noise16(c3);
+  const __m512 t0 = _mm512_unpacklo_ps(f0, f1), t1 = _mm512_unpackhi_ps(f0, f1);
+  const __m512 t2 = _mm512_unpacklo_ps(f2, f3), t3 = _mm512_unpackhi_ps(f2, f3);
+  const __m512 u0 = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));  // blocks 0 | 4 | 8 | 12
+  const __m512 u1 = _mm512_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));  // blocks 1 | 5 | 9 | 13
+  const __m512 u2 = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));  // blocks 2 | 6 | 10 | 14
+  const __m512 u3 = _mm512_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));  // blocks 3 | 7 | 11 | 15
+  const __m512 a = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(1, 0, 1, 0));  // 0 4 1 5
+  const __m512 b = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0));  // 2 6 3 7
+  const __m512 c = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2));  // 8 12 9 13
+  const __m512 d = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));  // 10 14 11 15
+  _mm512_storeu_ps(dst, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)));       // 0 1 2 3
+  _mm512_storeu_ps(dst + 16, _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));  // 4 5 6 7
+  _mm512_storeu_ps(dst + 32, _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(2, 0, 2, 0)));  // 8 9 10 11
+  _mm512_storeu_ps(dst + 48, _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 1, 3, 1)));  // 12 13 14 15
+}
+#endif
+
 // Noise of elements [first, first + count) of patch `patch_index` into out: the values of centered_noise.
 inline void fill_noise(uint64_t seed, uint32_t patch_index, uint32_t first, int count, float* out) {
   const uint32_t first_block = first >> 2, last_block = (first + count - 1) >> 2;
@@ -204,6 +256,11 @@ inline void fill_noise(uint64_t seed, uint32_t patch_index, uint32_t first, int 
   const uint32_t inner_end = (first + count) >> 2;       // one past the last such block
   uint32_t block = inner_begin;
   if (inner_begin > first_block) noise_blocks_scalar(seed, patch_index, first, count, first_block, first_block, out);
+#if RELPOS_AVX512
+  for (; block + 16 <= inner_end; block += 16)
+    noise_64(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), block, patch_index,
+             out + (int64_t{block} * 4 - first));
+#endif
   for (; block + 8 <= inner_end; block += 8)
     noise_32(static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), block, patch_index,
              out + (int64_t{block} * 4 - first));

@@ -25,14 +25,19 @@ def test_build_has_openmp_where_torch_has_it():
     assert info["simd_used"] in info["simd_compiled"].split(",")
 
 
-def test_build_has_avx2_copy_on_x86():
+def test_build_has_vector_copies_on_x86():
     info = backends.build_info()
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        assert info["simd_compiled"] == "avx2,scalar" and info["simd_used"] == "avx2", info
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("AVX2", "AVX512"):
+        assert info["simd_compiled"] == "avx512,avx2,scalar", info
+        assert info["simd_used"] == ("avx512" if capability == "AVX512" else "avx2"), info
 
 
 def _simd_copies():
-    return ["scalar"] + (["avx2"] if "avx2" in (backends.build_info() or {}).get("simd_compiled", "") else [])
+    """The copies this CPU can run: scalar always, avx2 and avx512 where built and supported."""
+    info = backends.build_info() or {}
+    compiled, used = info.get("simd_compiled", "scalar").split(","), info.get("simd_used", "scalar")
+    return [c for c in ("scalar", "avx2", "avx512") if c in compiled and compiled.index(c) >= compiled.index(used)]
 
 
 def _run(images, plan, color, dtype, channels_last, simd):
@@ -49,7 +54,7 @@ def _run(images, plan, color, dtype, channels_last, simd):
 @pytest.mark.parametrize("color", relpos.COLOR_MODES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-def test_avx2_and_scalar_copies_agree_bit_for_bit(color, dtype, channels_last, generator):
+def test_vector_and_scalar_copies_agree_bit_for_bit(color, dtype, channels_last, generator):
     # Odd patch sizes put the noise planes at offsets that are not multiples of 4 (partial Philox blocks at both
     # ends) and leave vector tails; patch 1..3 has no full vector at all.
     for patch in (1, 3, int(torch.randint(4, 28, (), generator=generator))):
@@ -60,9 +65,9 @@ def test_avx2_and_scalar_copies_agree_bit_for_bit(color, dtype, channels_last, g
         assert plan.num_patches > 0
         plan = subset(plan, torch.randperm(plan.num_patches, generator=generator)[:300])
         scalar = _run(images, plan, color, dtype, channels_last, "scalar")
-        vector = _run(images, plan, color, dtype, channels_last, "avx2")
-        assert torch.equal(scalar.view(torch.int16 if dtype != torch.float32 else torch.int32),
-                           vector.view(torch.int16 if dtype != torch.float32 else torch.int32))
+        bits = torch.int16 if dtype != torch.float32 else torch.int32
+        for copy in _simd_copies()[1:]:  # avx2, and avx512 where this CPU runs it
+            assert torch.equal(scalar.view(bits), _run(images, plan, color, dtype, channels_last, copy).view(bits)), copy
         plan = subset(plan, slice(0, 2))  # and the scalar copy against the (slow) reference on a few
         scalar = _run(images, plan, color, dtype, channels_last, "scalar")
         expected = relpos.extract_patches(images, plan, color=color, backend="reference", dtype=dtype)
