@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -146,10 +147,17 @@ def _train(config: TrainConfig) -> dict:
     is_main = rank == 0
     run_folder = claim_run_folder(out, resume=config.resume, overwrite=config.overwrite) if is_main else None
     try:
-        return _step_loop(_set_up(config, rank, world, device, out, is_main))
+        run = _set_up(config, rank, world, device, out, is_main)
+        result = _step_loop(run)
     finally:
         if run_folder is not None:
             run_folder.release()
+    # The run goes before its process group: DDP's reducer holds the group, and if it held the last reference its
+    # destructor would join gloo's threads with the GIL held while one of them waits for the GIL (a hang seen in CI).
+    del run
+    gc.collect()
+    finish_distributed(world)
+    return result
 
 
 def _ignored_options(config: TrainConfig) -> list[str]:
@@ -415,7 +423,6 @@ def _step_loop(run: _Run) -> dict:
                 if progress is not None:
                     progress.close()
                 print(message, flush=True)
-                finish_distributed(run.world)
                 return {"interrupted": True, "step": done}
     if progress is not None:
         progress.close()
@@ -441,5 +448,4 @@ def _finish(run: _Run, last_eval: dict | None, items_seen: bool) -> dict:
             log.warning("%d files were skipped; see %s", len(run.skipped.files), run.skipped.path)
         print(f"wrote {run.checkpoint_path}, {out / 'metrics.jsonl'}, {out / 'curves.png'} and "
               f"{out / 'summary.json'}. Next: relpos eval {run.checkpoint_path} --out {out / 'eval'}", flush=True)
-    finish_distributed(run.world)
     return summary
