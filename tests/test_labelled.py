@@ -95,6 +95,7 @@ def _labelled_folder(root, generator):
         plane = np.tile(wave[:, None] if label == "horizontal" else wave[None, :260], (1, 260) if label ==
                         "horizontal" else (200, 1))[:200, :260]
         picture = np.repeat(plane[..., None], 3, axis=2)
+        picture[0, 0] = index  # no two files alike: two phases can round to the same stripes (sha256 dedup)
         buffer = io.BytesIO()
         Image.fromarray(picture).save(buffer, "PNG")
         name = f"{label}_{index}.png"

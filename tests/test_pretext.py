@@ -90,7 +90,9 @@ def _backends():
 @pytest.mark.parametrize("device,backend", _backends(), ids=str)
 @pytest.mark.parametrize("color", ["drop", "project", "none"])
 def test_jigsaw_tiles_render_like_the_reference(generator, device, backend, color):
-    """The tiles are plan rows like any patch, so each backend renders them as the reference does, bit for bit."""
+    """The tiles are plan rows like any patch, so each backend renders them as the reference does (to the last-bit
+    rounding of a tile's float64 mean and scale, as for every patch; backends agree bit for bit among themselves,
+    tests/test_backends.py)."""
     images = random_images(generator, 4, low=60, high=140, layout="hwc")
     plan = Jigsaw(TILE_CONFIG, 10).draw([img.shape[:2] for img in images],
                                         seed=int(torch.randint(0, 2**31, (), generator=generator)))
@@ -100,7 +102,8 @@ def test_jigsaw_tiles_render_like_the_reference(generator, device, backend, colo
     expected = relpos.extract_patches_reference(relpos.pack_images(images), plan, color)
     out = torch.full((plan.num_patches, 3, 12, 12), float("nan"), device=device)  # poisoned: all must be written
     relpos.extract_patches([img.to(device) for img in images], plan, color=color, backend=backend, out=out)
-    assert torch.equal(out.cpu(), expected)
+    assert not torch.isnan(out).any()
+    torch.testing.assert_close(out.cpu(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_tasks_name_their_classes_and_models():
