@@ -59,6 +59,7 @@ def test_vector_and_scalar_copies_agree_bit_for_bit(color, dtype, channels_last,
     # ends) and leave vector tails; patch 1..3 has no full vector at all.
     for patch in (1, 3, int(torch.randint(4, 28, (), generator=generator))):
         images = random_images(generator, int(torch.randint(1, 4, (), generator=generator)), low=20, high=300)
+        images += random_images(generator, 1, low=120, high=121)  # a square one: the plan is never empty
         config = relpos.PatchConfig(patch=patch, gap=patch // 2, jitter=1, min_pixels=60 * patch**2,
                                     max_pixels=200 * patch**2, downsample_area=(1, patch**2), downsample_prob=0.5)
         plan = relpos.sample_plan(relpos.pack_images(images).sizes, config, generator=generator)
