@@ -239,10 +239,16 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
                     factor *= trips
         return factor
 
+    # BlockExec's second tree runs in warp 0 only: 32 threads per patch, not the block
+    first_warp = {(KERNEL.name, line) for line in lambda_lines(KERNEL, r"if \(warp == 0\) \{")}
+
     def count(chain):
+        if chain and chain[0] in first_warp:
+            return count(chain[1:] or ((KERNEL.name, 0),)) * 32 / threads
         for depth, key in enumerate(chain):
-            if key not in helpers:  # the call site; nothing if a line of the helper never ran (a branch not taken)
-                if any(host(inner) == 0 for inner in chain[:depth]):
+            if key not in helpers:  # the call site; nothing if a line of the helper never ran (a branch not taken;
+                # a device-only line has no count of its own and says nothing about that)
+                if any(counts.get(inner) == 0 for inner in chain[:depth]):
                     return 0
                 return anchor(key) / unrolled(chain[depth:])
         return patches * threads
