@@ -215,7 +215,15 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
     # BlockExec's phase and reduce bodies count as often as the render_patch line that calls them.
     helpers |= {(KERNEL.name, line) for line in function_lines(KERNEL, ["phase", "reduce"])}
 
+    # The opening line of a phase lambda written over several lines: gcov also charges it with blocks of the
+    # body (10 per call for the taps phase's), so it takes the count of its first body line, once per call.
+    header_lines = HEADER.read_text().splitlines()
+    openings = {(HEADER.name, line) for line in lambda_lines(HEADER, r"\[&\]\(int t, int T\) \{$")
+                if re.search(r"\[&\]\(int t, int T\) \{$", header_lines[line - 1])}
+
     def host(key):
+        if key in openings:
+            return counts.get((key[0], key[1] + 1), 0)
         if key in counts:
             return counts[key]
         name, line = key  # a line compiled for the device only: the count of the nearest line above
