@@ -37,8 +37,8 @@ COLOR_CODES = {"none": 0, "drop": 1, "project": 2}
 # the line that calls them (the innermost line that is not in one of these), or never if their own line never ran
 # (a branch not taken).
 HELPERS = {HEADER.name: ["make_fastdiv", "fast_div", "pack_tap", "unpack_tap", "align16", "source_offset",
-                         "output_offset", "float_bits", "bits_float", "convert", "store4", "load4", "store_bytes4",
-                         "byte_to_float", "at",
+                         "output_offset", "float_bits", "bits_float", "convert", "store4", "load4",
+                         "store_bytes4", "byte_to_float", "at",
                          "work_x", "work_y", "home_buffer", "buffer_at", "tree_sum32"],
            MATH.name: ["mulhi32", "philox4x32_10", "word_to_noise", "centered_noise", "linear_taps", "blend", "at",
                        "make_geometry", "crop_pixel", "small_pixel", "patch_pixel", "project_green_magenta",
@@ -248,11 +248,20 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
         return factor
 
     # BlockExec's second tree runs in warp 0 only: 32 threads per patch, not the block
-    first_warp = {(KERNEL.name, line) for line in lambda_lines(KERNEL, r"if \(warp == 0\) \{")}
+    # (the lines after the test, which every thread runs)
+    first_warp = {(KERNEL.name, line) for line in lambda_lines(KERNEL, r"if \(warp == 0\) \{")
+                  if not re.search(r"if \(warp == 0\) \{", KERNEL.read_text().splitlines()[line - 1])}
+
+    # and its first tree in the warps that summed (staged::sum_threads)
+    sum_threads = min(threads, int(re.search(r"constexpr int kSumThreads = (\d+);", HEADER.read_text()).group(1)))
+    summing = {(KERNEL.name, line) for line in lambda_lines(KERNEL, r"if \(warp < sum_warps\) \{")
+               if not re.search(r"if \(warp < sum_warps\) \{", KERNEL.read_text().splitlines()[line - 1])}
 
     def count(chain):
         if chain and chain[0] in first_warp:
             return count(chain[1:] or ((KERNEL.name, 0),)) * 32 / threads
+        if chain and chain[0] in summing:
+            return count(chain[1:] or ((KERNEL.name, 0),)) * sum_threads / threads
         for depth, key in enumerate(chain):
             if key not in helpers:  # the call site; nothing if a line of the helper never ran (a branch not taken;
                 # a device-only line has no count of its own and says nothing about that)

@@ -41,7 +41,7 @@ struct HostExec {
     using Result = decltype(finish(staged::Sums{}));
     std::vector<staged::Sums> mine(threads);
     for (int t : order) mine[t] = f(t, threads);
-    const int warps = threads / 32;
+    const int warps = staged::sum_threads(threads) / 32;  // the warps that summed
     staged::Sums total;
     for (int k = 0; k < 6; ++k) {
       for (int w = 0; w < warps; ++w) {

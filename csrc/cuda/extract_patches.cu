@@ -16,8 +16,8 @@ namespace {
 // (P + 2) x P float buffers, 150 KB at P = 96) allows one block per SM on sm_80 and sm_90 in any case.
 constexpr int kThreads = 1024;
 
-// Runs the phases of staged_phases.h with real barriers. The block sum is a shuffle-down tree per warp, then
-// the same tree over the warps in warp 0 (staged::tree_sum32 is this order on the CPU).
+// Runs the phases of staged_phases.h with real barriers. The block sum is a shuffle-down tree per warp (of the
+// warps that summed: staged::sum_threads), then the same tree over those warps in warp 0 (staged::tree_sum32 is this order on the CPU).
 struct BlockExec {
   template <typename F>
   __device__ __forceinline__ void phase(F&& f) {
@@ -30,11 +30,14 @@ struct BlockExec {
   __device__ __forceinline__ auto reduce(F&& f, G&& finish, double* scratch) -> decltype(finish(staged::Sums{})) {
     using Result = decltype(finish(staged::Sums{}));
     const staged::Sums mine = f(static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    for (int k = 0; k < 6; ++k) {
-      double v = mine.v[k];
-      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-      if (lane == 0) scratch[warp * 6 + k] = v;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sum_warps = staged::sum_threads(static_cast<int>(blockDim.x)) >> 5, warps = sum_warps;
+    if (warp < sum_warps) {  // the other warps summed nothing
+      for (int k = 0; k < 6; ++k) {
+        double v = mine.v[k];
+        for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+        if (lane == 0) scratch[warp * 6 + k] = v;
+      }
     }
     __syncthreads();
     Result* result = reinterpret_cast<Result*>(scratch + staged::kReduceDoubles);

@@ -95,6 +95,10 @@ struct VRow {
 constexpr int kBuffers = 4;          // float buffers of (P + 2) x P: three final channels and one to work in
 constexpr int kMaxWarps = 32;        // 1024 threads
 constexpr int kReduceDoubles = (kMaxWarps + 1) * 6;  // warp partial sums and totals, then finish's result
+// Threads that take part in the sums (the first ones of the block): each sums 9 x 4 pixels at P = 96, so the
+// block sum's shuffle tree runs in 8 warps instead of 32 (it costs ~100 instructions per thread).
+constexpr int kSumThreads = 256;
+RELPOS_HD int sum_threads(int T) { return T < kSumThreads ? T : kSumThreads; }
 constexpr int64_t kMinWindow = 2048;  // bytes; also the block reduction's scratch (kReduceDoubles doubles + Norm)
 
 // Where everything lies in the dynamic shared memory of one block (byte offsets, 16-byte aligned).
@@ -609,12 +613,14 @@ struct Sums {
   double v[6];
 };
 
-// Reduction phase: this thread's sums over its elements of the three channel buffers, after the colour
+// Reduction phase (the first sum_threads(T) threads): this thread's sums over its elements of the three channel buffers, after the colour
 // projection (done in place: each element is read and written by the same thread). Four adjacent pixels per
 // thread and step where P^2 % 4 == 0 (one 16-byte load per buffer: a quarter of the loads and loop steps). One
 // loop per case, so that no loop branches on it (and each SASS line belongs to one case).
-RELPOS_HD Sums phase_sums(int t, int T, float* const values[3], const Patch& s) {
+RELPOS_HD Sums phase_sums(int t, int block_threads, float* const values[3], const Patch& s) {
   Sums r = {{0, 0, 0, 0, 0, 0}};
+  const int T = sum_threads(block_threads);
+  if (t >= T) return r;
   auto add = [&](const float v[3]) {
     for (int c = 0; c < 3; ++c) {
       const double d = v[c];
@@ -758,8 +764,10 @@ RELPOS_HD void phase_store(int t, int T, const ExtractParams& p, const Patch& s,
 // ------------------------------------------------------------------------------ per-pixel path phases
 // For patches whose buffers do not fit: each pixel by relpos_math.h's nested evaluation (the values the
 // staged passes compute), once for the sums and again for the store.
-RELPOS_HD Sums phase_pixel_sums(int t, int T, const Patch& s, const FastDiv& by_p) {
+RELPOS_HD Sums phase_pixel_sums(int t, int block_threads, const Patch& s, const FastDiv& by_p) {
   Sums r = {{0, 0, 0, 0, 0, 0}};
+  const int T = sum_threads(block_threads);  // the threads whose sums the block sum takes
+  if (t >= T) return r;
   RELPOS_ROLLED
   for (int i = t; i < s.Q; i += T) {
     const int py = static_cast<int>(fast_div(by_p, static_cast<uint32_t>(i)));
