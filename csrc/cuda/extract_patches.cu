@@ -17,7 +17,8 @@ namespace {
 constexpr int kThreads = 1024;
 
 // Runs the phases of staged_phases.h with real barriers. The block sum is a shuffle-down tree per warp (of the
-// warps that summed: staged::sum_threads), then the same tree over those warps in warp 0 (staged::tree_sum32 is this order on the CPU).
+// warps that summed: staged::sum_threads), then the same tree over those warps in warp 0 (staged::tree_sum32
+// is this order on the CPU).
 struct BlockExec {
   template <typename F>
   __device__ __forceinline__ void phase(F&& f) {

@@ -99,6 +99,15 @@ constexpr int kReduceDoubles = (kMaxWarps + 1) * 6;  // warp partial sums and to
 // block sum's shuffle tree runs in 8 warps instead of 32 (it costs ~100 instructions per thread).
 constexpr int kSumThreads = 256;
 RELPOS_HD int sum_threads(int T) { return T < kSumThreads ? T : kSumThreads; }
+// Threads that take part in the staging and resampling passes (kWorkThreads) and in the store (kNarrowThreads),
+// the first ones of the block, the others waiting at the barrier: every phase pays a per-thread set-up (its
+// thread-to-work mapping, tap loads, 64-bit addresses) of ~30-100 instructions, against only 2-9 elements per
+// thread at 1024 threads and P = 96. The price: 16 warps (8 in the store) issue in those phases, not 32; the
+// passes keep four independent columns per thread in flight. Estimates, not measured: gpu_session.sh can check.
+constexpr int kWorkThreads = 512;
+constexpr int kNarrowThreads = 256;
+RELPOS_HD int work_threads(int T) { return T < kWorkThreads ? T : kWorkThreads; }
+RELPOS_HD int narrow_threads(int T) { return T < kNarrowThreads ? T : kNarrowThreads; }
 constexpr int64_t kMinWindow = 2048;  // bytes; also the block reduction's scratch (kReduceDoubles doubles + Norm)
 
 // Where everything lies in the dynamic shared memory of one block (byte offsets, 16-byte aligned).
@@ -408,7 +417,9 @@ RELPOS_HD void phase_noise(int t, int T, float* dst, const Patch& s, int c) {
 
 // Phase: channel c's source window [wr0, wr1] x [wc0, wc1] into shared memory, row after row; consecutive
 // threads read consecutive columns (consecutive bytes when the image is planar).
-RELPOS_HD void phase_stage(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int c) {
+RELPOS_HD void phase_stage(int t, int block_threads, unsigned char* smem, const Layout& L, const Patch& s, int c) {
+  const int T = work_threads(block_threads);
+  if (t >= T) return;
   uint8_t* window = at<uint8_t>(smem, L.window);
   const int rows = s.wr1 - s.wr0 + 1, cols = s.window_cols, stride = s.window_stride, quads = stride / 4;
   const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
@@ -445,8 +456,10 @@ RELPOS_HD void phase_stage(int t, int T, unsigned char* smem, const Layout& L, c
 // Phase: horizontal blend of `slots` source rows into h (rows of P floats). Thread t owns column t % P and
 // takes every (T / P)-th slot from t / P, so the column's taps stay in registers.
 template <bool kFromWindow>
-RELPOS_HD void phase_h(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int c, int band_begin,
-                       int slots, float* h) {
+RELPOS_HD void phase_h(int t, int block_threads, unsigned char* smem, const Layout& L, const Patch& s, int c,
+                       int band_begin, int slots, float* h) {
+  const int T = work_threads(block_threads);
+  if (t >= T) return;
   const int P = s.P;
   const int* rows = at<int>(smem, L.h_rows) + (s.dense ? 0 : 2 * band_begin);
   if (kFromWindow && L.quads) {  // four adjacent columns per thread, one 16-byte store per slot
@@ -497,8 +510,10 @@ RELPOS_HD void phase_h(int t, int T, unsigned char* smem, const Layout& L, const
 }
 
 // Phase: vertical blend of output rows [band_begin, band_end) of the crop from the h rows into dst (P x P).
-RELPOS_HD void phase_v(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, int band_begin,
+RELPOS_HD void phase_v(int t, int block_threads, unsigned char* smem, const Layout& L, const Patch& s, int band_begin,
                        int band_end, const float* h, float* dst) {
+  const int T = work_threads(block_threads);
+  if (t >= T) return;
   const int P = s.P;
   const VRow* rows = at<VRow>(smem, L.v_rows);
   if (L.quads) {  // four adjacent columns per thread: 16-byte loads and stores
@@ -530,8 +545,10 @@ RELPOS_HD void phase_v(int t, int T, unsigned char* smem, const Layout& L, const
 }
 
 // Phase: the crop (P x P) down-sampled to small (D x D), by blend() like the C++ op.
-RELPOS_HD void phase_small(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* crop,
-                           float* small) {
+RELPOS_HD void phase_small(int t, int block_threads, unsigned char* smem, const Layout& L, const Patch& s,
+                           const float* crop, float* small) {
+  const int T = work_threads(block_threads);
+  if (t >= T) return;
   const int P = s.P, D = s.g.down;
   const int first = static_cast<int>(fast_div(s.by_d, static_cast<uint32_t>(t)));
   const int step = static_cast<int>(fast_div(s.by_d, static_cast<uint32_t>(T)));
@@ -548,8 +565,10 @@ RELPOS_HD void phase_small(int t, int T, unsigned char* smem, const Layout& L, c
 }
 
 // Phase: horizontal up-sampling of every small row to P columns (wide, D x P).
-RELPOS_HD void phase_wide(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* small,
-                          float* wide) {
+RELPOS_HD void phase_wide(int t, int block_threads, unsigned char* smem, const Layout& L, const Patch& s,
+                          const float* small, float* wide) {
+  const int T = work_threads(block_threads);
+  if (t >= T) return;
   const int P = s.P, D = s.g.down;
   if (L.quads) {  // four adjacent columns per thread, one 16-byte store per small row
     const int first = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(t)));
@@ -577,8 +596,10 @@ RELPOS_HD void phase_wide(int t, int T, unsigned char* smem, const Layout& L, co
 }
 
 // Phase: vertical up-sampling of wide to the P x P patch.
-RELPOS_HD void phase_up(int t, int T, unsigned char* smem, const Layout& L, const Patch& s, const float* wide,
-                        float* dst) {
+RELPOS_HD void phase_up(int t, int block_threads, unsigned char* smem, const Layout& L, const Patch& s,
+                        const float* wide, float* dst) {
+  const int T = work_threads(block_threads);
+  if (t >= T) return;
   const int P = s.P;
   const Taps* up = at<Taps>(smem, L.up);
   if (L.quads) {  // four adjacent columns per thread: 16-byte loads and stores
@@ -613,10 +634,11 @@ struct Sums {
   double v[6];
 };
 
-// Reduction phase (the first sum_threads(T) threads): this thread's sums over its elements of the three channel buffers, after the colour
-// projection (done in place: each element is read and written by the same thread). Four adjacent pixels per
-// thread and step where P^2 % 4 == 0 (one 16-byte load per buffer: a quarter of the loads and loop steps). One
-// loop per case, so that no loop branches on it (and each SASS line belongs to one case).
+// Reduction phase (the first sum_threads(T) threads): this thread's sums over its elements of the three channel
+// buffers, after the colour projection (done in place: each element is read and written by the same thread).
+// Four adjacent pixels per thread and step where P^2 % 4 == 0 (one 16-byte load per buffer: a quarter of the
+// loads and loop steps). One loop per case, so that no loop branches on it (and each SASS line belongs to one
+// case).
 RELPOS_HD Sums phase_sums(int t, int block_threads, float* const values[3], const Patch& s) {
   Sums r = {{0, 0, 0, 0, 0, 0}};
   const int T = sum_threads(block_threads);
@@ -699,8 +721,10 @@ RELPOS_HD Norm make_norm(const Sums& total, const Patch& s) {
 // thread stores groups of four consecutive ones with one wide store where the run allows (one loop per layout,
 // so no loop branches on it); any other layout element by element.
 template <typename Out>
-RELPOS_HD void phase_store(int t, int T, const ExtractParams& p, const Patch& s, float* const values[3],
-                           const Norm& norm, const Layout& L) {
+RELPOS_HD void phase_store(int t, int block_threads, const ExtractParams& p, const Patch& s,
+                           float* const values[3], const Norm& norm, const Layout& L) {
+  const int T = narrow_threads(block_threads);
+  if (t >= T) return;
   using storage = typename Out::storage;
   const int P = s.P, Q = s.Q, count = 3 * Q;
   const int64_t* st = p.out_strides;
