@@ -295,6 +295,7 @@ struct Patch {
   bool staged_window;      // the window of one channel fits the shared memory window
   bool dense;              // h pass rows are source rows wr0.. (every one needed); else two per output row
   FastDiv by_quads, by_d;  // division by the window's 4-byte words per row and by the down size
+  int64_t origin;          // Window::origin
 };
 
 // The per-patch choices every thread needs, computed once (thread 0, taps phase) and read after the barrier.
@@ -302,7 +303,10 @@ struct Window {
   int wr0, wr1, wc0, wc1;
   int staged_window, dense;
   FastDiv by_quads, by_d;
+  int64_t origin;  // byte offset of channel 0's window corner in the packed buffer (64-bit arithmetic, once)
 };
+
+static_assert(sizeof(Window) <= 64, "the Window header");
 
 RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n) {
   Patch s = {};
@@ -341,6 +345,7 @@ RELPOS_HD Window make_window(const Patch& s, const Layout& L) {
   w.dense = w.wr1 - w.wr0 + 1 <= L.buffer_rows;
   w.by_quads = make_fastdiv(static_cast<uint32_t>(quads));
   w.by_d = make_fastdiv(static_cast<uint32_t>(s.g.down > 0 ? s.g.down : 1));
+  w.origin = source_offset(s.meta_row, 0, w.wr0, w.wc0);
   return w;
 }
 
@@ -353,6 +358,7 @@ RELPOS_HD void read_window(Patch& s, unsigned char* smem, const Layout& L) {
   s.dense = w.dense != 0;
   s.by_quads = w.by_quads;
   s.by_d = w.by_d;
+  s.origin = w.origin;
 }
 
 // Phase: the tap tables (one output row and column per thread) and, merged into it, the noise of the dropped
@@ -423,7 +429,7 @@ RELPOS_HD void phase_stage(int t, int block_threads, unsigned char* smem, const 
   uint8_t* window = at<uint8_t>(smem, L.window);
   const int rows = s.wr1 - s.wr0 + 1, cols = s.window_cols, stride = s.window_stride, quads = stride / 4;
   const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
-  const uint8_t* origin = s.data + source_offset(s.meta_row, c, s.wr0, s.wc0);
+  const uint8_t* origin = s.data + (s.origin + c * s.meta_row[kStrideC]);
   // Four bytes of a row per thread and store (columns past the window repeat its last byte: never read).
   auto offsets = [&](int x, int64_t o[4]) {
     for (int k = 0; k < 4; ++k) o[k] = (x + k < cols ? x + k : cols - 1) * sx;
