@@ -9,7 +9,8 @@ GPU. Three corrections make the rest match the GPU: the control flow between pha
 calls: make_patch, read_window) runs once per patch on the CPU but in every thread on the GPU, so
 its counts are multiplied by the threads per block; BlockExec in extract_patches.cu never runs on the CPU, so its
 phase lines take the harness's count of thread-phase executions and its reduction and kernel lines one per thread
-and patch; lines compiled only for the device (intrinsics under __CUDA_ARCH__) take the count of the nearest
+and patch (the reduction's first tree one per summing thread, staged::kSumThreads, its second one per thread of
+warp 0); lines compiled only for the device (intrinsics under __CUDA_ARCH__) take the count of the nearest
 counted line above them. It counts thread-instructions (lanes masked off are not counted) and is an estimate:
 the host and the device compilers place instructions on lines differently at the margins (loop headers,
 hoisted loads). Loops with a literal trip count are unrolled on the GPU: each copy of a line in them counts the
