@@ -21,6 +21,7 @@ BAD_VALUES = [
     (["eval", "ck.pt"], "--folds", "1"), (["eval", "ck.pt"], "--min-per-class", "0"),
     (["eval", "ck.pt"], "--layer", "conv9"), (["eval", "ck.pt"], "--device", "gpu"),
     (["data", "photos", "DIR"], "--min-side", "-5"), (["data", "photos", "DIR"], "--min-side", "nan"),
+    (["data", "photos", "DIR"], "--keep", "some"),
 ]
 
 

