@@ -205,3 +205,37 @@ def test_evaluation_and_bench_do_not_load_the_training_loop():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_mirrored_pairs_are_the_pairs_of_the_mirrored_image(generator):
+    from relpos.ops import extract_patches
+    from relpos.plan import OFFSET_TO_LABEL, Plan
+    from relpos.pretext.relative_position import MIRRORED_LABEL
+
+    for (dr, dc), label in OFFSET_TO_LABEL.items():  # the label map is the geometry of a left-right mirror
+        assert MIRRORED_LABEL[label] == OFFSET_TO_LABEL[(dr, -dc)] and MIRRORED_LABEL[MIRRORED_LABEL[label]] == label
+    height, width, patch, gap = 70, 90, 16, 5
+    image = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator)
+    # a centre patch and its 8 neighbours, plain crops at the image's own size (no resampling to compare)
+    top0, left0 = int(torch.randint(0, height - 3 * patch - 2 * gap + 1, (), generator=generator)), 7
+    cells = [(r, c) for r in range(3) for c in range(3)]
+    def rows(mirror):
+        return torch.tensor([[0, height, width, top0 + r * (patch + gap),
+                              (width - left0 - (c + 1) * patch - c * gap) if mirror else left0 + c * (patch + gap),
+                              0, 0] for r, c in cells], dtype=torch.int32)
+    centre = cells.index((1, 1))
+    pairs = torch.tensor([[centre, i] for i in range(9) if i != centre])
+    labels = torch.tensor([OFFSET_TO_LABEL[(cells[i][0] - 1, cells[i][1] - 1)] for i in range(9) if i != centre])
+    def render(img, mirror):
+        plan = Plan(patches=rows(mirror), pairs=pairs, labels=labels, seed=3, patch_size=patch,
+                    image_sizes=torch.tensor([[height, width]]))
+        return extract_patches([img], plan, color="none", backend="reference")
+    flipped, mirrored_labels = RelativePosition(SMALL).mirrored(render(image, False), labels)
+    # the pairs of the mirrored image: the same rows (the cells mirror within the image), the labels of its geometry
+    expected = render(image.flip(1), True)
+    torch.testing.assert_close(flipped, expected, rtol=0, atol=1e-5)
+    assert not torch.equal(mirrored_labels, labels)
+    for (first, second), mirrored in zip(pairs.tolist(), mirrored_labels.tolist()):
+        # in the mirrored image the second patch of a pair sits at the column mirrored around the first
+        (r1, c1), (r2, c2) = cells[first], cells[second]
+        assert mirrored == OFFSET_TO_LABEL[(r2 - r1, c1 - c2)]

@@ -162,6 +162,7 @@ BAD_TRAIN_OPTIONS = [
     ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--max-nonfinite", "0"), ("--workers", "-1"),
     ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"), ("--device", "bogus"), ("--device", "cuda:x"),
     ("--permutations", "1"), ("--permutations", "5000"), ("--task", "colorization"), ("--color", "sepia"),
+    ("--mirror", "--task=jigsaw"),  # mirroring is defined for relative positions only
 ]
 
 

@@ -62,6 +62,10 @@ class Pretext:
         """Plain data (tensors, numbers, strings) the task needs to be rebuilt exactly: saved in checkpoints."""
         return {"task": self.name}
 
+    def mirrored(self, patches: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The items of these rendered patches as they would be drawn from the left-right mirrored images."""
+        raise NotImplementedError(f"--task {self.name} has no mirrored form")
+
     def build_model(self, arch: str, width: float):
 
         tower = build_tower(arch, width, self.config.patch)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..plan import LABEL_NAMES
 from .base import Pretext
 
 # Class k is the second patch's position relative to the first (relpos.plan.OFFSET_TO_LABEL):  0 1 2
 #                                                                                             3 _ 4
 #                                                                                             5 6 7
+MIRRORED_LABEL = (2, 1, 0, 4, 3, 7, 6, 5)  # left-right mirror: the columns swap, the middle column stays
 
 
 class RelativePosition(Pretext):
@@ -24,6 +27,10 @@ class RelativePosition(Pretext):
         from ..sampler import sample_plan
 
         return sample_plan(image_sizes, self.config, generator=generator, seed=seed, on_small=on_small)
+
+    def mirrored(self, patches, labels):
+        # flipping every patch's columns mirrors the image around each patch; the neighbour's offset flips sign in x
+        return patches.flip(-1), torch.tensor(MIRRORED_LABEL, device=labels.device)[labels]
 
     def too_small(self) -> str:
         return f"too small for one pair of {self.config.patch}-px patches"

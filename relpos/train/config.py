@@ -42,6 +42,8 @@ class TrainConfig:
     arch: str = option("caffenet", "tower: caffenet (the paper's) or resnet18", choices=ARCHS)
     width: float = option(1.0, "channel multiplier of every layer (1.0 = the paper's sizes)", bounds=(0.01, 16.0))
     color: str = option("drop", "colour handling of every patch or tile", choices=COLOR_MODES)
+    mirror: bool = option(False, "relpos: mirror each step's images left-right with probability 1/2 (the rendered "
+                          "patches are flipped and left/right labels swapped), so few photographs go further")
     backend: str = option("auto", "fused patch op", choices=BACKENDS, resume_may_change=True)
     precision: str = option("auto", "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32",
                             choices=("auto", "bf16", "fp32"))
@@ -102,6 +104,8 @@ class TrainConfig:
                 raise ValueError(f"{flag} must lie in [{bounds[0]}, {bounds[1]}], got {value}")
         check_device_text(self.device)
         self.patch_config()
+        if self.mirror and self.task != "relpos":
+            raise ValueError(f"--mirror is only defined for --task relpos, got --task {self.task}")
 
     def changes_on_resume(self, saved: dict) -> list[str]:
         """The options that alter what the run computes and differ from the checkpoint's `saved` arguments."""

@@ -312,6 +312,12 @@ def _set_up(config: TrainConfig, rank: int, world: int, device: torch.device, ou
                 skipped=skipped, metrics=metrics)
 
 
+def _step_coin(seed: int, step: int, rank: int) -> bool:
+    """A fair coin of (seed, step, rank) from its own stream, so --mirror leaves the plans as they were."""
+    stream = (((seed * 1_000_003 + step) * 64 + rank) ^ 0x9E3779B97F4A7C15) & (2**63 - 1)
+    return bool(torch.randint(2, (), generator=torch.Generator().manual_seed(stream)))
+
+
 def _update(run: _Run, step: int, images, plan) -> tuple[float, float | None]:
     """Render, forward, backward, clip, step (skipped on a non-finite loss or gradient); the loss and accuracy."""
     config = run.config
@@ -322,6 +328,8 @@ def _update(run: _Run, step: int, images, plan) -> tuple[float, float | None]:
                               out=run.patch_buffer[: plan.num_patches])
     index = plan.pairs.to(run.device, non_blocking=True)
     labels = plan.labels.to(run.device, non_blocking=True)
+    if config.mirror and _step_coin(config.seed, step, run.rank):
+        patches, labels = run.pretext.mirrored(patches, labels)
     try:
         loss, correct, _ = run.loss_fn(run.training_model, patches, index, labels, run.autocast_dtype)
     except torch.OutOfMemoryError as error:
