@@ -1,11 +1,13 @@
 """Regenerate README's result figures from the current commit, in one command.
 
-    python docs/regenerate.py [--labelled PHOTOS_DIR] [--only demo,labelled]
+    python docs/regenerate.py [--labelled PHOTOS_DIR] [--root PACKAGES_ROOT] [--only demo,labelled,recipe]
 
 - demo: runs README's first command (its `relpos train` arguments are read from README itself, so the two cannot
   drift) into a fresh folder, then copies `summary.json` and `curves.png` to docs/ with the commit recorded;
 - labelled: `relpos eval` of that checkpoint with `--labelled PHOTOS_DIR` (a folder made by `relpos data photos`),
   kept as docs/demo_eval.json;
+- recipe: runs the `relpos` lines of README's CPU-recipe sh block (after `<!-- recipe-commands -->`) in a fresh
+  folder, ROOT replaced by `--root`, timing each; keeps summary, eval, curves and neighbour figure as docs/recipe_*;
 - then rewrites README's generated blocks (between `<!-- BEGIN name -->` and `<!-- END name -->`) from those files.
 
 The working tree must be clean (the figures are attributed to a commit). `render_blocks` is also what
@@ -23,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +34,9 @@ README = ROOT / "README.md"
 SUMMARY = DOCS / "demo_train_summary.json"
 EVAL = DOCS / "demo_eval.json"
 CURVES = DOCS / "demo_curves.png"
+RECIPE_SUMMARY = DOCS / "recipe_train_summary.json"
+RECIPE_EVAL = DOCS / "recipe_eval.json"
+RECIPE_FIGURES = {"curves.png": DOCS / "recipe_curves.png", "eval/neighbours.png": DOCS / "recipe_neighbours.png"}
 
 
 def readme_train_args(readme: str) -> list[str]:
@@ -38,6 +44,14 @@ def readme_train_args(readme: str) -> list[str]:
     first = re.search(r"```bash\n(.*?)\n```", readme, re.S).group(1)
     command = next(part for part in first.split("&&") if part.strip().startswith("relpos train"))
     return shlex.split(command)[2:]
+
+
+def readme_recipe_commands(readme: str) -> list[list[str]]:
+    """The `relpos ...` lines of README's recipe block (the sh block after `<!-- recipe-commands -->`)."""
+    match = re.search(r"<!-- recipe-commands -->\n```sh\n(.*?)\n```", readme, re.S)
+    if match is None:
+        raise SystemExit("README.md has no <!-- recipe-commands --> sh block")
+    return [shlex.split(line)[1:] for line in match.group(1).splitlines() if line.startswith("relpos ")]
 
 
 def _pct(value: float) -> str:
@@ -55,14 +69,29 @@ def render_demo(summary: dict) -> str:
             f"accuracy {_pct(held['balanced_accuracy'])}).")
 
 
-def render_labelled(evaluation: dict, summary: dict) -> str:
+def render_recipe(summary: dict) -> str:
+    held = summary["held_out"]
+    sigmas = (held["accuracy"] - held["majority"]) / held["stderr"]
+    minutes = {name: seconds / 60 for name, seconds in summary["wall_seconds"].items()}
+    return (f"Measured at commit {summary['commit']} (`docs/recipe_train_summary.json`, {summary['device']}, "
+            f"{summary['train_images']} training and {summary['held_out_images']} held-out photographs; training took "
+            f"{minutes['train']:.0f} minutes of wall time, the evaluation {minutes['eval']:.0f}): after "
+            f"{summary['step']:,} steps the held-out pretext accuracy is **{_pct(held['accuracy'])} ± "
+            f"{_pct(held['stderr'])}** on {held['items']:,} pairs from photographs never trained on, against "
+            f"**{_pct(held['majority'])}** for always answering the most common label "
+            f"(**{held['accuracy'] / held['majority']:.2f}×** the majority rate, {sigmas:.0f} standard errors above "
+            f"it; balanced accuracy {_pct(held['balanced_accuracy'])}).")
+
+
+def render_labelled(evaluation: dict, summary: dict, what: str = "the demo above",
+                    source: str = "docs/demo_eval.json") -> str:
     labelled = evaluation["labelled"]
     towers = labelled["towers"]
     randoms = [name for name in towers if name.startswith("random")]
     counts = ", ".join(f"{c} {n}" for c, n in zip(labelled["classes"], labelled["counts"]))
     any_layer = next(iter(towers["pretrained"].values()))
-    lines = [f"Checkpoint of the demo above (commit {summary['commit']}, step {evaluation['step']}; "
-             f"`docs/demo_eval.json`), {sum(labelled['counts'])} unseen photographs ({counts}), "
+    lines = [f"Checkpoint of {what} (commit {summary['commit']}, step {evaluation['step']:,}; "
+             f"`{source}`), {sum(labelled['counts'])} unseen photographs ({counts}), "
              f"{len(set(labelled['folds']))}-fold cross-validation, majority "
              f"{any_layer['majority']['mean']:.3f} ± {any_layer['majority']['se']:.3f}:", "",
              "| layer | probe, pretrained | probe, random init (mean [min, max] of "
@@ -85,6 +114,11 @@ def render_blocks() -> dict[str, str]:
         evaluation = json.loads(EVAL.read_text())
         if "labelled" in evaluation:
             blocks["labelled-table"] = render_labelled(evaluation, summary)
+    if RECIPE_SUMMARY.exists():
+        recipe = json.loads(RECIPE_SUMMARY.read_text())
+        blocks["recipe-result"] = render_recipe(recipe)
+        blocks["recipe-labelled"] = render_labelled(json.loads(RECIPE_EVAL.read_text()), recipe, "the CPU recipe",
+                                                    "docs/recipe_eval.json")
     return blocks
 
 
@@ -112,15 +146,39 @@ def _commit() -> str:
                           check=True).stdout.strip()
 
 
-def _relpos(*args: str) -> None:
+def _relpos(*args: str, cwd: Path = ROOT) -> float:
+    """Run `relpos ARGS` in `cwd`; returns its wall time in seconds."""
     print("+ relpos", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "relpos.cli", *args], cwd=ROOT, check=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "relpos.cli", *args], cwd=cwd, check=True)
+    return time.perf_counter() - start
+
+
+def _recipe(work: Path, root: Path, commit: str) -> None:
+    """README's recipe block, run as written (relative paths land in `work`), with ROOT replaced by `root`."""
+    seconds = {"data": 0.0, "train": 0.0, "eval": 0.0}
+    run = None
+    for args in readme_recipe_commands(README.read_text()):
+        args = [str(root) if a == "ROOT" else a for a in args]
+        seconds[args[0]] += _relpos(*args, cwd=work)
+        if args[0] == "train":
+            run = work / args[args.index("--out") + 1]
+    if run is None or not (run / "eval" / "eval.json").exists():
+        raise SystemExit("the recipe block must train (--out RUN) and evaluate into RUN/eval")
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(commit=commit, regenerated=datetime.date.today().isoformat(),
+                   wall_seconds={"train": seconds["train"], "eval": seconds["eval"]})
+    RECIPE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+    RECIPE_EVAL.write_text((run / "eval" / "eval.json").read_text())
+    for name, target in RECIPE_FIGURES.items():
+        shutil.copyfile(run / name, target)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labelled", type=Path, help="folder made by `relpos data photos` (for the labelled table)")
-    parser.add_argument("--only", default="demo,labelled", help="comma-separated steps: demo, labelled")
+    parser.add_argument("--root", type=Path, help="packages root for the recipe's `relpos data photos` (--root)")
+    parser.add_argument("--only", default="demo,labelled", help="comma-separated steps: demo, labelled, recipe")
     args = parser.parse_args(argv)
     steps = set(args.only.split(","))
     commit = _commit()
@@ -140,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the labelled step evaluates the demo checkpoint: run the demo step in the same call")
         _relpos("eval", str(run / "checkpoint.pt"), "--out", str(work / "eval"), "--labelled", str(args.labelled))
         EVAL.write_text((work / "eval" / "eval.json").read_text())
+    if "recipe" in steps:
+        if args.root is None:
+            raise SystemExit("--root PACKAGES_ROOT is needed for the recipe (where the packages were extracted)")
+        _recipe(work, args.root.resolve(), commit)
     README.write_text(write_blocks(README.read_text(), render_blocks()))
     print(f"README.md and docs/ regenerated from commit {commit}; review and commit them (work files in {work})")
     return 0

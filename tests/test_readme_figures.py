@@ -26,3 +26,17 @@ def test_regeneration_runs_the_readme_command():
 def test_a_block_is_replaced_once():
     text = "a\n<!-- BEGIN x -->\nold\n<!-- END x -->\nb"
     assert regenerate.write_blocks(text, {"x": "new"}) == "a\n<!-- BEGIN x -->\nnew\n<!-- END x -->\nb"
+
+
+def test_the_recipe_block_pretrains_on_photos_the_labelled_folder_does_not_hold():
+    commands = regenerate.readme_recipe_commands((ROOT / "README.md").read_text())
+    photos = [c for c in commands if c[:2] == ["data", "photos"]]
+    keeps = {c[c.index("--keep") + 1]: c[2] for c in photos}
+    assert set(keeps) == {"labelled", "unlabelled"}
+    assert all("--sources" not in c for c in photos)  # the same sources: a near-duplicate is never split
+    train = next(c for c in commands if c[0] == "train")
+    run = train[train.index("--out") + 1]
+    assert train[train.index("--data") + 1] == keeps["unlabelled"]
+    evaluation = next(c for c in commands if c[0] == "eval")
+    assert evaluation[1] == f"{run}/checkpoint.pt" and evaluation[evaluation.index("--out") + 1] == f"{run}/eval"
+    assert evaluation[evaluation.index("--labelled") + 1] == keeps["labelled"]
