@@ -72,15 +72,17 @@ def render_demo(summary: dict) -> str:
 def render_recipe(summary: dict) -> str:
     held = summary["held_out"]
     sigmas = (held["accuracy"] - held["majority"]) / held["stderr"]
-    minutes = {name: seconds / 60 for name, seconds in summary["wall_seconds"].items()}
+    took = {name: (f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} s")
+            for name, seconds in summary["wall_seconds"].items()}
     return (f"Measured at commit {summary['commit']} (`docs/recipe_train_summary.json`, {summary['device']}, "
             f"{summary['train_images']} training and {summary['held_out_images']} held-out photographs; training took "
-            f"{minutes['train']:.0f} minutes of wall time, the evaluation {minutes['eval']:.0f}): after "
+            f"{took['train']} of wall time, the evaluation {took['eval']}): after "
             f"{summary['step']:,} steps the held-out pretext accuracy is **{_pct(held['accuracy'])} ± "
             f"{_pct(held['stderr'])}** on {held['items']:,} pairs from photographs never trained on, against "
             f"**{_pct(held['majority'])}** for always answering the most common label "
             f"(**{held['accuracy'] / held['majority']:.2f}×** the majority rate, {sigmas:.0f} standard errors above "
-            f"it; balanced accuracy {_pct(held['balanced_accuracy'])}).")
+            f"it; balanced accuracy {_pct(held['balanced_accuracy'])}). The ± counts pairs as independent; they come from "
+            f"{summary['held_out_images']} photographs, so the real uncertainty is larger.")
 
 
 def render_labelled(evaluation: dict, summary: dict, what: str = "the demo above",
