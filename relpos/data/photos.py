@@ -166,6 +166,15 @@ def _package_version(root: Path, package: str) -> str:
         return "unknown"
 
 
+def _package_folder(root: Path, report: Report, package: str, relative: str) -> Path | None:
+    """`root`/`relative`, where `package` keeps its pictures, or None with the package reported missing."""
+    folder = root / relative
+    if not folder.is_dir():
+        report.missing.append((package, f"{folder} not found"))
+        return None
+    return folder
+
+
 def parse_copyright(text: str) -> list[tuple[list[str], str, str]]:
     """Stanzas of a Debian machine-readable copyright file: (file patterns, licence, its Copyright and Comment)."""
     stanzas = []
@@ -202,11 +211,10 @@ def licence_of(stanzas, path: str, any_suffix: bool = False) -> tuple[str, str]:
 
 def _gcompris(root: Path, report: Report) -> list[Photo]:
     package = "gcompris-qt-data"
-    folder = root / "usr/share/gcompris-qt/rcc"
-    copyright_file = root / "usr/share/doc" / package / "copyright"
-    if not folder.is_dir():
-        report.missing.append((package, f"{folder} not found"))
+    folder = _package_folder(root, report, package, "usr/share/gcompris-qt/rcc")
+    if folder is None:
         return []
+    copyright_file = root / "usr/share/doc" / package / "copyright"
     stanzas = parse_copyright(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
     version = _package_version(root, package)
     photos = []
@@ -238,9 +246,8 @@ def _gcompris(root: Path, report: Report) -> list[Photo]:
 
 def _opencv(root: Path, report: Report) -> list[Photo]:
     package = "opencv-doc"
-    folder = root / "usr/share/doc/opencv-doc/examples/data"
-    if not folder.is_dir():
-        report.missing.append((package, f"{folder} not found"))
+    folder = _package_folder(root, report, package, "usr/share/doc/opencv-doc/examples/data")
+    if folder is None:
         return []
     version = _package_version(root, package)
     photos = []
@@ -259,9 +266,8 @@ def _opencv(root: Path, report: Report) -> list[Photo]:
 
 def _mate(root: Path, report: Report) -> list[Photo]:
     package = "mate-backgrounds"
-    folder = root / "usr/share/backgrounds/mate/nature"
-    if not folder.is_dir():
-        report.missing.append((package, f"{folder} not found"))
+    folder = _package_folder(root, report, package, "usr/share/backgrounds/mate/nature")
+    if folder is None:
         return []
     copyright_file = root / "usr/share/doc" / package / "copyright"
     stanzas = parse_copyright(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
@@ -276,23 +282,22 @@ def _mate(root: Path, report: Report) -> list[Photo]:
 
 def _plasma(root: Path, report: Report) -> list[Photo]:
     package = "plasma-workspace-wallpapers"
-    folder = root / "usr/share/wallpapers"
-    if not folder.is_dir():
-        report.missing.append((package, f"{folder} not found"))
+    folder = _package_folder(root, report, package, "usr/share/wallpapers")
+    if folder is None:
         return []
     version = _package_version(root, package)
     photos = []
     for name in _PLASMA_PHOTOS:
-        sizes = []  # files are named WIDTHxHEIGHT.jpg / .png
+        sizes = []  # (width, path): files are named WIDTHxHEIGHT.jpg / .png
         for path in (folder / name / "contents/images").glob("*"):
             match = re.fullmatch(r"(\d+)x(\d+)", path.stem)
             if match and path.suffix.lower() in _PHOTO_SUFFIXES:
-                width = int(match.group(1))
-                sizes.append((width <= _PLASMA_MAX_WIDTH, width if width <= _PLASMA_MAX_WIDTH else -width, path))
+                sizes.append((int(match.group(1)), path))
         if not sizes:
             report.skipped.append((str(folder / name), "not in this version of the package"))
             continue
-        path = max(sizes)[2]  # the widest size up to the cap, else the narrowest above it
+        capped = [size for size in sizes if size[0] <= _PLASMA_MAX_WIDTH]
+        path = (max(capped) if capped else min(sizes))[1]  # the widest size up to the cap, else the narrowest
         try:
             plugin = json.loads((folder / name / "metadata.json").read_text())["KPlugin"]
             authors = ", ".join(a["Name"] for a in plugin.get("Authors", []) if "Name" in a)
