@@ -1,59 +1,71 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call (for a session lent an H100/H200 through the device tool):
-# build with CUDA, run the test suite on the GPU, run the CUDA kernel once under compute-sanitizer, then the
-# benchmarks (data step beside baselines, bandwidth against a device-to-device copy at B = 64/256/1024, the
-# training step with the compiled bf16 model, real data path vs ready patches). Results land in $OUT (or
-# benchmarks/results) with device, versions and commit recorded inside each JSON.
+# Everything that needs a GPU, for a session lent an H100/H200 through the device tool, as time-boxed steps:
+#   RELPOS_COMMIT=<sha> bash benchmarks/gpu_session.sh [STEP ...]   (no STEP: all, in the order below; the commit
+#   is recorded in results where the copied tree has no .git)
+# build        the extension with CUDA for the local GPU's architecture (skipped if relpos._C already has CUDA)
+# exact        the CUDA op bit for bit against the C++ op (colours, dtypes, layouts, patch sizes, staged and per-pixel)
+# bench        data step beside baselines; bandwidth against a device-to-device copy at B = 64/256/1024
+# profile      ncu on every (backend, colour, dtype) at B = 1024: time, DRAM bytes, thread instructions, occupancy
+# memcheck     compute-sanitizer memcheck on the CUDA op;  racecheck / synccheck on its barrier-separated phases
+# tests        the backend, compile and training tests on the GPU (pytest-xdist)
+# train        the training step: compiled bf16 model fed by the real data path vs ready patches
+# Each step's log lands in a work folder; after every step the folder is packed into $OUT/gpu-session.tgz (the device
+# tool returns few files), and steps.txt says each step's exit status and seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RESULTS=${OUT:-benchmarks/results}
-mkdir -p "$RESULTS"
-export PYTHONUNBUFFERED=1
-python -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -2
-python -c "import relpos, torch; from relpos import backends; print('cuda ext:', backends.has_cuda_extension(), \
-  'triton:', backends.triton_error(), torch.cuda.get_device_name())" | tee "$RESULTS/gpu_env.txt"
-python -m pytest -q -x tests/test_backends.py tests/test_compile.py tests/test_training.py 2>&1 | tee "$RESULTS/gpu_tests.txt" | tail -5
-if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 python -c "
-import torch, relpos
-imgs=[torch.randint(0,256,(480,640,3),dtype=torch.uint8,device='cuda') for _ in range(3)]
-packed=relpos.pack_images(imgs); plan=relpos.sample_plan(packed.sizes, seed=0)
-for color in relpos.COLOR_MODES:
-    out=relpos.extract_patches(packed, plan, color=color, backend='cuda'); torch.cuda.synchronize()
-print('sanitizer run done', out.shape)" 2>&1 | tail -5 | tee "$RESULTS/gpu_sanitizer.txt"
-fi
-# The staged CUDA kernel on silicon: bit for bit against the C++ op (colours, dtypes, layouts, patch sizes that
-# take the staged and the per-pixel path), then racecheck/synccheck on its barrier-separated phases.
-cat >"$RESULTS/cuda_vs_cpu.py" <<'PY'
-import torch, relpos
-g = torch.Generator().manual_seed(0)
-imgs = [torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8) for h, w in [(375, 500), (1000, 1400), (60, 80)]]
-packed = relpos.pack_images(imgs)
-bad = 0
-for patch in (96, 64, 33, 130):
-    config = relpos.PatchConfig(patch=patch, gap=patch // 2, jitter=7, downsample_area=(100, patch * patch))
-    plan = relpos.sample_plan(packed.sizes, config, seed=patch)
-    for color in relpos.COLOR_MODES:
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            for channels_last in (False, True):
-                cpu = relpos.extract_patches(packed, plan, color=color, dtype=dtype, channels_last=channels_last, backend="cpu")
-                gpu = relpos.extract_patches(packed.to("cuda"), plan.to("cuda"), color=color, dtype=dtype,
-                                             channels_last=channels_last, backend="cuda").cpu()
-                same = torch.equal(cpu, gpu)
-                bad += not same
-                print(patch, color, dtype, "nhwc" if channels_last else "nchw", "equal" if same else "DIFFERENT")
-print("cuda vs cpu:", "all equal" if bad == 0 else f"{bad} cases differ")
-PY
-python "$RESULTS/cuda_vs_cpu.py" 2>&1 | tee "$RESULTS/gpu_cuda_vs_cpu.txt" | tail -3
-if command -v compute-sanitizer >/dev/null; then
-  for check in racecheck synccheck; do
-    compute-sanitizer --tool "$check" --error-exitcode 9 python -c "
-import torch, relpos
-imgs=[torch.randint(0,256,(480,640,3),dtype=torch.uint8,device='cuda') for _ in range(2)]
-packed=relpos.pack_images(imgs); plan=relpos.sample_plan(packed.sizes, seed=0)
-for color in relpos.COLOR_MODES:
-    relpos.extract_patches(packed, plan, color=color, backend='cuda'); torch.cuda.synchronize()
-print('$check done')" 2>&1 | tail -3 | tee -a "$RESULTS/gpu_sanitizer.txt"
-  done
-fi
-relpos bench --out "$RESULTS" --train --width 1.0 --images 8 --rounds 20 2>&1 | tail -40
+OUT=${OUT:-benchmarks/results}
+WORK=$(mktemp -d /tmp/gpu-session.XXXX)
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(build exact bench profile memcheck racecheck tests train)
+
+run_step() {  # name, seconds, command...
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$(date +%s)
+  echo "== $name (at most ${limit}s)"
+  timeout --kill-after=10 "$limit" "$@" >"$WORK/$name.txt" 2>&1
+  rc=$?
+  echo "$name rc=$rc $(($(date +%s) - start))s" | tee -a "$WORK/steps.txt"
+  tail -n 12 "$WORK/$name.txt"
+  tar czf "$OUT/gpu-session.tgz" -C "$WORK" .
+}
+
+for step in "${steps[@]}"; do
+  case $step in
+    build)
+      {
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+        python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+        echo "commit ${RELPOS_COMMIT:-$(git rev-parse HEAD 2>/dev/null)}"
+      } >"$WORK/environment.txt" 2>&1
+      cat "$WORK/environment.txt"
+      if python -c "from relpos import backends; raise SystemExit(not backends.has_cuda_extension())" 2>/dev/null; then
+        echo "build: relpos._C already has the CUDA op" | tee -a "$WORK/steps.txt"
+      else
+        arch=$(python -c "import torch; print('.'.join(map(str, torch.cuda.get_device_capability())))")
+        run_step build 420 env RELPOS_USE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="$(nproc)" \
+          python setup.py build_ext --inplace
+        cp relpos/_C*.so "$OUT/" 2>/dev/null  # carried back so a later call on a fresh machine can skip the build
+      fi
+      python -c "import relpos; from relpos import backends; print('cuda ext:', backends.has_cuda_extension(), \
+        'triton:', backends.triton_error() or 'ok')" | tee -a "$WORK/environment.txt" ;;
+    exact) run_step exact 240 python benchmarks/cuda_vs_cpu.py ;;
+    bench) run_step bench 300 python -m relpos.cli bench --out "$WORK" --rounds 20 ;;
+    profile)
+      run_step profile 300 ncu --profile-from-start off --clock-control none -k regex:extract_patches --csv \
+        --log-file "$WORK/ncu.csv" --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,\
+smsp__thread_inst_executed.sum,smsp__inst_executed.sum,sm__warps_active.avg.pct_of_peak_sustained_active,\
+launch__registers_per_thread,launch__occupancy_limit_registers,launch__shared_mem_per_block_dynamic,\
+l1tex__t_bytes_pipe_lsu_mem_local_op_ld.sum,l1tex__t_bytes_pipe_lsu_mem_local_op_st.sum \
+        python benchmarks/gpu_profile_target.py --patches 1024 ;;
+    memcheck | racecheck | synccheck)
+      run_step "$step" 240 compute-sanitizer --tool "$step" --error-exitcode 9 python benchmarks/cuda_sanitize_target.py ;;
+    tests)
+      run_step tests 420 python -m pytest -q -n 8 -p no:cacheprovider tests/test_backends.py tests/test_compile.py \
+        tests/test_training.py tests/test_triton_edges.py tests/test_gpu_decode.py ;;
+    train) run_step train 400 python -m relpos.cli bench --out "$WORK/train" --train --width 1.0 --images 8 --rounds 20 ;;
+    *) echo "unknown step: $step" >&2; exit 2 ;;
+  esac
+done
+cat "$WORK/steps.txt"

@@ -39,6 +39,7 @@ def environment(device: torch.device) -> dict:
                                 cwd=Path(__file__).resolve().parent.parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
+    commit = commit or os.environ.get("RELPOS_COMMIT")  # a copy of the tree without .git (a lent GPU machine)
     try:
         import triton
 
@@ -170,16 +171,21 @@ def _bytes_moved(batch, out_bytes_per_element: int) -> int:
     return read + written
 
 
+def batches_of(patches: int, config: PatchConfig, device: torch.device, sets: int) -> list[dict]:
+    """`sets` inputs whose plans hold exactly `patches` patches (rows repeated if the images give fewer)."""
+    inputs = make_inputs(sets, max(1, patches // 50), config, device, seed=patches)
+    for batch in inputs:
+        rows = torch.arange(patches) % batch["plan"].num_patches
+        batch["plan"] = dataclasses.replace(batch["plan"], patches=batch["plan"].patches[rows].contiguous())
+    return inputs
+
+
 def bench_batch_sizes(config: PatchConfig, device: torch.device, rounds: int, sizes=(64, 256, 1024)) -> dict:
     """GPU only: fused kernels at B patches against the copy bandwidth (roofline %)."""
     peak = copy_bandwidth(device, rounds)
     out = {"copy_bandwidth_GBps": peak / 1e9, "rows": {}}
     for patches in sizes:
-        images = max(1, patches // 50)
-        inputs = make_inputs(3, images, config, device, seed=patches)
-        for batch in inputs:  # trim every plan to exactly `patches` patches (repeat rows if short)
-            rows = torch.arange(patches) % batch["plan"].num_patches
-            batch["plan"] = dataclasses.replace(batch["plan"], patches=batch["plan"].patches[rows].contiguous())
+        inputs = batches_of(patches, config, device, sets=3)
         for backend in backends.fast_backends(device):
             seconds = time_median(lambda b: extract_patches(b["packed"], b["plan"], backend=backend), inputs, device,
                                   rounds)
