@@ -7,6 +7,8 @@
 # bench        data step beside baselines; bandwidth against a device-to-device copy at B = 64/256/1024
 # profile      ncu on every (backend, colour, dtype) at B = 1024: time, DRAM bytes, thread instructions, occupancy
 # memcheck     compute-sanitizer memcheck on the CUDA op;  racecheck / synccheck on its barrier-separated phases
+# time         every backend, colour and dtype at B = 1024, plan on the device (benchmarks/gpu_time_op.py)
+# variants     the staged CUDA kernel's thread splits, each built and timed (benchmarks/cuda_variants.sh)
 # tests        the backend, compile and training tests on the GPU (pytest-xdist)
 # train        the training step: compiled bf16 model fed by the real data path vs ready patches
 # Each step's log lands in a work folder; after every step the folder is packed into $OUT/gpu-session.tgz (the device
@@ -16,8 +18,10 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results}
 WORK=$(mktemp -d /tmp/gpu-session.XXXX)
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# Run from the tree without installing: setuptools maps kernels/ to relpos.kernels, a link does it here.
+[ -e relpos/kernels ] || ln -s ../kernels relpos/kernels
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(build exact bench profile memcheck racecheck tests train)
+[ ${#steps[@]} -eq 0 ] && steps=(build exact bench time profile memcheck racecheck synccheck variants tests train)
 
 run_step() {  # name, seconds, command...
   local name=$1 limit=$2 start rc
@@ -59,6 +63,8 @@ smsp__thread_inst_executed.sum,smsp__inst_executed.sum,sm__warps_active.avg.pct_
 launch__registers_per_thread,launch__occupancy_limit_registers,launch__shared_mem_per_block_dynamic,\
 l1tex__t_bytes_pipe_lsu_mem_local_op_ld.sum,l1tex__t_bytes_pipe_lsu_mem_local_op_st.sum \
         python benchmarks/gpu_profile_target.py --patches 1024 ;;
+    time) run_step time 300 python benchmarks/gpu_time_op.py --label "$(cd csrc && cat cuda/*.h cuda/*.cu | sha256sum | cut -c1-10)" ;;
+    variants) run_step variants 420 bash benchmarks/cuda_variants.sh ;;
     memcheck | racecheck | synccheck)
       run_step "$step" 240 compute-sanitizer --tool "$step" --error-exitcode 9 python benchmarks/cuda_sanitize_target.py ;;
     tests)

@@ -34,12 +34,12 @@ log = logging.getLogger("relpos.bench")
 
 def environment(device: torch.device) -> dict:
     """What a saved result must record to be reproducible."""
+    commit = os.environ.get("RELPOS_COMMIT")  # set where the tree is a copy whose .git may be stale (a lent GPU)
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                                cwd=Path(__file__).resolve().parent.parent).stdout.strip() or None
+        commit = commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                          cwd=Path(__file__).resolve().parent.parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    commit = commit or os.environ.get("RELPOS_COMMIT")  # a copy of the tree without .git (a lent GPU machine)
     try:
         import triton
 

@@ -103,9 +103,16 @@ RELPOS_HD int sum_threads(int T) { return T < kSumThreads ? T : kSumThreads; }
 // the first ones of the block, the others waiting at the barrier: every phase pays a per-thread set-up (its
 // thread-to-work mapping, tap loads, 64-bit addresses) of ~30-100 instructions, against only 2-9 elements per
 // thread at 1024 threads and P = 96. The price: 16 warps (8 in the store) issue in those phases, not 32; the
-// passes keep four independent columns per thread in flight. Estimates, not measured: gpu_session.sh can check.
-constexpr int kWorkThreads = 512;
-constexpr int kNarrowThreads = 256;
+// passes keep four independent columns per thread in flight. Macros so benchmarks/cuda_variants.sh can time
+// other splits on a GPU (NVCC_APPEND_FLAGS=-DRELPOS_WORK_THREADS=...) without editing this file.
+#ifndef RELPOS_WORK_THREADS
+#define RELPOS_WORK_THREADS 512
+#endif
+#ifndef RELPOS_NARROW_THREADS
+#define RELPOS_NARROW_THREADS 256
+#endif
+constexpr int kWorkThreads = RELPOS_WORK_THREADS;
+constexpr int kNarrowThreads = RELPOS_NARROW_THREADS;
 RELPOS_HD int work_threads(int T) { return T < kWorkThreads ? T : kWorkThreads; }
 RELPOS_HD int narrow_threads(int T) { return T < kNarrowThreads ? T : kNarrowThreads; }
 constexpr int64_t kMinWindow = 2048;  // bytes; also the block reduction's scratch (kReduceDoubles doubles + Norm)
