@@ -8,6 +8,7 @@
 # profile      ncu on every (backend, colour, dtype) at B = 1024: time, DRAM bytes, thread instructions, occupancy
 # memcheck     compute-sanitizer memcheck on the CUDA op;  racecheck / synccheck on its barrier-separated phases
 # time         every backend, colour and dtype at B = 1024, plan on the device (benchmarks/gpu_time_op.py)
+# host         where a call spends its time outside the kernel (benchmarks/gpu_host_overhead.py, torch.profiler)
 # variants     the staged CUDA kernel's thread splits, each built and timed (benchmarks/cuda_variants.sh)
 # tests        the backend, compile and training tests on the GPU (pytest-xdist)
 # train        the training step: compiled bf16 model fed by the real data path vs ready patches
@@ -21,7 +22,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # Run from the tree without installing: setuptools maps kernels/ to relpos.kernels, a link does it here.
 [ -e relpos/kernels ] || ln -s ../kernels relpos/kernels
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(build exact bench time profile memcheck racecheck synccheck variants tests train)
+[ ${#steps[@]} -eq 0 ] && steps=(build exact bench time host profile memcheck racecheck synccheck variants tests train)
 
 run_step() {  # name, seconds, command...
   local name=$1 limit=$2 start rc
@@ -64,11 +65,12 @@ launch__registers_per_thread,launch__occupancy_limit_registers,launch__shared_me
 l1tex__t_bytes_pipe_lsu_mem_local_op_ld.sum,l1tex__t_bytes_pipe_lsu_mem_local_op_st.sum \
         python benchmarks/gpu_profile_target.py --patches 1024 ;;
     time) run_step time 300 python benchmarks/gpu_time_op.py --label "$(cd csrc && cat cuda/*.h cuda/*.cu | sha256sum | cut -c1-10)" ;;
+    host) run_step host 120 python benchmarks/gpu_host_overhead.py ;;
     variants) run_step variants 420 bash benchmarks/cuda_variants.sh ;;
     memcheck | racecheck | synccheck)
       run_step "$step" 240 compute-sanitizer --tool "$step" --error-exitcode 9 python benchmarks/cuda_sanitize_target.py ;;
     tests)
-      run_step tests 420 python -m pytest -q -n 8 -p no:cacheprovider tests/test_backends.py tests/test_compile.py \
+      run_step tests 420 python -m pytest -q -n 8 --durations=15 -p no:cacheprovider tests/test_backends.py tests/test_compile.py \
         tests/test_training.py tests/test_triton_edges.py tests/test_gpu_decode.py ;;
     train) run_step train 400 python -m relpos.cli bench --out "$WORK/train" --train --width 1.0 --images 8 --rounds 20 ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
