@@ -113,6 +113,15 @@ def test_ddp_two_processes_with_gloo_agree(photos, tmp_path, task_options):
     assert summary["task"] == (task_options[1] if task_options else "relpos")
 
 
+def test_cpu_ranks_use_gloo_even_where_a_gpu_exists():
+    # NCCL cannot all-reduce CPU tensors: `--device cpu` under torchrun failed on an H100 when the backend
+    # followed torch.cuda.is_available() instead of the device the ranks train on.
+    from relpos.train.distributed import process_group_backend
+
+    assert process_group_backend(torch.device("cpu")) == "gloo"
+    assert process_group_backend(torch.device("cuda", 1)) == "nccl"
+
+
 def test_export_tower(photos, tmp_path):
     from relpos.export import export_tower, load_tower
 

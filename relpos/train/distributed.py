@@ -11,12 +11,21 @@ import torch
 log = logging.getLogger("relpos.train")
 
 
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; joins the group (NCCL on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+def torchrun_ranks() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment (0, 1, 0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def process_group_backend(device: torch.device) -> str:
+    """NCCL for ranks that train on GPUs, gloo for CPU ranks, also on a machine that has a GPU: NCCL cannot
+    all-reduce CPU tensors ("No backend type associated with device type cpu", seen on an H100 with --device cpu)."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the process group torchrun describes, with the backend for the device this rank trains on."""
+    if torchrun_ranks()[1] > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(process_group_backend(device))
 
 
 def unwrap(model):

@@ -47,7 +47,7 @@ from ..pretext import evaluate as evaluate_pretext
 from ..run_folder import claim_run_folder
 from ..devices import resolve_device
 from .config import TrainConfig
-from .distributed import finish_distributed, init_distributed, ranks_agree
+from .distributed import finish_distributed, init_distributed, ranks_agree, torchrun_ranks
 from .state import NonFiniteLoss, restore_run_state, save_run_state
 
 log = logging.getLogger("relpos.train")
@@ -141,8 +141,9 @@ def _train(config: TrainConfig) -> dict:
     config.check()
     if config.data:  # absolute, so the checkpoint's record of it works from any directory (relpos eval)
         config = dataclasses.replace(config, data=str(Path(config.data).expanduser().resolve()))
-    rank, world, local_rank = init_distributed()
+    rank, world, local_rank = torchrun_ranks()
     device = resolve_device(config.device, local_rank)
+    init_distributed(device)
     out = Path(config.out)
     is_main = rank == 0
     run_folder = claim_run_folder(out, resume=config.resume, overwrite=config.overwrite) if is_main else None
