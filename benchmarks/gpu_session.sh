@@ -12,7 +12,8 @@
 # variants     the staged CUDA kernel's thread splits, each built and timed (benchmarks/cuda_variants.sh)
 # tests        the backend, compile and training tests on the GPU (pytest-xdist)
 # train        the training step: compiled bf16 model fed by the real data path vs ready patches
-# Each step's log lands in a work folder; after every step the folder is packed into $OUT/gpu-session.tgz (the device
+# A device call is limited to 10 minutes: name the steps of one call so their limits fit (tests alone take ~7 minutes
+# on 16 cores). Each step's log lands in a work folder; after every step the folder is packed into $OUT/gpu-session.tgz (the device
 # tool returns few files), and steps.txt says each step's exit status and seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -70,8 +71,10 @@ l1tex__t_bytes_pipe_lsu_mem_local_op_ld.sum,l1tex__t_bytes_pipe_lsu_mem_local_op
     memcheck | racecheck | synccheck)
       run_step "$step" 240 compute-sanitizer --tool "$step" --error-exitcode 9 python benchmarks/cuda_sanitize_target.py ;;
     tests)
-      run_step tests 420 python -m pytest -q -n 8 --durations=15 -p no:cacheprovider tests/test_backends.py tests/test_compile.py \
-        tests/test_training.py tests/test_triton_edges.py tests/test_gpu_decode.py ;;
+      # -v: each result is logged as it lands, so a step cut off at its limit still names what failed
+      run_step tests 540 python -m pytest -v -n "$(($(nproc) - 1))" --timeout 300 -rfE --tb=short -p no:cacheprovider \
+        tests/test_backends.py tests/test_compile.py tests/test_training.py tests/test_triton_edges.py \
+        tests/test_gpu_decode.py ;;
     train) run_step train 400 python -m relpos.cli bench --out "$WORK/train" --train --width 1.0 --images 8 --rounds 20 ;;
     *) echo "unknown step: $step" >&2; exit 2 ;;
   esac
