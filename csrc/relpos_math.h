@@ -21,6 +21,23 @@ enum Color : int { kColorNone = 0, kColorDrop = 1, kColorProject = 2 };
 // Columns of the int32 [N, 7] plan tensor (see relpos/plan.py).
 enum PlanColumn : int { kImage = 0, kHeight = 1, kWidth = 2, kTop = 3, kLeft = 4, kChannel = 5, kDown = 6, kPlanColumns = 7 };
 
+// Whether a plan row can be rendered from a batch of num_images images without reading out of bounds (the
+// C++ twin of relpos/plan_guard.py's bad_plan_rows). The CUDA kernel checks device-resident plans with it, so no
+// host synchronisation and no separate guard launch is needed.
+RELPOS_HD bool plan_row_in_range(const int32_t* row, int64_t num_images, int patch) {
+  return row[kImage] >= 0 && row[kImage] < num_images && row[kTop] >= 0 && row[kLeft] >= 0 &&
+         row[kHeight] <= kMaxSide && row[kWidth] <= kMaxSide && int64_t{row[kTop]} + patch <= row[kHeight] &&
+         int64_t{row[kLeft]} + patch <= row[kWidth] && row[kChannel] >= 0 && row[kChannel] <= 2 && row[kDown] >= 0 &&
+         row[kDown] <= patch;
+}
+
+// The row rendered in place of one out of range: image 0 resized to the patch itself, every read inside it.
+RELPOS_HD void plan_placeholder_row(int patch, int32_t row[kPlanColumns]) {
+  for (int k = 0; k < kPlanColumns; ++k) row[k] = 0;
+  row[kHeight] = patch;
+  row[kWidth] = patch;
+}
+
 // Columns of the int64 [B, 6] image table: where each ragged image lies in the flat uint8 buffer.
 enum MetaColumn : int { kOffset = 0, kRows = 1, kCols = 2, kStrideC = 3, kStrideY = 4, kStrideX = 5, kMetaColumns = 6 };
 

@@ -87,6 +87,7 @@ Input read_input(const char* path) {
   std::fclose(f);
   ExtractParams& p = in.params;
   p.num_patches = h[2];
+  p.num_images = h[1];
   p.patch = static_cast<int>(h[3]);
   p.seed = static_cast<uint64_t>(h[4]);
   p.color = static_cast<int>(h[5]);
@@ -101,6 +102,9 @@ Input read_input(const char* path) {
   return in;
 }
 
+// The kernels' plan error flag (ExtractParams::plan_error): raised by a patch whose plan row is out of range.
+int plan_error = 0;
+
 template <typename Out>
 std::vector<uint8_t> render(const Input& in, const std::vector<int>& order, uint32_t garbage_seed) {
   const int threads = static_cast<int>(in.threads);
@@ -111,6 +115,7 @@ std::vector<uint8_t> render(const Input& in, const std::vector<int>& order, uint
   p.meta = in.meta.data();
   p.plan = in.plan.data();
   p.out = out.data() + in.out_offset * Out::bytes;
+  p.plan_error = &plan_error;
   HostExec exec{order, threads};
   std::mt19937 garbage(garbage_seed);
   for (int64_t n = 0; n < p.num_patches; ++n) {
@@ -162,8 +167,8 @@ int run(const char* input, const char* output) {
   FILE* f = std::fopen(output, "wb");
   if (!f || std::fwrite(first.data(), 1, first.size(), f) != first.size()) fail("cannot write output");
   std::fclose(f);
-  std::printf("rendered %lld patches in %zu thread orders\n", static_cast<long long>(in.params.num_patches),
-              orders.size());
+  std::printf("rendered %lld patches in %zu thread orders; plan_error=%d\n",
+              static_cast<long long>(in.params.num_patches), orders.size(), plan_error);
   return 0;
 }
 

@@ -55,8 +55,9 @@ def pack(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def render(harness: Path, tmp: Path, data, meta, plan, patch, seed, color, dtype, out_strides, *, threads=THREADS,
-           budget=SM90, orders=ALL_ORDERS, out_offset=0) -> torch.Tensor:
-    """The harness's output as a tensor with out_strides (element `out_offset` of a poisoned buffer onwards)."""
+           budget=SM90, orders=ALL_ORDERS, out_offset=0, plan_error: list | None = None) -> torch.Tensor:
+    """The harness's output as a tensor with out_strides (element `out_offset` of a poisoned buffer onwards);
+    the kernel's plan error flag is appended to `plan_error` when given."""
     n = plan.shape[0]
     elements = out_offset + 1 + sum((s - 1) * st for s, st in zip((n, 3, patch, patch), out_strides))
     header = [data.numel(), meta.shape[0], n, patch, seed, COLOR_CODES[color], OUT_TYPES[dtype], *out_strides,
@@ -71,6 +72,8 @@ def render(harness: Path, tmp: Path, data, meta, plan, patch, seed, color, dtype
     result = subprocess.run([str(harness), "run", str(source), str(target)], capture_output=True, text=True,
                             env={**os.environ, "ASAN_OPTIONS": "detect_leaks=0"})
     assert result.returncode == 0, result.stderr[-4000:]
+    if plan_error is not None:
+        plan_error.append(int(result.stdout.rsplit("plan_error=", 1)[1]))
     raw = bytearray(target.read_bytes())
     buffer = torch.frombuffer(raw, dtype=dtype)
     assert buffer.numel() == elements
@@ -96,10 +99,13 @@ def check(harness, tmp, images, rows, patch, color, dtype=torch.float32, layout=
     plan = torch.tensor(rows, dtype=torch.int32).reshape(-1, 7)
     strides = strides_for(layout, plan.shape[0], patch)
     offset = kwargs.pop("out_offset", 0)
-    got = render(harness, tmp, data, meta, plan, patch, seed, color, dtype, strides, out_offset=offset, **kwargs)
+    flag = []
+    got = render(harness, tmp, data, meta, plan, patch, seed, color, dtype, strides, out_offset=offset,
+                 plan_error=flag, **kwargs)
     want = reference(data, meta, plan, patch, seed, color, dtype, strides, out_offset=offset)
     assert not torch.isnan(got.float()).any(), "an output element was left unwritten (NaN poison survived)"
     assert torch.equal(got, want)
+    assert flag == [0], "a plan with every row in range raised the plan error flag"
 
 
 def random_rows(generator, sizes, patch, count, down_share=1 / 3):
@@ -214,3 +220,25 @@ def test_thousands_of_patches(harness, tmp_path, generator):
     sizes = [(60, 80), (33, 20), (100, 40)]
     rows = random_rows(generator, sizes, 12, 3000)
     check(harness, tmp_path, random_images(generator, sizes), rows, 12, "drop", torch.bfloat16, "nhwc", orders=1)
+
+
+@pytest.mark.parametrize("column, value", [(0, 7), (0, -1), (3, 10_000), (4, -3), (1, 40_000), (5, 3), (6, 97),
+                                           (6, -1)])
+def test_rows_out_of_range_render_the_placeholder_and_raise_the_flag(harness, tmp_path, generator, column, value):
+    """A device-resident plan is checked by the kernel itself, row by row: a bad row is rendered from the
+    placeholder (image 0 resized to the patch, at the origin) with no read outside the batch (ASan), the flag is
+    raised, and the other rows are untouched."""
+    sizes = [(120, 90), (70, 130)]
+    images = random_images(generator, sizes)
+    data, meta = pack(images)
+    rows = random_rows(generator, sizes, 32, 6)
+    bad = [list(r) for r in rows]
+    bad[2][column] = value
+    plan = torch.tensor(bad, dtype=torch.int32)
+    safe = plan.clone()
+    safe[2] = torch.tensor([0, 32, 32, 0, 0, 0, 0], dtype=torch.int32)
+    strides = strides_for("nchw", 6, 32)
+    flag = []
+    got = render(harness, tmp_path, data, meta, plan, 32, 5, "drop", torch.float32, strides, plan_error=flag)
+    assert flag == [1]
+    assert torch.equal(got, reference(data, meta, safe, 32, 5, "drop", torch.float32, strides))

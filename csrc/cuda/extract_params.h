@@ -10,8 +10,10 @@ enum OutputType : int { kOutFloat32 = 0, kOutBFloat16 = 1, kOutFloat16 = 2 };
 struct ExtractParams {
   const uint8_t* data;  // every image, packed
   const int64_t* meta;  // [num_images, 6] on the device: offset, rows, cols, stride_c, stride_y, stride_x
-  const int32_t* plan;  // [num_patches, 7] on the device
+  const int32_t* plan;  // [num_patches, 7] on the device; rows out of range are rendered from a placeholder
   int64_t num_patches;
+  int64_t num_images;   // rows of meta
+  int* plan_error;      // set to 1 (atomically) when a plan row was out of range; never cleared here
   int patch;
   uint64_t seed;
   int color;          // Color in relpos_math.h

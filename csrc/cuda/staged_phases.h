@@ -290,6 +290,7 @@ RELPOS_HD float byte_to_float(uint32_t v) { return bits_float(0x4B000000u | v) -
 // window and pass mode chosen from the tap tables once they are in shared memory.
 struct Patch {
   int64_t n;
+  bool out_of_range;  // the plan row was out of range: the placeholder row is rendered instead
   const uint8_t* data;
   const int64_t* meta_row;
   int rows, cols;  // source image
@@ -318,7 +319,12 @@ static_assert(sizeof(Window) <= 64, "the Window header");
 RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n) {
   Patch s = {};
   s.n = n;
-  const int32_t* row = p.plan + n * kPlanColumns;
+  // One read of the row into registers, then checked and used: a plan rewritten meanwhile (another stream) cannot
+  // pass the check with one value and be used with another.
+  int32_t row[kPlanColumns];
+  for (int k = 0; k < kPlanColumns; ++k) row[k] = p.plan[n * kPlanColumns + k];
+  s.out_of_range = !plan_row_in_range(row, p.num_images, p.patch);
+  if (s.out_of_range) plan_placeholder_row(p.patch, row);
   s.meta_row = p.meta + int64_t{row[kImage]} * kMetaColumns;
   s.data = p.data;
   s.rows = static_cast<int>(s.meta_row[kRows]);
@@ -332,6 +338,16 @@ RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n) {
   s.Q = p.patch * p.patch;
   s.seed = p.seed;
   return s;
+}
+
+// Thread 0 of a patch whose row was out of range raises the caller's flag (atomically on the device: many blocks).
+RELPOS_HD void report_out_of_range(int t, const Patch& s, int* flag) {
+  if (t != 0 || !s.out_of_range || flag == nullptr) return;
+#if defined(__CUDA_ARCH__)
+  atomicOr(flag, 1);
+#else
+  *flag |= 1;
+#endif
 }
 
 template <typename T>
@@ -861,6 +877,7 @@ RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, co
   Patch s = make_patch(p, n);
   double* scratch = at<double>(smem, L.window);
   exec.phase([&](int t, int T) {
+    report_out_of_range(t, s, p.plan_error);
     phase_taps(t, T, smem, L, s);
     if (s.color == kColorDrop)
       for (int c = 0; c < 3; ++c)
@@ -912,7 +929,9 @@ RELPOS_HD void render_patch_per_pixel(Exec& exec, unsigned char* smem, const Lay
                                       int64_t n) {
   const Patch s = make_patch(p, n);
   const FastDiv& by_p = L.by_p;
-  const Norm norm = exec.reduce([&](int t, int T) { return phase_pixel_sums(t, T, s, by_p); },
+  const Norm norm = exec.reduce([&](int t, int T) {
+    report_out_of_range(t, s, p.plan_error);
+    return phase_pixel_sums(t, T, s, by_p); },
                                  [&](const Sums& total) { return make_norm(total, s); }, at<double>(smem, 0));
   exec.phase([&](int t, int T) { phase_pixel_store<Out>(t, T, p, s, norm, by_p); });
 }
