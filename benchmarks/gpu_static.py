@@ -243,7 +243,7 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
     fn = k.extract_patches_kernel
     signature, constexprs, attrs = {}, {}, {}
     pointer_types = {"data": "*u8", "meta": "*i64", "plan": "*i32", "out": "*" + DTYPES[spec.dtype][0],
-                     "scratch_f": "*fp32", "scratch_i": "*i64"}
+                     "scratch_f": "*fp32", "scratch_i": "*i64", "plan_error": "*i32"}
     for i, name in enumerate(fn.arg_names):
         value = args.get(name)
         if name in pointer_types:

@@ -288,14 +288,12 @@ TORCH_LIBRARY(relpos, m) {
       "extract_patches_out_cpu_simd(Tensor data, Tensor meta, Tensor plan, int seed, str color, Tensor(a!) out, "
       "str simd) -> ()");
   m.def("build_info() -> str", &build_info);
-  // Device-side plan check (csrc/plan_guard.h): used by the CUDA binding on device-resident plans.
-  m.def("guard_plan(Tensor plan, int num_images, int patch_size) -> Tensor");
+  // The flag kernels raise when a device-resident plan has a row out of range (csrc/plan_guard.h).
   m.def("plan_error_flag(Device device) -> Tensor", &plan_error_flag);
 }
 
 TORCH_LIBRARY_IMPL(relpos, CompositeExplicitAutograd, m) {
   m.impl("extract_patches", &extract_patches);
-  m.impl("guard_plan", &guard_plan);
 }
 
 TORCH_LIBRARY_IMPL(relpos, CPU, m) {

@@ -191,20 +191,35 @@ def _project(v0, v1, v2):
 
 
 @triton.jit
-def _render(data, meta, plan, n, seed, itab, wtab, first, second,
-            COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr, LANES: tl.constexpr,
-            ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, NB: tl.constexpr):
-    """Phases 1 and 2 for patch n: tap tables, then the patch (before normalisation) into the scratch region
-    `first` (crop) or `second` (DOWN), each [3, P, P] float32; returns the float64 partial sums and squares."""
-    PLANE: tl.constexpr = PATCH * PATCH
+def _plan_row(plan, n, num_images, PATCH: tl.constexpr):
+    """Plan row n, each column read once, checked as relpos/plan_guard.py's bad_plan_rows does: a row out of range
+    for the batch becomes the placeholder (image 0 resized to the patch, at the origin, no down size), so a
+    device-resident plan needs no separate guard pass. Returns the seven columns and whether the row was bad."""
     row = plan + n * 7
-    image_index = tl.load(row + 0).to(tl.int64)
+    image_index = tl.load(row + 0)
     resized_rows = tl.load(row + 1)
     resized_cols = tl.load(row + 2)
     top = tl.load(row + 3)
     left = tl.load(row + 4)
     kept = tl.load(row + 5)
     down = tl.load(row + 6)
+    bad = ((image_index < 0) | (image_index >= num_images) | (top < 0) | (left < 0) | (resized_rows > MAX_SIDE)
+           | (resized_cols > MAX_SIDE) | (top.to(tl.int64) + PATCH > resized_rows)
+           | (left.to(tl.int64) + PATCH > resized_cols) | (kept < 0) | (kept > 2) | (down < 0) | (down > PATCH))
+    return (tl.where(bad, 0, image_index), tl.where(bad, PATCH, resized_rows), tl.where(bad, PATCH, resized_cols),
+            tl.where(bad, 0, top), tl.where(bad, 0, left), tl.where(bad, 0, kept), tl.where(bad, 0, down), bad)
+
+
+@triton.jit
+def _render(data, meta, row, n, seed, itab, wtab, first, second,
+            COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr, LANES: tl.constexpr,
+            ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, NB: tl.constexpr):
+    """Phases 1 and 2 for patch n (its checked plan row from _plan_row): tap tables, then the patch (before
+    normalisation) into the scratch region `first` (crop) or `second` (DOWN), each [3, P, P] float32; returns the
+    float64 partial sums and squares."""
+    PLANE: tl.constexpr = PATCH * PATCH
+    image_index, resized_rows, resized_cols, top, left, kept, down, bad = row  # bad: raised by the caller
+    image_index = image_index.to(tl.int64)
     m = meta + image_index * 6
     rows = tl.load(m + 1).to(tl.int32)
     cols = tl.load(m + 2).to(tl.int32)
@@ -347,6 +362,8 @@ def extract_patches_kernel(
     out,  # [N, 3, P, P] in any memory format, strides below
     scratch_f,  # float32 [programs, SCRATCH_F]: tap weights, then the staged patch and the small image
     scratch_i,  # int64 [programs, SCRATCH_I]: tap offsets
+    plan_error,  # int32 scalar: set to 1 when a plan row was out of range (relpos/plan_guard.py reads it)
+    num_images,
     num_patches,
     seed,
     out_stride_n, out_stride_c, out_stride_y, out_stride_x,
@@ -371,8 +388,10 @@ def extract_patches_kernel(
     itab = scratch_i + program.to(tl.int64) * (TABLES * 2 * LANES)
     for n in range(program, num_patches, programs):  # a fixed grid walks the plan: scratch sized by the grid
         n = n + 0 * program  # a tensor under the interpreter too, where range() yields Python ints
-        if (tl.load(plan + n * 7 + 6) > 0) == DOWN:
-            acc, noise = _render(data, meta, plan, n, seed, itab, wtab, first, second,
+        row = _plan_row(plan, n, num_images, PATCH)
+        if (row[6] > 0) == DOWN:  # only the crop launch raises the flag: a placeholder row is never down-sampled
+            tl.atomic_or(plan_error, 1, mask=row[7])
+            acc, noise = _render(data, meta, row, n, seed, itab, wtab, first, second,
                                  COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS, NB)
             s0, s1, s2, q0, q1, q2 = acc
             s0 = tl.sum(tl.sum(s0, axis=1), axis=0)
@@ -381,7 +400,7 @@ def extract_patches_kernel(
             q0 = tl.sum(tl.sum(q0, axis=1), axis=0)
             q1 = tl.sum(tl.sum(q1, axis=1), axis=0)
             q2 = tl.sum(tl.sum(q2, axis=1), axis=0)
-            kept = tl.load(plan + n * 7 + 5)
+            kept = row[5]
             if COLOR == 1:  # acc's first pair is the kept channel's; the others are noise, squares only
                 qa = tl.sum(noise[0], axis=0)
                 qb = tl.sum(noise[1], axis=0)
@@ -433,6 +452,7 @@ TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg)
     (False, False): (8, 32, 1024, 4, 64), (False, True): (16, 32, 1024, 4, 64),
     (True, False): (8, 32, 1024, 4, 64), (True, True): (16, 32, 1024, 4, 64),
 }
+MAX_SIDE = tl.constexpr(32767)  # relpos.images.MAX_SIDE: keeps the tap arithmetic inside int32 (tested equal)
 NOISE_BLOCKS = 256  # Philox evaluations per trip of the noise loop (colour drop)
 PROGRAMS_PER_SM = 8  # the grid on a GPU: enough resident programs per SM to hide latency
 INTERPRETER_PROGRAMS = 4  # the grid in Triton's CPU interpreter (programs run one after another there)
@@ -457,7 +477,7 @@ def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
         block //= 2
     block = min(block, triton.next_power_of_2(patch * patch))
     nb = min(NOISE_BLOCKS, triton.next_power_of_2(-(-patch * patch // 4)))
-    return {"num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
+    return {"num_images": 7, "num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
             "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
             "NB": nb,
@@ -506,7 +526,7 @@ def grid_size(num_patches: int, device) -> int:
     return max(1, min(num_patches, cap))
 
 
-def launch(data, meta, plan, out, seed: int, color: int, patch: int) -> None:
+def launch(data, meta, plan, out, seed: int, color: int, patch: int, plan_error) -> None:
     """Launch on tensors already checked and on one device (`out` preallocated, any memory format).
 
     Two launches over the whole plan, one per specialisation; each program skips the patches of the other kind.
@@ -522,7 +542,8 @@ def launch(data, meta, plan, out, seed: int, color: int, patch: int) -> None:
     for down in (False, True):
         spec = specialisation(color, patch, out.stride(), down)
         extract_patches_kernel[(programs,)](
-            data, meta, plan, out, scratch_f, scratch_i, num_patches, seed, *out.stride(), COLOR=color,
+            data, meta, plan, out, scratch_f, scratch_i, plan_error, meta.shape[0], num_patches, seed, *out.stride(),
+            COLOR=color,
             PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
             LANES=spec["LANES"], WARPS=spec["WARPS"], NB=spec["NB"],
             num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],

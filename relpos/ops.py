@@ -10,7 +10,7 @@ from . import backends
 from .config import COLOR_MODES
 from .images import PackedImages, pack_images
 from .plan import PLAN_COLUMNS, Plan
-from .plan_guard import bad_plan_rows
+from .plan_guard import check_plan_rows
 from .raw_ops import empty_patches, register_compiled_fakes
 from .reference import extract_patches_reference
 
@@ -48,10 +48,7 @@ def check_plan_values(plan: Plan, images: PackedImages) -> None:
     """Raise if a CPU plan has a row out of range for the batch (a device plan is guarded where it lives)."""
     if plan.patches.device.type != "cpu":
         return  # value checks would synchronise the device; the plan was checked when drawn
-    bad = bad_plan_rows(plan.patches, len(images), plan.patch_size)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0])
-        raise ValueError(f"plan.patches row {row} is out of range for this batch: {plan.patches[row].tolist()}")
+    check_plan_rows(plan.patches, len(images), plan.patch_size)
 
 
 def extract_patches(
@@ -78,8 +75,8 @@ def extract_patches(
     if dtype not in OUTPUT_DTYPES:
         raise TypeError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype}")
     chosen = backends.resolve(backend, images.device)
-    if chosen in ("triton", "reference"):  # the compiled op checks each CPU plan row itself, with its own message:
-        check_plan_values(plan, images)  # checking twice cost ~100 us per call (25 small ops), measured on an H100
+    if chosen == "reference":  # the other backends' ops check each CPU plan row themselves; checking twice cost
+        check_plan_values(plan, images)  # ~100 us per call (25 small ops), measured on an H100
     if out is None:
         out = empty_patches(plan.num_patches, plan.patch_size, dtype, channels_last, images.device)
     else:

@@ -1,13 +1,13 @@
 """Plan rows checked where they live, without a host synchronisation.
 
-A plan on the CPU is checked value by value before any launch. A plan that lives on a GPU cannot be read without
-stalling the stream, so its rows are checked there: rows out of range for the batch are replaced by a safe
-placeholder (image 0 resized to the patch itself: every read stays inside image 0), and a per-device error flag is
-raised. The kernels therefore never read out of bounds, and `raise_on_plan_errors` (called by the training loop
-where it synchronises anyway) turns the flag into an error. On the CPU the ops read the flag at once.
-
-The compiled extension has the same guard in C++ (csrc/plan_guard.cpp, used by the raw CUDA op on device plans);
-when it is built, both share its flag, so one `raise_on_plan_errors` covers every backend.
+A plan on the CPU is checked value by value before any launch (`check_plan_rows` here; the C++ ops check their
+own). A plan that lives on a GPU cannot be read without stalling the stream, so the kernels check each row as they
+read it (the Triton kernel's `_plan_row`, the CUDA kernel's `plan_row_in_range` in csrc/relpos_math.h, the same
+rule as `bad_plan_rows`): a row out of range for the batch is rendered from a safe placeholder (image 0 resized to
+the patch itself: every read stays inside image 0) and the device's error flag is raised, so no kernel reads out
+of bounds and no separate guard pass is launched. `raise_on_plan_errors` (called by the training loop where it
+synchronises anyway) turns the flag into an error. When the compiled extension is built, every backend shares its
+flag, so one `raise_on_plan_errors` covers them all.
 """
 
 from __future__ import annotations
@@ -31,11 +31,25 @@ def bad_plan_rows(plan: torch.Tensor, num_images: int, patch_size: int) -> torch
             | (p[:, CHANNEL] < 0) | (p[:, CHANNEL] > 2) | (p[:, DOWN] < 0) | (p[:, DOWN] > patch_size))
 
 
+def check_plan_rows(plan: torch.Tensor, num_images: int, patch_size: int) -> None:
+    """Raise, naming the first one, if a CPU plan has rows out of range for the batch (free on the CPU)."""
+    bad = bad_plan_rows(plan, num_images, patch_size)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        raise ValueError(f"plan row {row} is out of range for this batch of {num_images} images (patch size "
+                         f"{patch_size}): {plan[row].tolist()}")
+
+
 def _device_key(device: torch.device | str) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def plan_error_flag(device: torch.device | str) -> torch.Tensor:
+    """The int32 scalar flag that kernels raise on `device` (the Triton kernel takes it as a pointer)."""
+    return _error_flag(_device_key(device))
 
 
 def _error_flag(device: torch.device) -> torch.Tensor:
@@ -51,17 +65,8 @@ def _error_flag(device: torch.device) -> torch.Tensor:
     return flag
 
 
-def guard_plan(plan: torch.Tensor, num_images: int, patch_size: int) -> torch.Tensor:
-    """`plan` with out-of-range rows replaced by a safe placeholder; raises the device's error flag if any were."""
-    bad = bad_plan_rows(plan, num_images, patch_size)
-    _error_flag(_device_key(plan.device)).bitwise_or_(bad.any().to(torch.int32))
-    placeholder = torch.tensor([0, patch_size, patch_size, 0, 0, 0, 0], dtype=plan.dtype).to(plan.device,
-                                                                                              non_blocking=True)
-    return torch.where(bad[:, None], placeholder, plan)
-
-
 def raise_on_plan_errors(device: torch.device | str | None = None) -> None:
-    """Raise (once) if a plan guarded on `device` (every device when None) had out-of-range rows."""
+    """Raise (once) if a kernel on `device` (every device when None) met plan rows out of range."""
     if device is not None:
         _error_flag(_device_key(device))  # fetch the extension's flag even if only its CUDA op raised it
     for flag_device, flag in list(_error_flags.items()):

@@ -35,7 +35,3 @@ def register_compiled_fakes() -> None:
     def _extract_patches_out_fake(data, meta, plan, seed, color, out):
         check_op_devices(data, meta, plan, out)
         return None
-
-    @torch.library.register_fake("relpos::guard_plan")
-    def _guard_plan_fake(plan, num_images, patch_size):
-        return torch.empty_like(plan)

@@ -110,36 +110,15 @@ def test_opcheck(generator, op):
                           (packed.data, packed.meta, plan.patches, plan.seed, "drop", out))
 
 
-def test_a_bad_plan_never_reads_out_of_bounds_and_is_reported(generator):
-    """Rows out of range (as a device-resident plan may hold: its values are not read on the host) are replaced by
-    a safe placeholder on the plan's device and flagged; the flag becomes an error when read."""
-    from relpos.plan_guard import bad_plan_rows, guard_plan, raise_on_plan_errors
-
-    packed, plan = _batch(generator, rows=4)
-    bad = plan.patches.clone()
-    bad[1, 0] = 7          # an image the batch does not have
-    bad[2, 3] = 10_000     # a patch far outside its resized image
-    assert bad_plan_rows(bad, len(packed), plan.patch_size).tolist() == [False, True, True, False]
-    guarded = guard_plan(bad, len(packed), plan.patch_size)
-    assert torch.equal(guarded[[0, 3]], bad[[0, 3]])
-    assert not bad_plan_rows(guarded, len(packed), plan.patch_size).any()
-    out = torch.full((4, 3, plan.patch_size, plan.patch_size), float("nan"))
-    torch.ops.relpos.extract_patches_out(packed.data, packed.meta, guarded, plan.seed, "drop", out)
-    assert torch.isfinite(out).all()
-    with pytest.raises(ValueError, match="rows out of range"):
-        raise_on_plan_errors("cpu")
-    raise_on_plan_errors("cpu")  # reported once, then cleared
-
-
 @pytest.mark.skipif(not backends.triton_runs_on(torch.device("cpu")), reason="triton unavailable")
 def test_raw_triton_op_refuses_a_bad_plan(generator):
     packed, plan = _batch(generator, rows=3)
     bad = plan.patches.clone()
     bad[0, 0] = -1
     out = torch.full((3, 3, plan.patch_size, plan.patch_size), float("nan"))
-    with pytest.raises(ValueError, match="rows out of range"):
+    with pytest.raises(ValueError, match="plan row 0 is out of range"):
         torch.ops.relpos.extract_patches_triton_out(packed.data, packed.meta, bad, plan.seed, "none", out)
-    assert torch.isnan(out).all()  # on the CPU the flag is read before the launch: nothing rendered
+    assert torch.isnan(out).all()  # a CPU plan is checked before the launch: nothing rendered
 
 
 def _corrupted_plan(generator, plan, num_images):
@@ -157,24 +136,31 @@ def _corrupted_plan(generator, plan, num_images):
     return rows
 
 
-def test_compiled_plan_guard_matches_the_python_one(generator):
-    """The C++ guard (what the raw CUDA op runs on a device-resident plan) and relpos.plan_guard flag the same rows,
-    write the same placeholder, and raise the one shared flag; run here on CPU tensors."""
-    from relpos.plan_guard import bad_plan_rows, guard_plan, raise_on_plan_errors
+@pytest.mark.skipif(not backends.triton_runs_on(torch.device("cpu")), reason="needs Triton's interpreter")
+def test_triton_kernel_guards_corrupted_plans_as_the_python_check_does(generator):
+    """A device-resident plan reaches the Triton kernel unchecked, so the kernel checks each row itself. Over rows
+    pushed just past (or just inside) each bound, it must flag exactly the rows bad_plan_rows flags: those render
+    the placeholder (image 0 resized to the patch, at the origin) and raise the flag; the others render as the C++
+    op renders them. Launched directly: the op checks a CPU plan before launching."""
+    from relpos.kernels import extract_patches as kernel
+    from relpos.plan_guard import bad_plan_rows, plan_error_flag, raise_on_plan_errors
 
-    packed, plan = _batch(generator)
-    for _ in range(5):
+    packed, plan = _batch(generator, rows=12)
+    placeholder = torch.tensor([0, plan.patch_size, plan.patch_size, 0, 0, 0, 0], dtype=torch.int32)
+    flag = plan_error_flag("cpu")
+    for _ in range(2):
         corrupted = _corrupted_plan(generator, plan, len(packed))
-        expected_bad = bad_plan_rows(corrupted, len(packed), plan.patch_size)
-        assert 0 < int(expected_bad.sum()) < len(corrupted)  # both kinds of row are exercised
-        raise_on_plan_errors("cpu")  # start from a clear flag
-        compiled = torch.ops.relpos.guard_plan(corrupted, len(packed), plan.patch_size)
-        with pytest.raises(ValueError, match="rows out of range"):
-            raise_on_plan_errors("cpu")  # the C++ guard raised the flag the Python side reads
-        assert torch.equal(compiled, guard_plan(corrupted, len(packed), plan.patch_size))
+        corrupted[0], corrupted[-1, 0] = plan.patches[0], -1  # both kinds of row, whatever the draw
+        bad = bad_plan_rows(corrupted, len(packed), plan.patch_size)
+        safe = torch.where(bad[:, None], placeholder, corrupted)
+        shape = (len(corrupted), 3, plan.patch_size, plan.patch_size)
+        out, want = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
+        flag.zero_()
+        kernel.launch(packed.data, packed.meta, corrupted, out, plan.seed, kernel.COLOR_DROP, plan.patch_size, flag)
+        torch.ops.relpos.extract_patches_out(packed.data, packed.meta, safe, plan.seed, "drop", want)
+        assert torch.equal(out, want)
         with pytest.raises(ValueError, match="rows out of range"):
             raise_on_plan_errors("cpu")
-    clean = torch.ops.relpos.guard_plan(plan.patches, len(packed), plan.patch_size)
-    assert torch.equal(clean, plan.patches)
+    out = torch.full((len(plan.patches), 3, plan.patch_size, plan.patch_size), float("nan"))
+    kernel.launch(packed.data, packed.meta, plan.patches, out, plan.seed, kernel.COLOR_NONE, plan.patch_size, flag)
     raise_on_plan_errors("cpu")  # a clean plan raises nothing
-    torch.library.opcheck(torch.ops.relpos.guard_plan, (plan.patches, len(packed), plan.patch_size))

@@ -120,3 +120,36 @@ def test_the_result_does_not_depend_on_the_grid(programs, generator, monkeypatch
     rows = _random_rows(generator, 9, sizes, 12)
     for color in relpos.COLOR_MODES:
         _agree(images, _plan(rows, sizes, 12, 5), color)
+
+
+@pytest.mark.parametrize("column, value", [(0, 2), (0, -1), (3, 500), (4, -1), (2, 40_000), (5, 3), (6, 17), (6, -2)])
+def test_kernel_renders_the_placeholder_for_a_bad_row_and_raises_the_flag(column, value, generator):
+    """A device-resident plan reaches the kernel unchecked: the kernel checks each row as it reads it. Launched
+    here directly (the op checks a CPU plan before launching), a bad row must render the placeholder (image 0
+    resized to the patch, at the origin), raise the flag, and leave the other rows as the C++ op renders them."""
+    from relpos.kernels import extract_patches as kernel
+    from relpos.plan_guard import plan_error_flag, raise_on_plan_errors
+
+    patch, sizes = 16, [[40, 30], [25, 35]]
+    images = [_image(generator, h, w) for h, w in sizes]
+    packed = relpos.pack_images(images)
+    rows = [[0, 40, 30, 3, 2, 0, 0], [1, 50, 70, 10, 40, 1, 5], [1, 25, 35, 9, 19, 2, 0], [0, 80, 60, 64, 44, 1, 7]]
+    rows[1][column] = value
+    plan = torch.tensor(rows, dtype=torch.int32)
+    safe = plan.clone()
+    safe[1] = torch.tensor([0, patch, patch, 0, 0, 0, 0])
+    plan_error_flag("cpu").zero_()
+    out = torch.full((4, 3, patch, patch), float("nan"))
+    kernel.launch(packed.data, packed.meta, plan, out, 77, kernel.COLOR_DROP, patch, plan_error_flag("cpu"))
+    want = torch.full_like(out, float("nan"))
+    torch.ops.relpos.extract_patches_out(packed.data, packed.meta, safe, 77, "drop", want)
+    assert torch.equal(out, want)
+    with pytest.raises(ValueError, match="rows out of range"):
+        raise_on_plan_errors("cpu")
+
+
+def test_kernel_side_limit_is_the_library_one():
+    from relpos.images import MAX_SIDE
+    from relpos.kernels import extract_patches as kernel
+
+    assert kernel.MAX_SIDE.value == MAX_SIDE
