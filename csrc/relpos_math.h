@@ -41,8 +41,16 @@ RELPOS_HD void plan_placeholder_row(int patch, int32_t row[kPlanColumns]) {
 // Columns of the int64 [B, 6] image table: where each ragged image lies in the flat uint8 buffer.
 enum MetaColumn : int { kOffset = 0, kRows = 1, kCols = 2, kStrideC = 3, kStrideY = 4, kStrideX = 5, kMetaColumns = 6 };
 
-RELPOS_HD uint32_t mulhi32(uint32_t a, uint32_t b) {
-  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
+// a * b as 64 bits. On the GPU through mul.wide.u32, one IMAD.WIDE.U32 that gives both halves (a high and a low
+// product written separately, or a 64-bit multiply, cost an extra instruction per multiply).
+RELPOS_HD uint64_t mul_wide32(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  uint64_t product;
+  asm("mul.wide.u32 %0, %1, %2;" : "=l"(product) : "r"(a), "r"(b));
+  return product;
+#else
+  return static_cast<uint64_t>(a) * b;
+#endif
 }
 
 // Philox4x32-10 with the constants and counter layout of Triton's tl.randint4x: counter (c0, c1, 0, 0),
@@ -51,11 +59,11 @@ RELPOS_HD void philox4x32_10(uint64_t seed, uint32_t c0, uint32_t c1, uint32_t o
   uint32_t c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round) {
-    const uint32_t prev_c0 = c0, prev_c2 = c2;
-    c0 = mulhi32(0xCD9E8D57u, prev_c2) ^ c1 ^ k0;
-    c2 = mulhi32(0xD2511F53u, prev_c0) ^ c3 ^ k1;
-    c1 = 0xCD9E8D57u * prev_c2;
-    c3 = 0xD2511F53u * prev_c0;
+    const uint64_t product0 = mul_wide32(0xD2511F53u, c0), product2 = mul_wide32(0xCD9E8D57u, c2);
+    c0 = static_cast<uint32_t>(product2 >> 32) ^ c1 ^ k0;
+    c2 = static_cast<uint32_t>(product0 >> 32) ^ c3 ^ k1;
+    c1 = static_cast<uint32_t>(product2);
+    c3 = static_cast<uint32_t>(product0);
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
