@@ -108,6 +108,28 @@ def _noise_word(dst, word, element, lo, PLANE: tl.constexpr, EXACT: tl.constexpr
 
 
 @triton.jit
+def _philox(seed, c0, c1):
+    """tl.randint4x(seed, (c1 << 32) | c0): Philox4x32-10, counter (c0, c1, 0, 0), key the seed's two words; each
+    round's products taken as one 32 x 32 -> 64-bit multiply, one IMAD.WIDE.U32 on the GPU (randint4x's umulhi and
+    separate low product cost two)."""
+    seed = seed.to(tl.uint64)
+    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = (seed >> 32).to(tl.uint32)
+    c2 = c0 * 0
+    c3 = c2
+    for _ in tl.static_range(10):
+        product0 = c0.to(tl.uint64) * 0xD2511F53
+        product2 = c2.to(tl.uint64) * 0xCD9E8D57
+        c0 = (product2 >> 32).to(tl.uint32) ^ c1 ^ k0
+        c2 = (product0 >> 32).to(tl.uint32) ^ c3 ^ k1
+        c1 = product2.to(tl.uint32)
+        c3 = product0.to(tl.uint32)
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
+
+
+@triton.jit
 def _noise_plane(dst, seed, n, c, PATCH: tl.constexpr, NB: tl.constexpr):
     """Noise channel c of patch n into dst[c * P * P:] (planar, so a value's index there is its noise element
     c * P * P + y * P + x): word (element % 4) of Philox4x32-10 at counter (element // 4, patch). Each Philox
@@ -121,7 +143,7 @@ def _noise_plane(dst, seed, n, c, PATCH: tl.constexpr, NB: tl.constexpr):
     squares = tl.zeros([NB], tl.float64)
     for j in tl.range(0, TRIPS, loop_unroll_factor=1):
         block = first_block + j * NB + tl.arange(0, NB)
-        w0, w1, w2, w3 = tl.randint4x(seed, (n.to(tl.int64) << 32) | block.to(tl.int64))
+        w0, w1, w2, w3 = _philox(seed, block.to(tl.uint32), n.to(tl.uint32))
         element = 4 * block
         squares = _noise_word(dst, w0, element, lo, PLANE, EXACT, squares)
         squares = _noise_word(dst, w1, element + 1, lo, PLANE, EXACT, squares)

@@ -9,6 +9,9 @@ import relpos
 from relpos import backends
 
 pytestmark = pytest.mark.skipif(not backends.triton_runs_on(torch.device("cpu")), reason="needs Triton's interpreter")
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+_philox = pytest.importorskip("relpos.kernels.extract_patches")._philox
 
 
 def _image(generator, h, w):
@@ -153,3 +156,31 @@ def test_kernel_side_limit_is_the_library_one():
     from relpos.kernels import extract_patches as kernel
 
     assert kernel.MAX_SIDE.value == MAX_SIDE
+
+
+
+
+@triton.jit
+def _philox_pair(seed, blocks, patches, mine, theirs, N: tl.constexpr):
+    """The kernel's _philox words and tl.randint4x's for the same seed and counters."""
+    i = tl.arange(0, N)
+    block = tl.load(blocks + i)
+    patch = tl.load(patches + i)
+    words = _philox(seed, block.to(tl.uint32), patch.to(tl.uint32))
+    reference = tl.randint4x(seed, (patch.to(tl.int64) << 32) | block.to(tl.int64))
+    for k in tl.static_range(4):
+        tl.store(mine + 4 * i + k, words[k].to(tl.int32, bitcast=True))
+        tl.store(theirs + 4 * i + k, reference[k].to(tl.int32, bitcast=True))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**31 - 1, 2**32 + 12345, 2**62 + 987654321, -1])
+def test_kernel_philox_is_triton_randint4x(seed, generator):
+    """The kernel's own Philox (one wide multiply per product) gives tl.randint4x's words for every counter,
+    keys near and past 32 bits included."""
+    n = 64
+    blocks = torch.randint(0, 2**31 - 1, (n,), generator=generator, dtype=torch.int64)
+    patches = torch.randint(0, 2**31 - 1, (n,), generator=generator, dtype=torch.int64)
+    blocks[:2], patches[:2] = torch.tensor([0, 2**31 - 2]), torch.tensor([0, 2**31 - 2])
+    mine, theirs = torch.zeros(4 * n, dtype=torch.int32), torch.ones(4 * n, dtype=torch.int32)
+    _philox_pair[(1,)](seed, blocks, patches, mine, theirs, N=n)
+    assert torch.equal(mine, theirs)
