@@ -1,6 +1,6 @@
 """Regenerate README's result figures from the current commit, in one command.
 
-    python docs/regenerate.py [--labelled PHOTOS_DIR] [--root PACKAGES_ROOT] [--only demo,labelled,recipe]
+    python docs/regenerate.py [--labelled PHOTOS_DIR] [--root PACKAGES_ROOT] [--only demo,labelled,recipe,seeds]
 
 - demo: runs README's first command (its `relpos train` arguments are read from README itself, so the two cannot
   drift) into a fresh folder, then copies `summary.json` and `curves.png` to docs/ with the commit recorded;
@@ -8,6 +8,9 @@
   kept as docs/demo_eval.json;
 - recipe: runs the `relpos` lines of README's CPU-recipe sh block (after `<!-- recipe-commands -->`) in a fresh
   folder, ROOT replaced by `--root`, timing each; keeps summary, eval, curves and neighbour figure as docs/recipe_*;
+- seeds: the recipe's train and eval lines again with each pretraining seed of RECIPE_SEEDS (`--seed N`, the run in
+  RUN-seedN; its data lines first), kept as docs/recipe_seedN_{summary,eval}.json: how much of the recipe's gain over
+  random init is the seed's;
 - then rewrites README's generated blocks (between `<!-- BEGIN name -->` and `<!-- END name -->`) from those files.
 
 The working tree must be clean (the figures are attributed to a commit). `render_blocks` is also what
@@ -37,6 +40,11 @@ CURVES = DOCS / "demo_curves.png"
 RECIPE_SUMMARY = DOCS / "recipe_train_summary.json"
 RECIPE_EVAL = DOCS / "recipe_eval.json"
 RECIPE_FIGURES = {"curves.png": DOCS / "recipe_curves.png", "eval/neighbours.png": DOCS / "recipe_neighbours.png"}
+RECIPE_SEEDS = (1,)  # the recipe above is seed 0 (relpos train's default)
+
+
+def recipe_seed_files(seed: int) -> tuple[Path, Path]:
+    return DOCS / f"recipe_seed{seed}_summary.json", DOCS / f"recipe_seed{seed}_eval.json"
 
 
 def readme_train_args(readme: str) -> list[str]:
@@ -108,6 +116,48 @@ def render_labelled(evaluation: dict, summary: dict, what: str = "the demo above
     return "\n".join(lines)
 
 
+def _gains(evaluation: dict, metric: str) -> dict[str, float]:
+    """Per layer: the pretrained tower's cross-validated accuracy minus the mean of the random towers'."""
+    towers = evaluation["labelled"]["towers"]
+    randoms = [name for name in towers if name.startswith("random")]
+    return {layer: row[metric]["mean"] - sum(towers[name][layer][metric]["mean"] for name in randoms) / len(randoms)
+            for layer, row in towers["pretrained"].items()}
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, (variance / len(values)) ** 0.5
+
+
+def render_seeds(runs: list[tuple[int, dict, dict]]) -> str:
+    """The recipe across pretraining seeds: held-out pretext accuracy and, per layer, the linear-probe and k-NN gains
+    over the random towers' mean, each seed and their mean ± standard error over seeds."""
+    layers = list(runs[0][2]["labelled"]["towers"]["pretrained"])
+    commits = ", ".join(f"seed {seed}: {summary['commit']}" for seed, summary, _ in runs)
+    lines = [f"The recipe with each pretraining seed (`relpos train --seed N`; commits {commits}; "
+             "`docs/recipe_train_summary.json`, `docs/recipe_eval.json` for seed 0, `docs/recipe_seedN_*.json` for the "
+             "others). Gains are in points of cross-validated accuracy over the mean of the same three random towers, "
+             "linear probe / k-NN:", "",
+             "| seed | held-out pretext (majority) | " + " | ".join(layers) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in layers) + " |"]
+    gains = {metric: [_gains(evaluation, metric) for _, _, evaluation in runs] for metric in ("linear_probe", "knn")}
+    for (seed, summary, _), probe, knn in zip(runs, gains["linear_probe"], gains["knn"]):
+        held = summary["held_out"]
+        lines.append(f"| {seed} | {_pct(held['accuracy'])} ({_pct(held['majority'])}) | "
+                     + " | ".join(f"{100 * probe[layer]:+.1f} / {100 * knn[layer]:+.1f}" for layer in layers) + " |")
+    pretext = _mean_se([summary["held_out"]["accuracy"] for _, summary, _ in runs])
+    cells = []
+    for layer in layers:
+        probe = _mean_se([100 * g[layer] for g in gains["linear_probe"]])
+        knn = _mean_se([100 * g[layer] for g in gains["knn"]])
+        cells.append(f"{probe[0]:+.1f} ± {probe[1]:.1f} / {knn[0]:+.1f} ± {knn[1]:.1f}")
+    lines.append(f"| mean ± SE of {len(runs)} | {_pct(pretext[0])} ± {_pct(pretext[1])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render_blocks() -> dict[str, str]:
     """README's generated blocks, from the files in docs/."""
     summary = json.loads(SUMMARY.read_text())
@@ -121,6 +171,12 @@ def render_blocks() -> dict[str, str]:
         blocks["recipe-result"] = render_recipe(recipe)
         blocks["recipe-labelled"] = render_labelled(json.loads(RECIPE_EVAL.read_text()), recipe, "the CPU recipe",
                                                     "docs/recipe_eval.json")
+        seeds = [(seed, *recipe_seed_files(seed)) for seed in RECIPE_SEEDS]
+        if all(summary.exists() and evaluation.exists() for _, summary, evaluation in seeds):
+            runs = [(0, recipe, json.loads(RECIPE_EVAL.read_text()))]
+            runs += [(seed, json.loads(summary.read_text()), json.loads(evaluation.read_text()))
+                     for seed, summary, evaluation in seeds]
+            blocks["recipe-seeds"] = render_seeds(runs)
     return blocks
 
 
@@ -176,11 +232,32 @@ def _recipe(work: Path, root: Path, commit: str) -> None:
         shutil.copyfile(run / name, target)
 
 
+def _recipe_seeds(work: Path, root: Path, commit: str) -> None:
+    """README's recipe again with each seed of RECIPE_SEEDS: its data lines (unless already run in `work`), then its
+    train line with `--seed N` into RUN-seedN and its eval line on that run."""
+    commands = [[str(root) if a == "ROOT" else a for a in args] for args in readme_recipe_commands(README.read_text())]
+    train = next(args for args in commands if args[0] == "train")
+    evaluate = next(args for args in commands if args[0] == "eval")
+    run = train[train.index("--out") + 1]
+    for args in commands:
+        if args[:2] == ["data", "photos"] and not (work / args[2]).exists():
+            _relpos(*args, cwd=work)
+    for seed in RECIPE_SEEDS:
+        out = f"{run}-seed{seed}"
+        seconds = {"train": _relpos(*[out if a == run else a for a in train], "--seed", str(seed), cwd=work)}
+        seconds["eval"] = _relpos(*[out + a[len(run):] if a.startswith(run + "/") else a for a in evaluate], cwd=work)
+        summary = json.loads((work / out / "summary.json").read_text())
+        summary.update(commit=commit, seed=seed, regenerated=datetime.date.today().isoformat(), wall_seconds=seconds)
+        summary_file, eval_file = recipe_seed_files(seed)
+        summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+        eval_file.write_text((work / out / "eval" / "eval.json").read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labelled", type=Path, help="folder made by `relpos data photos` (for the labelled table)")
     parser.add_argument("--root", type=Path, help="packages root for the recipe's `relpos data photos` (--root)")
-    parser.add_argument("--only", default="demo,labelled", help="comma-separated steps: demo, labelled, recipe")
+    parser.add_argument("--only", default="demo,labelled", help="comma-separated steps: demo, labelled, recipe, seeds")
     args = parser.parse_args(argv)
     steps = set(args.only.split(","))
     commit = _commit()
@@ -204,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.root is None:
             raise SystemExit("--root PACKAGES_ROOT is needed for the recipe (where the packages were extracted)")
         _recipe(work, args.root.resolve(), commit)
+    if "seeds" in steps:
+        if args.root is None:
+            raise SystemExit("--root PACKAGES_ROOT is needed for the recipe seeds (where the packages were extracted)")
+        _recipe_seeds(work, args.root.resolve(), commit)
     README.write_text(write_blocks(README.read_text(), render_blocks()))
     print(f"README.md and docs/ regenerated from commit {commit}; review and commit them (work files in {work})")
     return 0

@@ -40,3 +40,21 @@ def test_the_recipe_block_pretrains_on_photos_the_labelled_folder_does_not_hold(
     evaluation = next(c for c in commands if c[0] == "eval")
     assert evaluation[1] == f"{run}/checkpoint.pt" and evaluation[evaluation.index("--out") + 1] == f"{run}/eval"
     assert evaluation[evaluation.index("--labelled") + 1] == keeps["labelled"]
+
+
+def test_seed_table_gains_are_over_the_random_towers_mean():
+    def evaluation(pretrained, randoms):
+        towers = {"pretrained": {"conv5": {"linear_probe": {"mean": pretrained}, "knn": {"mean": pretrained / 2}}}}
+        for i, value in enumerate(randoms):
+            towers[f"random{i}"] = {"conv5": {"linear_probe": {"mean": value}, "knn": {"mean": value / 2}}}
+        return {"labelled": {"towers": towers}}
+
+    def summary(accuracy):
+        return {"commit": "abc1234", "held_out": {"accuracy": accuracy, "majority": 0.15}}
+
+    runs = [(0, summary(0.30), evaluation(0.60, [0.50, 0.52, 0.54])),
+            (1, summary(0.34), evaluation(0.66, [0.50, 0.52, 0.54]))]
+    table = regenerate.render_seeds(runs).splitlines()
+    assert table[-3] == "| 0 | 30.0% (15.0%) | +8.0 / +4.0 |"
+    assert table[-2] == "| 1 | 34.0% (15.0%) | +14.0 / +7.0 |"
+    assert table[-1] == "| mean ± SE of 2 | 32.0% ± 2.0% | +11.0 ± 3.0 / +5.5 ± 1.5 |"
