@@ -24,15 +24,19 @@ def _show(args: argparse.Namespace) -> int:
     from .pretext import build_pretext
     from .show import draw_grids
 
-    path = Path(args.image) if args.image else bundled_photos()[0]
-    image = load_rgb(path)
     pretext = build_pretext(args.task, PatchConfig(patch=args.patch, gap=args.gap, jitter=args.jitter),
                             args.permutations)
-    plan = pretext.draw([image.shape[:2]], seed=args.seed, on_small="raise")
-    patches = extract_patches([image], plan, color=args.color, backend=args.backend)
     items = f"{pretext.item_name}s"
     out = Path(args.out or f"{items}.png")
     grids = out.with_name(f"{out.stem}_grids{out.suffix}")
+    existing = [str(p) for p in (out, grids) if p.exists()]
+    if existing and not args.overwrite:  # no run overwrites another's pictures
+        raise ValueError(f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: pass "
+                         "--overwrite to replace them, or choose another --out")
+    path = Path(args.image) if args.image else bundled_photos()[0]
+    image = load_rgb(path)
+    plan = pretext.draw([image.shape[:2]], seed=args.seed, on_small="raise")
+    patches = extract_patches([image], plan, color=args.color, backend=args.backend)
     draw_grids(image, plan, 0, str(grids))
     pretext.draw_examples(patches, plan, str(out), count=args.pairs, seed=args.seed)
     print(f"{path.name}: {plan.num_patches} patches, {plan.num_pairs} {items}")
@@ -55,6 +59,7 @@ def _add_show(commands) -> None:
                         help="jigsaw: number of permutations (default: %(default)s)")
     parser.add_argument("--out", default=None, help="PNG of augmented pairs or puzzles; grids go to "
                         "<out>_grids.png (default: pairs.png or puzzles.png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace pictures an earlier run wrote at --out")
     parser.add_argument("--color", default="drop", choices=COLOR_MODES, help="colour handling (default: %(default)s)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="fused op backend (default: %(default)s)")
     parser.add_argument("--pairs", "--puzzles", type=bounded_int(1, 256), default=16,

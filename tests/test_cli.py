@@ -26,6 +26,18 @@ def test_show_writes_grids_and_pairs(tmp_path):
             assert image.size[0] > 300 and image.size[1] > 200
 
 
+def test_show_never_overwrites_an_earlier_run(tmp_path, capsys):
+    out = tmp_path / "pairs.png"
+    grids = tmp_path / "pairs_grids.png"
+    grids.write_bytes(b"an earlier run's picture")
+    assert main(["show", "--out", str(out), "--pairs", "4"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert grids.read_bytes() == b"an earlier run's picture" and not out.exists()
+    assert main(["show", "--out", str(out), "--pairs", "4", "--overwrite"]) == 0
+    with Image.open(grids) as image:
+        assert image.size[0] > 300
+
+
 def test_show_rejects_a_corrupt_file(tmp_path, capsys):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")

@@ -111,7 +111,7 @@ def _subcommands(parser, prefix=()):
 # Options that take no value, or free text whose failures are the run-time cases above / in test_run_safety.py.
 NO_BAD_VALUE = {
     "train": {"--resident", "--resume", "--overwrite", "--no-progress", "--data", "--out"},
-    "show": {"--out", "--color"},
+    "show": {"--out", "--color", "--overwrite"},
     "eval": {"--overwrite", "--out", "--data", "--labelled"},
     "bench": {"--reference", "--train", "--quick", "--static", "--out"},
     "export": {"--overwrite", "--out"},
