@@ -2,8 +2,9 @@
 they gave before the pretext interface existed (recorded from the code of commit 83b643a).
 
 Plans are integers drawn from torch's CPU generator, so they are pinned exactly. Losses and weights are float
-sums that another CPU's kernels may round differently in the last bits, so they are pinned to 1e-5 relative:
-far below what any change of plan, label, gather order or initialisation would move them.
+sums that another CPU's kernels may round differently in the last bits, so they are pinned to 1e-5 relative
+(losses after an optimizer step to 1e-3, whose rounding compounds): far below what any change of plan, label,
+gather order or initialisation would move them.
 """
 
 import hashlib
@@ -38,7 +39,10 @@ def test_relative_position_training_is_pinned(tmp_path):
                       lr=2e-3, warmup=1, progress=False))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["kind"] == "train"]
-    assert losses == pytest.approx([2.0769641399383545, 2.125030994415283, 2.0359175205230713], rel=1e-5)
+    # the first loss (initialisation, plan, pixels) is pinned tight; later ones carry the optimizer's float sums,
+    # which move by up to ~1e-4 relative on another CPU (9e-5 at step 3 on an AVX-512 Xeon vs where they were recorded)
+    assert losses[0] == pytest.approx(2.0769641399383545, rel=1e-5)
+    assert losses[1:] == pytest.approx([2.125030994415283, 2.0359175205230713], rel=1e-3)
     held = next(r for r in records if r["kind"] == "eval")
     assert held["items"] == 228 and held["majority"] == pytest.approx(41 / 228)
     assert abs(held["accuracy"] * 228 - 43) <= 2  # an argmax near a tie may flip on another CPU
