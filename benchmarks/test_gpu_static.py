@@ -72,3 +72,16 @@ def test_loop_bodies_are_weighted_by_their_own_trip_counts():
     assert gpu_static.weighted_instructions(listing, [10, 5]) == 11 + 9 * 3 + 4 * 2
     with pytest.raises(RuntimeError, match="does not match"):  # a loop LLVM unrolled away is not silently lost
         gpu_static.weighted_instructions(listing, [10, 5, 7])
+
+
+def test_bfloat16_output_is_rounded_to_nearest_even_by_the_gpu_conversion(tmp_path):
+    """On a GPU the Triton kernel converts to bfloat16 in hardware (kernels/extract_patches.py: _cast), where the CPU
+    interpreter, which truncates, rounds by hand: the compiled PTX must use the round-to-nearest-even conversion,
+    the one the hand rounding and the C++ op implement, and no other."""
+    pytest.importorskip("triton")
+    import re
+    spec = gpu_static.TritonSpec("drop", "bfloat16", False, False)
+    gpu_static.compile_triton(spec, 90, tmp_path)
+    ptx = (tmp_path / f"{spec.name}-sm90.ptx").read_text()
+    conversions = set(re.findall(r"cvt\.\w+\.bf16(?:x2)?\.f32", ptx))
+    assert conversions and conversions <= {"cvt.rn.bf16x2.f32", "cvt.rn.bf16.f32"}, conversions

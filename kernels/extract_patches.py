@@ -69,16 +69,26 @@ def _load_table(itab, wtab, table: tl.constexpr, index, LANES: tl.constexpr):
 
 
 @triton.jit
-def _gather(src, ry, cx):
+def _gather(src, ry, cx, COLUMN_FIRST: tl.constexpr):
     """A bilinear read of a uint8 image: row taps ry (byte offsets and weights, [R, 1]) and column taps cx
     ([1, C]). (An image's second taps cannot be assumed to be the next row and column: at its last row and column
-    that would read past the image, and past the buffer for the last image.)"""
+    that would read past the image, and past the buffer for the last image.) COLUMN_FIRST: the column pointers
+    first ([1, C], once per thread and column), so each read adds one 64-bit row offset (2 instructions, not 4);
+    it pays for one channel (colour drop); for three, the shared tap sums y + x cost fewer registers."""
     y0, y1, wy0, wy1 = ry
     x0, x1, wx0, wx1 = cx
-    v00 = tl.load(src + (y0 + x0)).to(tl.float32)
-    v01 = tl.load(src + (y0 + x1)).to(tl.float32)
-    v10 = tl.load(src + (y1 + x0)).to(tl.float32)
-    v11 = tl.load(src + (y1 + x1)).to(tl.float32)
+    if COLUMN_FIRST:
+        column0 = src + x0
+        column1 = src + x1
+        v00 = tl.load(column0 + y0).to(tl.float32)
+        v01 = tl.load(column1 + y0).to(tl.float32)
+        v10 = tl.load(column0 + y1).to(tl.float32)
+        v11 = tl.load(column1 + y1).to(tl.float32)
+    else:
+        v00 = tl.load(src + (y0 + x0)).to(tl.float32)
+        v01 = tl.load(src + (y0 + x1)).to(tl.float32)
+        v10 = tl.load(src + (y1 + x0)).to(tl.float32)
+        v11 = tl.load(src + (y1 + x1)).to(tl.float32)
     return _blend(wy0, wy1, wx0, wx1, v00, v01, v10, v11)
 
 
@@ -93,18 +103,16 @@ def _clip(py, px, height, width):
 
 
 @triton.jit
-def _noise_word(dst, word, element, lo, PLANE: tl.constexpr, EXACT: tl.constexpr, squares):
-    """One Philox word per block as noise (its top 24 bits) at dst[element], if element lies in [lo, lo + PLANE);
-    returns squares plus the float64 squares."""
-    value = (word >> 8).to(tl.float32) * (1.0 / 16777216.0) - 0.5
+def _noise_word(word, element, lo, PLANE: tl.constexpr, EXACT: tl.constexpr, squares):
+    """One Philox word per block as noise (its top 24 bits) for element, and squares plus its float64 square if
+    element lies in [lo, lo + PLANE)."""
+    # as fused multiply-adds: u * 2^-24 (u < 2^24) and d * d (a float's square) are exact, so each fma rounds
+    # once, where the unfused pair rounds the same sum once too: the same bits in one instruction instead of two
+    value = tl.fma((word >> 8).to(tl.float32), 1.0 / 16777216.0, -0.5)
     d = value.to(tl.float64)
-    if EXACT:  # the trips' blocks cover the channel exactly
-        tl.store(dst + element, value)
-    else:
-        valid = (element >= lo) & (element < lo + PLANE)
-        tl.store(dst + element, value, mask=valid)
-        d = tl.where(valid, d, 0.0)
-    return squares + d * d
+    if not EXACT:  # the trips' blocks do not cover the channel exactly
+        d = tl.where((element >= lo) & (element < lo + PLANE), d, 0.0)
+    return value, tl.fma(d, d, squares)
 
 
 @triton.jit
@@ -145,19 +153,27 @@ def _noise_plane(dst, seed, n, c, PATCH: tl.constexpr, NB: tl.constexpr):
         block = first_block + j * NB + tl.arange(0, NB)
         w0, w1, w2, w3 = _philox(seed, block.to(tl.uint32), n.to(tl.uint32))
         element = 4 * block
-        squares = _noise_word(dst, w0, element, lo, PLANE, EXACT, squares)
-        squares = _noise_word(dst, w1, element + 1, lo, PLANE, EXACT, squares)
-        squares = _noise_word(dst, w2, element + 2, lo, PLANE, EXACT, squares)
-        squares = _noise_word(dst, w3, element + 3, lo, PLANE, EXACT, squares)
+        v0, squares = _noise_word(w0, element, lo, PLANE, EXACT, squares)
+        v1, squares = _noise_word(w1, element + 1, lo, PLANE, EXACT, squares)
+        v2, squares = _noise_word(w2, element + 2, lo, PLANE, EXACT, squares)
+        v3, squares = _noise_word(w3, element + 3, lo, PLANE, EXACT, squares)
+        # a block's four values are consecutive elements: one [NB, 4] store (16 bytes per block where aligned)
+        values = tl.reshape(tl.join(tl.join(v0, v2), tl.join(v1, v3)), [NB, 4])
+        elements = element[:, None] + tl.arange(0, 4)[None, :]
+        if EXACT:
+            tl.store(dst + elements, values)
+        else:
+            tl.store(dst + elements, values, mask=(elements >= lo) & (elements < lo + PLANE))
     return squares
 
 
 @triton.jit
-def _cast(value, dtype: tl.constexpr):
-    """float32 -> output dtype, rounding to nearest even. bfloat16 is rounded by hand (Triton's CPU interpreter
-    truncates float32 -> bfloat16 whatever rounding is asked for): the rounded top half of the bits is the
-    bfloat16, reinterpreted without a conversion."""
-    if dtype == tl.bfloat16:
+def _cast(value, dtype: tl.constexpr, HARDWARE_BF16: tl.constexpr):
+    """float32 -> output dtype, rounding to nearest even. On a GPU that is one conversion (cvt.rn.bf16x2.f32 for
+    two bfloat16 values); Triton's CPU interpreter truncates float32 -> bfloat16 whatever rounding is asked for,
+    so there (HARDWARE_BF16 false) the rounded top half of the bits is the bfloat16, reinterpreted: the same bits
+    for every finite value, in ~4 integer instructions instead of 1/2."""
+    if dtype == tl.bfloat16 and not HARDWARE_BF16:
         bits = value.to(tl.uint32, bitcast=True)
         bits = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
         return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
@@ -270,6 +286,7 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
     NUM_TILES: tl.constexpr = ((PATCH + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
     if not DOWN:
         # ---- phase 2 (crop): the crop, coloured, summed and staged in one pass
+        kept_plane = first + kept * PLANE  # colour drop's plane, added once: each store then adds a 32-bit offset
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             py, px, valid = _clip(py, px, PATCH, PATCH)
@@ -277,13 +294,13 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
             cx = _load_table(itab, wtab, 1, px, LANES)
             where = first + py * PATCH + px
             if COLOR == 1:  # the kept channel only (acc's first pair); noise below
-                v0 = _gather(image, ry, cx)
+                v0 = _gather(image, ry, cx, COLOR == 1)
                 acc = _sums1(acc, v0, valid, ROWS, COLS, WARPS, FULL)
-                tl.store(where + kept * PLANE, v0, mask=valid)
+                tl.store(kept_plane + (py * PATCH + px), v0, mask=valid)
             else:
-                v0 = _gather(image, ry, cx)
-                v1 = _gather(image + stride_c, ry, cx)
-                v2 = _gather(image + 2 * stride_c, ry, cx)
+                v0 = _gather(image, ry, cx, COLOR == 1)
+                v1 = _gather(image + stride_c, ry, cx, COLOR == 1)
+                v2 = _gather(image + 2 * stride_c, ry, cx, COLOR == 1)
                 if COLOR == 2:
                     v0, v1, v2 = _project(v0, v1, v2)
                 acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
@@ -317,7 +334,7 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
             cx = _load_table(itab, wtab, 1, px, LANES)
             where = first + py * STRIDE + px
             for c in tl.static_range(CHANNELS):
-                tl.store(where + c * SPLANE, _gather(image + c * stride_c, ry, cx), mask=valid)
+                tl.store(where + c * SPLANE, _gather(image + c * stride_c, ry, cx, COLOR == 1), mask=valid)
         tl.debug_barrier()
         # ---- phase 2b: down-sampled to down x down, 4 reads of the crop per value from one address; each row
         # also writes its column d as 0 (read by 2c with weight 0)
@@ -350,6 +367,7 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
                          mask=valid)
         tl.debug_barrier()
         # ---- phase 2d: up-sampling, vertical half, coloured, summed and staged
+        kept_plane = second + kept * PLANE
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             py, px, valid = _clip(py, px, PATCH, PATCH)
@@ -359,7 +377,7 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
             if COLOR == 1:
                 v0 = wy0 * tl.load(src) + wy1 * tl.load(src + STRIDE)
                 acc = _sums1(acc, v0, valid, ROWS, COLS, WARPS, FULL)
-                tl.store(where + kept * PLANE, v0, mask=valid)
+                tl.store(kept_plane + (py * PATCH + px), v0, mask=valid)
             else:
                 v0 = wy0 * tl.load(src) + wy1 * tl.load(src + STRIDE)
                 v1 = wy0 * tl.load(src + SPLANE) + wy1 * tl.load(src + SPLANE + STRIDE)
@@ -398,6 +416,7 @@ def extract_patches_kernel(
     LANES: tl.constexpr,  # entries per tap table: the next power of two >= PATCH
     WARPS: tl.constexpr,  # num_warps, which shapes the in-thread partial sums (ROWS is a multiple of it)
     NB: tl.constexpr,  # colour drop: Philox blocks (of four values) per trip of the noise loop
+    HARDWARE_BF16: tl.constexpr,  # compiled for a GPU (not Triton's CPU interpreter): see _cast
 ):
     PLANE: tl.constexpr = PATCH * PATCH
     program = tl.program_id(0)
@@ -459,9 +478,9 @@ def extract_patches_kernel(
                 v0 = tl.load(staged + pix, mask=valid)
                 v1 = tl.load(staged + PLANE + pix, mask=valid)
                 v2 = tl.load(staged + 2 * PLANE + pix, mask=valid)
-                tl.store(where, _cast((v0 - mean0) * scale, out.dtype.element_ty), mask=valid)
-                tl.store(where + out_stride_c, _cast((v1 - mean1) * scale, out.dtype.element_ty), mask=valid)
-                tl.store(where + 2 * out_stride_c, _cast((v2 - mean2) * scale, out.dtype.element_ty), mask=valid)
+                tl.store(where, _cast((v0 - mean0) * scale, out.dtype.element_ty, HARDWARE_BF16), mask=valid)
+                tl.store(where + out_stride_c, _cast((v1 - mean1) * scale, out.dtype.element_ty, HARDWARE_BF16), mask=valid)
+                tl.store(where + 2 * out_stride_c, _cast((v2 - mean2) * scale, out.dtype.element_ty, HARDWARE_BF16), mask=valid)
             tl.debug_barrier()  # the next patch overwrites the scratch
 
 
@@ -487,7 +506,7 @@ def scratch_sizes(patch: int) -> tuple[int, int]:
     return TABLES.value * 2 * lanes + 2 * region, TABLES.value * 2 * lanes
 
 
-def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
+def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool = True) -> dict:
     """The non-tensor arguments `launch` passes for one specialisation (also what benchmarks/gpu_static.py
     compiles ahead of time)."""
     stride_n, stride_c, stride_y, stride_x = out_strides
@@ -502,8 +521,8 @@ def specialisation(color: int, patch: int, out_strides, down: bool) -> dict:
     return {"num_images": 7, "num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
             "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
-            "NB": nb,
-            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS", "NB"), "__num_warps__": num_warps,
+            "NB": nb, "HARDWARE_BF16": on_gpu,
+            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS", "NB", "HARDWARE_BF16"), "__num_warps__": num_warps,
             "__maxnreg__": maxnreg}
 
 
@@ -562,12 +581,12 @@ def launch(data, meta, plan, out, seed: int, color: int, patch: int, plan_error)
     scratch_f = torch.empty((programs, size_f), dtype=torch.float32, device=out.device)
     scratch_i = torch.empty((programs, size_i), dtype=torch.int64, device=out.device)
     for down in (False, True):
-        spec = specialisation(color, patch, out.stride(), down)
+        spec = specialisation(color, patch, out.stride(), down, on_gpu=out.device.type == "cuda")
         extract_patches_kernel[(programs,)](
             data, meta, plan, out, scratch_f, scratch_i, plan_error, meta.shape[0], num_patches, seed, *out.stride(),
             COLOR=color,
             PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
-            LANES=spec["LANES"], WARPS=spec["WARPS"], NB=spec["NB"],
+            LANES=spec["LANES"], WARPS=spec["WARPS"], NB=spec["NB"], HARDWARE_BF16=spec["HARDWARE_BF16"],
             num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
             enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
         )
