@@ -41,9 +41,9 @@ HELPERS = {HEADER.name: ["make_fastdiv", "fast_div", "pack_tap", "unpack_tap", "
                          "output_offset", "float_bits", "bits_float", "convert", "store4", "load4",
                          "store_bytes4", "byte_to_float", "at",
                          "work_x", "work_y", "home_buffer", "buffer_at", "tree_sum32"],
-           MATH.name: ["mul_wide32", "philox4x32_10", "word_to_noise", "centered_noise", "linear_taps", "blend", "at",
-                       "make_geometry", "crop_pixel", "small_pixel", "patch_pixel", "project_green_magenta",
-                       "pixel_values", "keeps_channel", "finish_stats"]}
+           MATH.name: ["mul_wide32", "philox4x32_10", "word_to_noise", "add_square", "centered_noise", "linear_taps",
+                       "blend", "at", "make_geometry", "crop_pixel", "small_pixel", "patch_pixel",
+                       "project_green_magenta", "pixel_values", "keeps_channel", "finish_stats"]}
 # Functions whose body is the uniform control flow between phases (once per patch on the CPU, every thread on
 # the GPU), apart from the bodies of the phase lambdas in them.
 UNIFORM = {HEADER.name: ["render_patch", "render_patch_per_pixel", "make_patch", "read_window"]}

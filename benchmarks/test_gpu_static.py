@@ -75,13 +75,22 @@ def test_loop_bodies_are_weighted_by_their_own_trip_counts():
 
 
 def test_bfloat16_output_is_rounded_to_nearest_even_by_the_gpu_conversion(tmp_path):
-    """On a GPU the Triton kernel converts to bfloat16 in hardware (kernels/extract_patches.py: _cast), where the CPU
-    interpreter, which truncates, rounds by hand: the compiled PTX must use the round-to-nearest-even conversion,
-    the one the hand rounding and the C++ op implement, and no other."""
+    """On a GPU the Triton kernel converts to bfloat16 in hardware (kernels/extract_patches.py: _cast), where the
+    CPU interpreter, which truncates, rounds by hand: the compiled PTX must use the round-to-nearest-even conversion,
+    the one the hand rounding and the C++ op implement, and no other. (Compiled in a fresh process: under
+    TRITON_INTERPRET=1, which the tests set, the kernel cannot be compiled.)"""
     pytest.importorskip("triton")
+    import os
     import re
-    spec = gpu_static.TritonSpec("drop", "bfloat16", False, False)
-    gpu_static.compile_triton(spec, 90, tmp_path)
-    ptx = (tmp_path / f"{spec.name}-sm90.ptx").read_text()
+    import subprocess
+    import sys
+    from pathlib import Path
+    here = Path(__file__).parent
+    code = (f"import sys; sys.path.insert(0, {str(here)!r}); import gpu_static, pathlib; "
+            "spec = gpu_static.TritonSpec('drop', 'bfloat16', False, False); "
+            f"gpu_static.compile_triton(spec, 90, pathlib.Path({str(tmp_path)!r}))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)
+    ptx = (tmp_path / "triton-drop-bfloat16-nchw-crop-sm90.ptx").read_text()
     conversions = set(re.findall(r"cvt\.\w+\.bf16(?:x2)?\.f32", ptx))
     assert conversions and conversions <= {"cvt.rn.bf16x2.f32", "cvt.rn.bf16.f32"}, conversions

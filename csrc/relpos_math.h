@@ -71,8 +71,25 @@ RELPOS_HD void philox4x32_10(uint64_t seed, uint32_t c0, uint32_t c1, uint32_t o
 }
 
 // Noise in [-0.5, 0.5) from a Philox word: its top 24 bits, exact in float32 on every backend.
+// On the GPU as one fma: the product (an integer below 2^24 times 2^-24) is exact, so fused or not the sum is
+// rounded once, to the same float (one FFMA instead of FMUL and FADD; the CPU keeps the plain form, where an fma
+// without -mfma would be a library call).
 RELPOS_HD float word_to_noise(uint32_t word) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(static_cast<float>(word >> 8), 1.0f / 16777216.0f, -0.5f);
+#else
   return static_cast<float>(word >> 8) * (1.0f / 16777216.0f) - 0.5f;
+#endif
+}
+
+// q + d * d for d a float widened to double: the square (48 significant bits at most) is exact, so on the GPU one
+// DFMA gives the same double as DMUL and DADD.
+RELPOS_HD double add_square(double q, double d) {
+#if defined(__CUDA_ARCH__)
+  return __fma_rn(d, d, q);
+#else
+  return q + d * d;
+#endif
 }
 
 // The noise of element `pixel` (c * P * P + y * P + x) of patch `patch`: word (pixel % 4) of the Philox block

@@ -478,9 +478,10 @@ def extract_patches_kernel(
                 v0 = tl.load(staged + pix, mask=valid)
                 v1 = tl.load(staged + PLANE + pix, mask=valid)
                 v2 = tl.load(staged + 2 * PLANE + pix, mask=valid)
-                tl.store(where, _cast((v0 - mean0) * scale, out.dtype.element_ty, HARDWARE_BF16), mask=valid)
-                tl.store(where + out_stride_c, _cast((v1 - mean1) * scale, out.dtype.element_ty, HARDWARE_BF16), mask=valid)
-                tl.store(where + 2 * out_stride_c, _cast((v2 - mean2) * scale, out.dtype.element_ty, HARDWARE_BF16), mask=valid)
+                dtype: tl.constexpr = out.dtype.element_ty
+                tl.store(where, _cast((v0 - mean0) * scale, dtype, HARDWARE_BF16), mask=valid)
+                tl.store(where + out_stride_c, _cast((v1 - mean1) * scale, dtype, HARDWARE_BF16), mask=valid)
+                tl.store(where + 2 * out_stride_c, _cast((v2 - mean2) * scale, dtype, HARDWARE_BF16), mask=valid)
             tl.debug_barrier()  # the next patch overwrites the scratch
 
 
@@ -522,8 +523,9 @@ def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
             "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
             "NB": nb, "HARDWARE_BF16": on_gpu,
-            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS", "NB", "HARDWARE_BF16"), "__num_warps__": num_warps,
-            "__maxnreg__": maxnreg}
+            "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS", "NB",
+                              "HARDWARE_BF16"),
+            "__num_warps__": num_warps, "__maxnreg__": maxnreg}
 
 
 def loop_trips(spec: dict, down: int) -> list[int]:

@@ -676,7 +676,7 @@ RELPOS_HD Sums phase_sums(int t, int block_threads, float* const values[3], cons
     for (int c = 0; c < 3; ++c) {
       const double d = v[c];
       r.v[c] += d;
-      r.v[3 + c] += d * d;
+      r.v[3 + c] = add_square(r.v[3 + c], d);
     }
   };
   const bool by4 = (s.Q & 3) == 0;  // the buffers are 16-byte aligned
@@ -829,7 +829,7 @@ RELPOS_HD Sums phase_pixel_sums(int t, int block_threads, const Patch& s, const 
     for (int c = 0; c < 3; ++c) {
       const double d = v[c];
       r.v[c] += d;
-      r.v[3 + c] += d * d;
+      r.v[3 + c] = add_square(r.v[3 + c], d);
     }
   }
   return r;
