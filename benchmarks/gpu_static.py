@@ -155,11 +155,21 @@ def weighted_instructions(listing: list, trips: list[float]) -> float:
     """Instructions one warp issues per patch: a kernel whose per-patch work lies in loops directly inside an
     outer loop over patches (kernels/extract_patches.py). Each inner loop's body counts `trips` times (the
     kernel's own per-loop trip counts, in program order), everything else once per patch (one-off code, the
-    rarely taken slow paths of divisions and the branch not taken all count in full)."""
+    rarely taken slow paths of divisions and the branch not taken all count in full).
+
+    The last loop (the normalise-and-store loop, a constant trip count) may be unrolled whole by ptxas: then its
+    copies are straight-line code, counted once each, i.e. once per trip. That is accepted only when the code
+    after the last remaining loop holds at least three global stores per trip (the three channels), so that a
+    different loop unrolled away still fails the estimate rather than skew it."""
     found = sorted(loops(listing))
-    count = sum(1 for e in listing if e[0] == "instr")
+    instructions = [e for e in listing if e[0] == "instr"]
+    count = len(instructions)
     outer = [l for l in found if any(o != l and l[0] <= o[0] and o[1] <= l[1] for o in found)]
     inner = [l for l in found if l not in outer]
+    if len(outer) == 1 and inner and len(inner) == len(trips) - 1:
+        tail = instructions[max(last for _, last in inner) + 1: outer[0][1]]
+        if sum(1 for e in tail if e[1].startswith("STG")) >= 3 * trips[-1]:
+            trips = trips[:-1]
     if len(outer) != 1 or len(inner) != len(trips):
         raise RuntimeError(f"SASS loop structure {found} does not match the kernel's {len(trips)} per-patch loops "
                            "(kernels/extract_patches.py: loop_trips)")

@@ -74,6 +74,16 @@ def test_loop_bodies_are_weighted_by_their_own_trip_counts():
         gpu_static.weighted_instructions(listing, [10, 5, 7])
 
 
+def test_a_last_loop_unrolled_whole_counts_its_copies_once_each():
+    """The normalise loop (the last, 2 trips here) unrolled by ptxas: its copies (3 stores each) follow the last
+    remaining loop and count once each; without the stores there, the missing loop is not accepted."""
+    unrolled = _listing("S L:a X L:b Y Y BRA:b STG STG STG STG STG STG BRA:a EXIT L:e BRA:e")
+    assert gpu_static.weighted_instructions(unrolled, [10, 2]) == 14 + 9 * 3
+    elsewhere = _listing("S L:a X STG STG STG STG STG STG L:b Y Y BRA:b Z BRA:a EXIT L:e BRA:e")
+    with pytest.raises(RuntimeError, match="does not match"):
+        gpu_static.weighted_instructions(elsewhere, [10, 2])
+
+
 def test_bfloat16_output_is_rounded_to_nearest_even_by_the_gpu_conversion(tmp_path):
     """On a GPU the Triton kernel converts to bfloat16 in hardware (kernels/extract_patches.py: _cast), where the
     CPU interpreter, which truncates, rounds by hand: the compiled PTX must use the round-to-nearest-even conversion,

@@ -417,6 +417,7 @@ def extract_patches_kernel(
     WARPS: tl.constexpr,  # num_warps, which shapes the in-thread partial sums (ROWS is a multiple of it)
     NB: tl.constexpr,  # colour drop: Philox blocks (of four values) per trip of the noise loop
     HARDWARE_BF16: tl.constexpr,  # compiled for a GPU (not Triton's CPU interpreter): see _cast
+    PIXEL_STRIDE: tl.constexpr,  # channels-last: out_stride_x (pixel p at p * it; see specialisation), else 0
 ):
     PLANE: tl.constexpr = PATCH * PATCH
     program = tl.program_id(0)
@@ -472,9 +473,11 @@ def extract_patches_kernel(
             for start in tl.range(0, PLANE, BLOCK, loop_unroll_factor=1):
                 pix = start + tl.arange(0, BLOCK)
                 valid = pix < PLANE
-                y = pix // PATCH
-                x = pix - y * PATCH
-                where = base + y * out_stride_y + x * out_stride_x
+                if PIXEL_STRIDE > 0:  # rows follow each other: no division per pixel
+                    where = base + pix * PIXEL_STRIDE
+                else:
+                    y = pix // PATCH
+                    where = base + y * out_stride_y + (pix - y * PATCH) * out_stride_x
                 v0 = tl.load(staged + pix, mask=valid)
                 v1 = tl.load(staged + PLANE + pix, mask=valid)
                 v2 = tl.load(staged + 2 * PLANE + pix, mask=valid)
@@ -519,12 +522,15 @@ def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool
         block //= 2
     block = min(block, triton.next_power_of_2(patch * patch))
     nb = min(NOISE_BLOCKS, triton.next_power_of_2(-(-patch * patch // 4)))
+    # channels-last: pixel p at p * 3, no division (NCHW keeps the general form, which already vectorises and
+    # which ptxas would otherwise unroll whole)
+    pixel_stride = stride_x if stride_x > 1 and stride_y == patch * stride_x else 0
     return {"num_images": 7, "num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
             "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
-            "NB": nb, "HARDWARE_BF16": on_gpu,
+            "NB": nb, "HARDWARE_BF16": on_gpu, "PIXEL_STRIDE": pixel_stride,
             "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS", "NB",
-                              "HARDWARE_BF16"),
+                              "HARDWARE_BF16", "PIXEL_STRIDE"),
             "__num_warps__": num_warps, "__maxnreg__": maxnreg}
 
 
@@ -589,6 +595,7 @@ def launch(data, meta, plan, out, seed: int, color: int, patch: int, plan_error)
             COLOR=color,
             PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
             LANES=spec["LANES"], WARPS=spec["WARPS"], NB=spec["NB"], HARDWARE_BF16=spec["HARDWARE_BF16"],
+            PIXEL_STRIDE=spec["PIXEL_STRIDE"],
             num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
             enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
         )
