@@ -93,6 +93,15 @@ def _gather(src, ry, cx, COLUMN_FIRST: tl.constexpr):
 
 
 @triton.jit
+def _next_tile(ty, tx, tiles_x):
+    """The tile after (ty, tx) in row-major order, tiles_x per row: a loop whose tiles_x is not a compile-time
+    constant carries its tile's coordinates from trip to trip rather than divide each trip by tiles_x (a signed
+    division sequence of ~20 instructions; a constant divisor is a cheap multiply-shift, and _tile does that)."""
+    wrap = tx + 1 == tiles_x
+    return tl.where(wrap, ty + 1, ty), tl.where(wrap, 0, tx + 1)
+
+
+@triton.jit
 def _clip(py, px, height, width):
     """Tile lanes inside height x width: (rows, columns, mask)."""
     valid = (py < height) & (px < width)
@@ -338,9 +347,14 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
         tl.debug_barrier()
         # ---- phase 2b: down-sampled to down x down, 4 reads of the crop per value from one address; each row
         # also writes its column d as 0 (read by 2c with weight 0)
-        small_tiles = ((down + ROWS - 1) // ROWS) * ((down + COLS) // COLS)
+        small_tiles_x = (down + COLS) // COLS
+        small_tiles = ((down + ROWS - 1) // ROWS) * small_tiles_x
+        ty = 0 * down
+        tx = ty
         for t in tl.range(0, small_tiles, loop_unroll_factor=1):
-            sy, sx = _tile(t, down + 1, ROWS, COLS)
+            sy = ty * ROWS + tl.arange(0, ROWS)[:, None]
+            sx = tx * COLS + tl.arange(0, COLS)[None, :]
+            ty, tx = _next_tile(ty, tx, small_tiles_x)
             sy, sx, valid = _clip(sy, sx, down, down + 1)
             inside = sx < down
             sx = tl.minimum(sx, down - 1)
