@@ -52,20 +52,35 @@ def _blend(wy0, wy1, wx0, wx1, v00, v01, v10, v11):
 @triton.jit
 def _store_table(itab, wtab, table: tl.constexpr, dst, in_size, out_size, count, unit, LANES: tl.constexpr):
     """Tap table `table` for outputs dst [LANES] (the first `count` are used): both source offsets (index times
-    `unit`, int64) and both weights."""
+    `unit`, int64) and both weights. The staged passes' tables (2 and up) keep only what they read, in the float
+    scratch, so that one address serves the three loads (_load_staged_taps): the first offset (int32 bits: the
+    staged images are small) and the second weight."""
     i0, i1, w0, w1 = _taps(dst, in_size, out_size)
     used = tl.arange(0, LANES) < count
     where = table * 2 * LANES + tl.arange(0, LANES)
-    tl.store(itab + where, i0.to(tl.int64) * unit, mask=used)
-    tl.store(itab + where + LANES, i1.to(tl.int64) * unit, mask=used)
-    tl.store(wtab + where, w0, mask=used)
-    tl.store(wtab + where + LANES, w1, mask=used)
+    if table >= 2:
+        tl.store(wtab + where, (i0 * unit).to(tl.float32, bitcast=True), mask=used)
+        tl.store(wtab + where + LANES, w1, mask=used)
+    else:
+        tl.store(itab + where, i0.to(tl.int64) * unit, mask=used)
+        tl.store(itab + where + LANES, i1.to(tl.int64) * unit, mask=used)
+        tl.store(wtab + where, w0, mask=used)
+        tl.store(wtab + where + LANES, w1, mask=used)
 
 
 @triton.jit
 def _load_table(itab, wtab, table: tl.constexpr, index, LANES: tl.constexpr):
     where = table * 2 * LANES + index
     return tl.load(itab + where), tl.load(itab + where + LANES), tl.load(wtab + where), tl.load(wtab + where + LANES)
+
+
+@triton.jit
+def _load_staged_taps(wtab, table: tl.constexpr, index, LANES: tl.constexpr):
+    """A staged pass's taps (table 2 and up): the first offset and both weights (the first, 1 - w1, is computed
+    as _taps computed it: the same float)."""
+    where = table * 2 * LANES + index
+    w1 = tl.load(wtab + where + LANES)
+    return tl.load(wtab + where).to(tl.int32, bitcast=True), 1.0 - w1, w1
 
 
 @triton.jit
@@ -358,8 +373,8 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
             sy, sx, valid = _clip(sy, sx, down, down + 1)
             inside = sx < down
             sx = tl.minimum(sx, down - 1)
-            y0, _, wy0, wy1 = _load_table(itab, wtab, 2, sy, LANES)
-            x0, _, wx0, wx1 = _load_table(itab, wtab, 3, sx, LANES)
+            y0, wy0, wy1 = _load_staged_taps(wtab, 2, sy, LANES)
+            x0, wx0, wx1 = _load_staged_taps(wtab, 3, sx, LANES)
             at = (y0 + x0).to(tl.int32)
             where = second + sy * STRIDE + tl.where(inside, sx, down)
             for c in tl.static_range(CHANNELS):
@@ -373,7 +388,7 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
         for t in tl.range(0, wide_tiles, loop_unroll_factor=1):
             sy, px = _tile(t, PATCH, ROWS, COLS)
             sy, px, valid = _clip(sy, px, down, PATCH)
-            x0, _, wx0, wx1 = _load_table(itab, wtab, 5, px, LANES)
+            x0, wx0, wx1 = _load_staged_taps(wtab, 5, px, LANES)
             at = (sy * STRIDE + x0).to(tl.int32)
             for c in tl.static_range(CHANNELS):
                 src = second + c * SPLANE + at
@@ -385,7 +400,7 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             py, px, valid = _clip(py, px, PATCH, PATCH)
-            y0, _, wy0, wy1 = _load_table(itab, wtab, 4, py, LANES)
+            y0, wy0, wy1 = _load_staged_taps(wtab, 4, py, LANES)
             src = first + (y0 + px).to(tl.int32)
             where = second + py * PATCH + px
             if COLOR == 1:
