@@ -61,17 +61,23 @@ def _store_table(itab, wtab, table: tl.constexpr, dst, in_size, out_size, count,
     if table >= 2:
         tl.store(wtab + where, (i0 * unit).to(tl.float32, bitcast=True), mask=used)
         tl.store(wtab + where + LANES, w1, mask=used)
-    else:
+    else:  # the image's taps: both offsets and the two weights' bits as one int64, all in the int64 scratch
         tl.store(itab + where, i0.to(tl.int64) * unit, mask=used)
         tl.store(itab + where + LANES, i1.to(tl.int64) * unit, mask=used)
-        tl.store(wtab + where, w0, mask=used)
-        tl.store(wtab + where + LANES, w1, mask=used)
+        bits0 = w0.to(tl.uint32, bitcast=True).to(tl.uint64)
+        bits1 = w1.to(tl.uint32, bitcast=True).to(tl.uint64)
+        tl.store(itab + 4 * LANES + table * LANES + tl.arange(0, LANES),
+                 (bits0 | (bits1 << 32)).to(tl.int64, bitcast=True), mask=used)
 
 
 @triton.jit
-def _load_table(itab, wtab, table: tl.constexpr, index, LANES: tl.constexpr):
+def _load_table(itab, table: tl.constexpr, index, LANES: tl.constexpr):
+    """The image's taps (tables 0 and 1): both offsets and both weights, three loads from one address."""
     where = table * 2 * LANES + index
-    return tl.load(itab + where), tl.load(itab + where + LANES), tl.load(wtab + where), tl.load(wtab + where + LANES)
+    weights = tl.load(itab + 4 * LANES + table * LANES + index).to(tl.uint64, bitcast=True)
+    w0 = (weights & 0xFFFFFFFF).to(tl.uint32).to(tl.float32, bitcast=True)
+    w1 = (weights >> 32).to(tl.uint32).to(tl.float32, bitcast=True)
+    return tl.load(itab + where), tl.load(itab + where + LANES), w0, w1
 
 
 @triton.jit
@@ -314,8 +320,8 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             py, px, valid = _clip(py, px, PATCH, PATCH)
-            ry = _load_table(itab, wtab, 0, py, LANES)
-            cx = _load_table(itab, wtab, 1, px, LANES)
+            ry = _load_table(itab, 0, py, LANES)
+            cx = _load_table(itab, 1, px, LANES)
             where = first + py * PATCH + px
             if COLOR == 1:  # the kept channel only (acc's first pair); noise below
                 v0 = _gather(image, ry, cx, COLOR == 1)
@@ -354,8 +360,8 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             py, px, valid = _clip(py, px, PATCH, PATCH)
-            ry = _load_table(itab, wtab, 0, py, LANES)
-            cx = _load_table(itab, wtab, 1, px, LANES)
+            ry = _load_table(itab, 0, py, LANES)
+            cx = _load_table(itab, 1, px, LANES)
             where = first + py * STRIDE + px
             for c in tl.static_range(CHANNELS):
                 tl.store(where + c * SPLANE, _gather(image + c * stride_c, ry, cx, COLOR == 1), mask=valid)
@@ -430,7 +436,7 @@ def extract_patches_kernel(
     plan,  # int32 [N, 7]: image, resized rows, resized cols, top, left, kept channel, down size
     out,  # [N, 3, P, P] in any memory format, strides below
     scratch_f,  # float32 [programs, SCRATCH_F]: tap weights, then the staged patch and the small image
-    scratch_i,  # int64 [programs, SCRATCH_I]: tap offsets
+    scratch_i,  # int64 [programs, SCRATCH_I]: the image tap tables (offsets, and both weights as one int64)
     plan_error,  # int32 scalar: set to 1 when a plan row was out of range (relpos/plan_guard.py reads it)
     num_images,
     num_patches,
@@ -456,7 +462,7 @@ def extract_patches_kernel(
     first = wtab + TABLES * 2 * LANES
     second = first + REGION
     staged = second if DOWN else first  # where phase 2 leaves the patch
-    itab = scratch_i + program.to(tl.int64) * (TABLES * 2 * LANES)
+    itab = scratch_i + program.to(tl.int64) * (6 * LANES)  # tables 0, 1: offsets [2, LANES], weights [LANES]
     for n in range(program, num_patches, programs):  # a fixed grid walks the plan: scratch sized by the grid
         n = n + 0 * program  # a tensor under the interpreter too, where range() yields Python ints
         row = _plan_row(plan, n, num_images, PATCH)
@@ -536,7 +542,7 @@ def scratch_sizes(patch: int) -> tuple[int, int]:
     """float32 and int64 scratch elements per program."""
     lanes = triton.next_power_of_2(patch)
     region = (3 * (patch + 1) ** 2 + 31) // 32 * 32
-    return TABLES.value * 2 * lanes + 2 * region, TABLES.value * 2 * lanes
+    return TABLES.value * 2 * lanes + 2 * region, 6 * lanes
 
 
 def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool = True) -> dict:
