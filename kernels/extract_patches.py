@@ -281,7 +281,8 @@ def _plan_row(plan, n, num_images, PATCH: tl.constexpr):
 @triton.jit
 def _render(data, meta, row, n, seed, itab, wtab, first, second,
             COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr, LANES: tl.constexpr,
-            ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, NB: tl.constexpr):
+            ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, NB: tl.constexpr,
+            CROP_ROWS: tl.constexpr):
     """Phases 1 and 2 for patch n (its checked plan row from _plan_row): tap tables, then the patch (before
     normalisation) into the scratch region `first` (crop) or `second` (DOWN), each [3, P, P] float32; returns the
     float64 partial sums and squares."""
@@ -357,8 +358,9 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
             tl.store(first + c * SPLANE + PATCH * STRIDE + edge, 0.0, mask=edge <= PATCH)  # row P
             tl.store(first + c * SPLANE + edge * STRIDE + PATCH, 0.0, mask=edge < PATCH)  # column P
         # ---- phase 2a: the crop of the channels read from the image
-        for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
-            py, px = _tile(t, PATCH, ROWS, COLS)
+        CROP_TILES: tl.constexpr = ((PATCH + CROP_ROWS - 1) // CROP_ROWS) * ((PATCH + COLS - 1) // COLS)
+        for t in tl.range(0, CROP_TILES, loop_unroll_factor=1):
+            py, px = _tile(t, PATCH, CROP_ROWS, COLS)
             py, px, valid = _clip(py, px, PATCH, PATCH)
             ry = _load_table(itab, 0, py, LANES)
             cx = _load_table(itab, 1, px, LANES)
@@ -445,13 +447,14 @@ def extract_patches_kernel(
     COLOR: tl.constexpr,
     PATCH: tl.constexpr,
     DOWN: tl.constexpr,  # this specialisation renders only the patches with (down > 0) == DOWN
-    ROWS: tl.constexpr,  # phases 2 work in tiles of ROWS x COLS pixels
+    ROWS: tl.constexpr,  # phases 2 work in tiles of ROWS x COLS pixels (phase 2a: CROP_ROWS x COLS)
     COLS: tl.constexpr,
     BLOCK: tl.constexpr,  # phase 3 works in blocks of BLOCK pixels
     LANES: tl.constexpr,  # entries per tap table: the next power of two >= PATCH
     WARPS: tl.constexpr,  # num_warps, which shapes the in-thread partial sums (ROWS is a multiple of it)
     NB: tl.constexpr,  # colour drop: Philox blocks (of four values) per trip of the noise loop
     HARDWARE_BF16: tl.constexpr,  # compiled for a GPU (not Triton's CPU interpreter): see _cast
+    CROP_ROWS: tl.constexpr,
     PIXEL_STRIDE: tl.constexpr,  # channels-last: out_stride_x (pixel p at p * it; see specialisation), else 0
 ):
     PLANE: tl.constexpr = PATCH * PATCH
@@ -469,7 +472,7 @@ def extract_patches_kernel(
         if (row[6] > 0) == DOWN:  # only the crop launch raises the flag: a placeholder row is never down-sampled
             tl.atomic_or(plan_error, 1, mask=row[7])
             acc, noise = _render(data, meta, row, n, seed, itab, wtab, first, second,
-                                 COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS, NB)
+                                 COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS, NB, CROP_ROWS)
             s0, s1, s2, q0, q1, q2 = acc
             s0 = tl.sum(tl.sum(s0, axis=1), axis=0)
             s1 = tl.sum(tl.sum(s1, axis=1), axis=0)
@@ -530,9 +533,9 @@ def extract_patches_kernel(
 # rows per thread share one column's taps and the tile's set-up: ~3% fewer instructions per element than 16 x 32,
 # no spills on sm_80/90); its down path stays at 16 x 32 (at 32 x 32 channels-last bf16 spills 40 bytes).
 # Normalise blocks of 1024 pixels: with 512 LLVM unrolls the NCHW loop 3 times (gpu_static would overcount it).
-TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg)
-    (False, False): (8, 32, 1024, 4, 64), (False, True): (32, 32, 1024, 4, 64),
-    (True, False): (8, 32, 1024, 4, 64), (True, True): (16, 32, 1024, 4, 64),
+TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg, CROP_ROWS)
+    (False, False): (8, 32, 1024, 4, 64, 8), (False, True): (32, 32, 1024, 4, 64, 32),
+    (True, False): (8, 32, 1024, 4, 64, 8), (True, True): (16, 32, 1024, 4, 64, 32),
 }
 MAX_SIDE = tl.constexpr(32767)  # relpos.images.MAX_SIDE: keeps the tap arithmetic inside int32 (tested equal)
 NOISE_BLOCKS = 256  # Philox evaluations per trip of the noise loop (colour drop)
@@ -547,16 +550,19 @@ def scratch_sizes(patch: int) -> tuple[int, int]:
     return TABLES.value * 2 * lanes + 2 * region, 6 * lanes
 
 
-def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool = True) -> dict:
+def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool = True, itemsize: int = 4) -> dict:
     """The non-tensor arguments `launch` passes for one specialisation (also what benchmarks/gpu_static.py
     compiles ahead of time)."""
     stride_n, stride_c, stride_y, stride_x = out_strides
-    rows, cols, block, num_warps, maxnreg = TILES[down, color == COLOR_DROP]
+    rows, cols, block, num_warps, maxnreg, crop_rows = TILES[down, color == COLOR_DROP]
     cols = min(cols, triton.next_power_of_2(patch))
     warps = min(num_warps, rows)
     rows = max(warps, min(rows, triton.next_power_of_2(patch)))
+    crop_rows = max(warps, min(crop_rows, triton.next_power_of_2(patch)))
     if down and stride_c == 1:  # channels-last down path: 1024 spills 48 B on sm_80 (the strided-store relayout)
         block //= 2
+        if itemsize < 4:  # and with a 16-bit output a crop of 16 or 32 rows spills 16-40 B on sm_90
+            crop_rows = min(crop_rows, 8)
     block = min(block, triton.next_power_of_2(patch * patch))
     nb = min(NOISE_BLOCKS, triton.next_power_of_2(-(-patch * patch // 4)))
     # channels-last: pixel p at p * 3, no division (NCHW keeps the general form, which already vectorises and
@@ -565,9 +571,9 @@ def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool
     return {"num_images": 7, "num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
             "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
-            "NB": nb, "HARDWARE_BF16": on_gpu, "PIXEL_STRIDE": pixel_stride,
+            "NB": nb, "HARDWARE_BF16": on_gpu, "CROP_ROWS": crop_rows, "PIXEL_STRIDE": pixel_stride,
             "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS", "NB",
-                              "HARDWARE_BF16", "PIXEL_STRIDE"),
+                              "HARDWARE_BF16", "CROP_ROWS", "PIXEL_STRIDE"),
             "__num_warps__": num_warps, "__maxnreg__": maxnreg}
 
 
@@ -583,8 +589,9 @@ def loop_trips(spec: dict, down: int) -> list[int]:
         noise = [-(-(plane // 4 + (0 if plane % 4 == 0 else 2)) // spec["NB"])] * 2
     if not spec["DOWN"]:
         return [tiles, *noise, normalise]
-    return [tiles, -(-down // rows) * -(-(down + 1) // cols), -(-down // rows) * -(-patch // cols), tiles, *noise,
-            normalise]
+    crop_tiles = -(-patch // spec["CROP_ROWS"]) * -(-patch // cols)  # phase 2a
+    return [crop_tiles, -(-down // rows) * -(-(down + 1) // cols), -(-down // rows) * -(-patch // cols), tiles,
+            *noise, normalise]
 
 
 def scratch_bytes(spec: dict, down: int) -> int:
@@ -626,13 +633,14 @@ def launch(data, meta, plan, out, seed: int, color: int, patch: int, plan_error)
     scratch_f = torch.empty((programs, size_f), dtype=torch.float32, device=out.device)
     scratch_i = torch.empty((programs, size_i), dtype=torch.int64, device=out.device)
     for down in (False, True):
-        spec = specialisation(color, patch, out.stride(), down, on_gpu=out.device.type == "cuda")
+        spec = specialisation(color, patch, out.stride(), down, on_gpu=out.device.type == "cuda",
+                              itemsize=out.element_size())
         extract_patches_kernel[(programs,)](
             data, meta, plan, out, scratch_f, scratch_i, plan_error, meta.shape[0], num_patches, seed, *out.stride(),
             COLOR=color,
             PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
             LANES=spec["LANES"], WARPS=spec["WARPS"], NB=spec["NB"], HARDWARE_BF16=spec["HARDWARE_BF16"],
-            PIXEL_STRIDE=spec["PIXEL_STRIDE"],
+            CROP_ROWS=spec["CROP_ROWS"], PIXEL_STRIDE=spec["PIXEL_STRIDE"],
             num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
             enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
         )
