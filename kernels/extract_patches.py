@@ -7,9 +7,9 @@ Per patch:
   2. crop patches: one pass renders the crop tile by tile from the tables (4 gathers per channel), accumulates
      the float64 channel sums (within each thread: no shuffles or barriers per tile) and stages the float32
      patch; down-sampled patches (DOWN): the crop is staged, then the down x down image is computed once from
-     it, then the up-sampling in separable halves (each small row blended horizontally once, then vertically),
-     with the sums: staged passes instead of 64 nested taps per pixel. The staged images have a guard row and
-     column so that a bilinear read's four values share one address (see the DOWN branch of _render);
+     it, then the P x P up-sampling from that, with the sums: staged passes instead of 64 nested taps per
+     pixel. The staged images have a guard row and column so that a bilinear read's four values share one
+     address (see the DOWN branch of _render);
   3. colour drop renders only the kept channel; the two noise channels are drawn in their own loop, one Philox
      evaluation per four values, straight into the staged planes;
   4. normalise: the staged patch is read back (contiguous) and written centred and scaled in the output dtype.
@@ -342,14 +342,13 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
             noise = (_noise_plane(first, seed, n, (kept + 1) % 3, PATCH, NB),
                      _noise_plane(first, seed, n, (kept + 2) % 3, PATCH, NB))
     else:
-        # Regions: the crop in `first`, the small image in `second`, its horizontal up-sampling (d x P) in
-        # `first` again (the crop is no longer needed), the patch in `second` (nor is the small image). The
-        # first three have row stride P + 1 and planes of (P + 1)^2, so that a tap's second position is always
-        # the next column (row): at an edge, where the spec repeats the first position with weight 0, this reads
-        # a neighbour instead, and 0 * (any finite value >= 0) adds the same +0. So the four reads share one
-        # address (constant offsets), and the neighbours past each image's edge must hold finite values: the
-        # crop's row and column P (zeroed here), the small image's column d (zeroed in 2b), the up-sampled
-        # rows' row d (a crop row, d < P).
+        # Regions: the crop in `first`, the small image in `second`, the patch in `first` again (the crop is
+        # no longer needed). The first two have row stride P + 1 and planes of (P + 1)^2, so that a tap's second
+        # position is always the next column (row): at an edge, where the spec repeats the first position with
+        # weight 0, this reads a neighbour instead, and 0 * (any finite value >= 0) adds the same +0. So the four
+        # reads share one address (constant offsets), and the neighbours past each image's edge must hold
+        # finite values: the crop's row and column P (zeroed here), the small image's row and column d (zeroed
+        # in 2b).
         CHANNELS: tl.constexpr = 1 if COLOR == 1 else 3
         STRIDE: tl.constexpr = PATCH + 1
         SPLANE: tl.constexpr = STRIDE * STRIDE
@@ -369,7 +368,7 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
                 tl.store(where + c * SPLANE, _gather(image + c * stride_c, ry, cx, COLOR == 1), mask=valid)
         tl.debug_barrier()
         # ---- phase 2b: down-sampled to down x down, 4 reads of the crop per value from one address; each row
-        # also writes its column d as 0 (read by 2c with weight 0)
+        # also writes its column d as 0, and row d is zeroed below (read by 2c with weight 0)
         small_tiles_x = (down + COLS) // COLS
         small_tiles = ((down + ROWS - 1) // ROWS) * small_tiles_x
         ty = 0 * down
@@ -390,44 +389,41 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
                 value = _blend(wy0, wy1, wx0, wx1, tl.load(src), tl.load(src + 1), tl.load(src + STRIDE),
                                tl.load(src + STRIDE + 1))
                 tl.store(where + c * SPLANE, tl.where(inside, value, 0.0), mask=valid)
+        for c in tl.static_range(CHANNELS):
+            tl.store(second + c * SPLANE + down * STRIDE + edge, 0.0, mask=edge <= down)  # row d
         tl.debug_barrier()
-        # ---- phase 2c: up-sampling, horizontal half: down x P, each small row once
-        wide_tiles = ((down + ROWS - 1) // ROWS) * ((PATCH + COLS - 1) // COLS)
-        for t in tl.range(0, wide_tiles, loop_unroll_factor=1):
-            sy, px = _tile(t, PATCH, ROWS, COLS)
-            sy, px, valid = _clip(sy, px, down, PATCH)
-            x0, wx0, wx1 = _load_staged_taps(wtab, 5, px, LANES)
-            at = (sy * STRIDE + x0).to(tl.int32)
-            for c in tl.static_range(CHANNELS):
-                src = second + c * SPLANE + at
-                tl.store(first + c * SPLANE + sy * STRIDE + px, wx0 * tl.load(src) + wx1 * tl.load(src + 1),
-                         mask=valid)
-        tl.debug_barrier()
-        # ---- phase 2d: up-sampling, vertical half, coloured, summed and staged
-        kept_plane = second + kept * PLANE
+        # ---- phase 2c: up-sampled to P x P from the small image, 4 reads per value from one address (both
+        # separable halves in one blend: wy0 * (wx0 * a + wx1 * b) + wy1 * (...) is exactly the horizontal half
+        # of two small rows, then the vertical one), coloured, summed and staged in `first` (the crop is dead)
+        kept_plane = first + kept * PLANE
         for t in tl.range(0, NUM_TILES, loop_unroll_factor=1):
             py, px = _tile(t, PATCH, ROWS, COLS)
             py, px, valid = _clip(py, px, PATCH, PATCH)
             y0, wy0, wy1 = _load_staged_taps(wtab, 4, py, LANES)
-            src = first + (y0 + px).to(tl.int32)
-            where = second + py * PATCH + px
+            x0, wx0, wx1 = _load_staged_taps(wtab, 5, px, LANES)
+            src = second + (y0 + x0).to(tl.int32)
+            where = first + py * PATCH + px
             if COLOR == 1:
-                v0 = wy0 * tl.load(src) + wy1 * tl.load(src + STRIDE)
+                v0 = _blend(wy0, wy1, wx0, wx1, tl.load(src), tl.load(src + 1), tl.load(src + STRIDE),
+                            tl.load(src + STRIDE + 1))
                 acc = _sums1(acc, v0, valid, ROWS, COLS, WARPS, FULL)
                 tl.store(kept_plane + (py * PATCH + px), v0, mask=valid)
             else:
-                v0 = wy0 * tl.load(src) + wy1 * tl.load(src + STRIDE)
-                v1 = wy0 * tl.load(src + SPLANE) + wy1 * tl.load(src + SPLANE + STRIDE)
-                v2 = wy0 * tl.load(src + 2 * SPLANE) + wy1 * tl.load(src + 2 * SPLANE + STRIDE)
+                v0 = _blend(wy0, wy1, wx0, wx1, tl.load(src), tl.load(src + 1), tl.load(src + STRIDE),
+                            tl.load(src + STRIDE + 1))
+                v1 = _blend(wy0, wy1, wx0, wx1, tl.load(src + SPLANE), tl.load(src + SPLANE + 1),
+                            tl.load(src + SPLANE + STRIDE), tl.load(src + SPLANE + STRIDE + 1))
+                v2 = _blend(wy0, wy1, wx0, wx1, tl.load(src + 2 * SPLANE), tl.load(src + 2 * SPLANE + 1),
+                            tl.load(src + 2 * SPLANE + STRIDE), tl.load(src + 2 * SPLANE + STRIDE + 1))
                 if COLOR == 2:
                     v0, v1, v2 = _project(v0, v1, v2)
                 acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
                 tl.store(where, v0, mask=valid)
                 tl.store(where + PLANE, v1, mask=valid)
                 tl.store(where + 2 * PLANE, v2, mask=valid)
-        if COLOR == 1:  # the small image (plane 0 of `second`) was consumed by phase 2c
-            noise = (_noise_plane(second, seed, n, (kept + 1) % 3, PATCH, NB),
-                     _noise_plane(second, seed, n, (kept + 2) % 3, PATCH, NB))
+        if COLOR == 1:  # the noise channels beside the kept one, in `first` too
+            noise = (_noise_plane(first, seed, n, (kept + 1) % 3, PATCH, NB),
+                     _noise_plane(first, seed, n, (kept + 2) % 3, PATCH, NB))
     return acc, noise
 
 
@@ -464,7 +460,7 @@ def extract_patches_kernel(
     wtab = scratch_f + program.to(tl.int64) * (TABLES * 2 * LANES + 2 * REGION)
     first = wtab + TABLES * 2 * LANES
     second = first + REGION
-    staged = second if DOWN else first  # where phase 2 leaves the patch
+    staged = first  # where phase 2 leaves the patch (for DOWN after the crop and the small image in `second`)
     itab = scratch_i + program.to(tl.int64) * (6 * LANES)  # tables 0, 1: offsets [2, LANES], weights [LANES]
     for n in range(program, num_patches, programs):  # a fixed grid walks the plan: scratch sized by the grid
         n = n + 0 * program  # a tensor under the interpreter too, where range() yields Python ints
@@ -590,8 +586,7 @@ def loop_trips(spec: dict, down: int) -> list[int]:
     if not spec["DOWN"]:
         return [tiles, *noise, normalise]
     crop_tiles = -(-patch // spec["CROP_ROWS"]) * -(-patch // cols)  # phase 2a
-    return [crop_tiles, -(-down // rows) * -(-(down + 1) // cols), -(-down // rows) * -(-patch // cols), tiles,
-            *noise, normalise]
+    return [crop_tiles, -(-down // rows) * -(-(down + 1) // cols), tiles, *noise, normalise]
 
 
 def scratch_bytes(spec: dict, down: int) -> int:
@@ -602,8 +597,8 @@ def scratch_bytes(spec: dict, down: int) -> int:
     staged = 3 * patch * patch  # the patch before normalisation
     if not spec["DOWN"]:
         return 2 * 4 * staged
-    crop, small, wide = channels * patch * patch, channels * down * down, channels * down * patch
-    return 2 * 4 * (crop + small + wide + staged)
+    crop, small = channels * patch * patch, channels * down * down
+    return 2 * 4 * (crop + small + staged)
 
 
 SPLITS_DOWN = True  # crop and down-sampled patches are separate specialisations
