@@ -250,7 +250,7 @@ def compile_triton(spec: TritonSpec, arch: int, work: Path) -> dict:
     k = kernel_module()
 
     strides = (3 * PATCH * PATCH, 1, 3 * PATCH, 3) if spec.channels_last else (3 * PATCH * PATCH, PATCH * PATCH, PATCH, 1)
-    args = k.specialisation(COLORS[spec.color], PATCH, strides, spec.down, itemsize=DTYPES[spec.dtype][1])
+    args = k.specialisation(COLORS[spec.color], PATCH, strides, spec.down)
     fn = k.extract_patches_kernel
     signature, constexprs, attrs = {}, {}, {}
     pointer_types = {"data": "*u8", "meta": "*i64", "plan": "*i32", "out": "*" + DTYPES[spec.dtype][0],

@@ -546,7 +546,7 @@ def scratch_sizes(patch: int) -> tuple[int, int]:
     return TABLES.value * 2 * lanes + 2 * region, 6 * lanes
 
 
-def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool = True, itemsize: int = 4) -> dict:
+def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool = True) -> dict:
     """The non-tensor arguments `launch` passes for one specialisation (also what benchmarks/gpu_static.py
     compiles ahead of time)."""
     stride_n, stride_c, stride_y, stride_x = out_strides
@@ -555,10 +555,8 @@ def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool
     warps = min(num_warps, rows)
     rows = max(warps, min(rows, triton.next_power_of_2(patch)))
     crop_rows = max(warps, min(crop_rows, triton.next_power_of_2(patch)))
-    if down and stride_c == 1:  # channels-last down path: 1024 spills 48 B on sm_80 (the strided-store relayout)
-        block //= 2
-        if itemsize < 4:  # and with a 16-bit output a crop of 16 or 32 rows spills 16-40 B on sm_90
-            crop_rows = min(crop_rows, 8)
+    if down and stride_c == 1:  # channels-last down path: a 32-row crop spills 16-40 B in some dtype on sm_90
+        crop_rows = min(crop_rows, 16)
     block = min(block, triton.next_power_of_2(patch * patch))
     nb = min(NOISE_BLOCKS, triton.next_power_of_2(-(-patch * patch // 4)))
     # channels-last: pixel p at p * 3, no division (NCHW keeps the general form, which already vectorises and
@@ -628,8 +626,7 @@ def launch(data, meta, plan, out, seed: int, color: int, patch: int, plan_error)
     scratch_f = torch.empty((programs, size_f), dtype=torch.float32, device=out.device)
     scratch_i = torch.empty((programs, size_i), dtype=torch.int64, device=out.device)
     for down in (False, True):
-        spec = specialisation(color, patch, out.stride(), down, on_gpu=out.device.type == "cuda",
-                              itemsize=out.element_size())
+        spec = specialisation(color, patch, out.stride(), down, on_gpu=out.device.type == "cuda")
         extract_patches_kernel[(programs,)](
             data, meta, plan, out, scratch_f, scratch_i, plan_error, meta.shape[0], num_patches, seed, *out.stride(),
             COLOR=color,
