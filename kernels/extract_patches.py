@@ -470,37 +470,35 @@ def extract_patches_kernel(
             acc, noise = _render(data, meta, row, n, seed, itab, wtab, first, second,
                                  COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS, NB, CROP_ROWS)
             s0, s1, s2, q0, q1, q2 = acc
-            s0 = tl.sum(tl.sum(s0, axis=1), axis=0)
-            s1 = tl.sum(tl.sum(s1, axis=1), axis=0)
-            s2 = tl.sum(tl.sum(s2, axis=1), axis=0)
-            q0 = tl.sum(tl.sum(q0, axis=1), axis=0)
-            q1 = tl.sum(tl.sum(q1, axis=1), axis=0)
-            q2 = tl.sum(tl.sum(q2, axis=1), axis=0)
             kept = row[5]
-            if COLOR == 1:  # acc's first pair is the kept channel's; the others are noise, squares only
-                qa = tl.sum(noise[0], axis=0)
-                qb = tl.sum(noise[1], axis=0)
-                sk = s0
-                qk = q0
-                s0 = tl.where(kept == 0, sk, 0.0)
-                s1 = tl.where(kept == 1, sk, 0.0)
-                s2 = tl.where(kept == 2, sk, 0.0)
-                q0 = tl.where(kept == 0, qk, tl.where(kept == 2, qa, qb))  # channel 0 is (kept + 1) % 3 if kept == 2
-                q1 = tl.where(kept == 1, qk, tl.where(kept == 0, qa, qb))
-                q2 = tl.where(kept == 2, qk, tl.where(kept == 1, qa, qb))
-            # Channels that carry image content are centred; noise channels (colour drop) are left as they are.
-            keep0 = (COLOR != 1) | (kept == 0)
-            keep1 = (COLOR != 1) | (kept == 1)
-            keep2 = (COLOR != 1) | (kept == 2)
-            m0 = s0 / PLANE
-            m1 = s1 / PLANE
-            m2 = s2 / PLANE
-            total = (tl.where(keep0, q0 - s0 * m0, q0) + tl.where(keep1, q1 - s1 * m1, q1)
-                     + tl.where(keep2, q2 - s2 * m2, q2))
+            if COLOR == 1:  # acc's first pair is the kept channel's (only it is centred); the noise: squares only
+                sk = tl.sum(tl.sum(s0, axis=1), axis=0)
+                qk = tl.sum(tl.sum(q0, axis=1), axis=0)
+                qa = tl.sum(noise[0], axis=0)  # channel (kept + 1) % 3
+                qb = tl.sum(noise[1], axis=0)  # channel (kept + 2) % 3
+                mk = sk / PLANE  # one division, not three (the others were 0 / P^2)
+                tk = qk - sk * mk
+                total = (tl.where(kept == 0, tk, tl.where(kept == 2, qa, qb))
+                         + tl.where(kept == 1, tk, tl.where(kept == 0, qa, qb))
+                         + tl.where(kept == 2, tk, tl.where(kept == 1, qa, qb)))  # channel order, as the C++ op
+                mean0 = tl.where(kept == 0, mk, 0.0).to(tl.float32)
+                mean1 = tl.where(kept == 1, mk, 0.0).to(tl.float32)
+                mean2 = tl.where(kept == 2, mk, 0.0).to(tl.float32)
+            else:
+                s0 = tl.sum(tl.sum(s0, axis=1), axis=0)
+                s1 = tl.sum(tl.sum(s1, axis=1), axis=0)
+                s2 = tl.sum(tl.sum(s2, axis=1), axis=0)
+                q0 = tl.sum(tl.sum(q0, axis=1), axis=0)
+                q1 = tl.sum(tl.sum(q1, axis=1), axis=0)
+                q2 = tl.sum(tl.sum(q2, axis=1), axis=0)
+                m0 = s0 / PLANE
+                m1 = s1 / PLANE
+                m2 = s2 / PLANE
+                total = (q0 - s0 * m0) + (q1 - s1 * m1) + (q2 - s2 * m2)
+                mean0 = m0.to(tl.float32)
+                mean1 = m1.to(tl.float32)
+                mean2 = m2.to(tl.float32)
             scale = (50.0 / tl.sqrt(total / (3 * PLANE) + 1e-8)).to(tl.float32)
-            mean0 = tl.where(keep0, m0, 0.0).to(tl.float32)
-            mean1 = tl.where(keep1, m1, 0.0).to(tl.float32)
-            mean2 = tl.where(keep2, m2, 0.0).to(tl.float32)
             tl.debug_barrier()
             # ---- phase 3: normalise the staged patch into the output
             base = out + n.to(tl.int64) * out_stride_n
