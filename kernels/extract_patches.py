@@ -451,7 +451,7 @@ def extract_patches_kernel(
     NB: tl.constexpr,  # colour drop: Philox blocks (of four values) per trip of the noise loop
     HARDWARE_BF16: tl.constexpr,  # compiled for a GPU (not Triton's CPU interpreter): see _cast
     CROP_ROWS: tl.constexpr,
-    PIXEL_STRIDE: tl.constexpr,  # channels-last: out_stride_x (pixel p at p * it; see specialisation), else 0
+    PIXEL_STRIDE: tl.constexpr,  # out_stride_x where pixel p lies at p * it (see specialisation), else 0
 ):
     PLANE: tl.constexpr = PATCH * PATCH
     program = tl.program_id(0)
@@ -557,9 +557,9 @@ def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool
         crop_rows = min(crop_rows, 16)
     block = min(block, triton.next_power_of_2(patch * patch))
     nb = min(NOISE_BLOCKS, triton.next_power_of_2(-(-patch * patch // 4)))
-    # channels-last: pixel p at p * 3, no division (NCHW keeps the general form, which already vectorises and
-    # which ptxas would otherwise unroll whole)
-    pixel_stride = stride_x if stride_x > 1 and stride_y == patch * stride_x else 0
+    # pixel p at p * stride_x when rows follow each other: no division per pixel (ptxas then unrolls the NCHW
+    # normalise loop whole, which the NCHW down path cannot afford: a 32-byte spill in fp32 on sm_90)
+    pixel_stride = stride_x if stride_y == patch * stride_x and not (down and stride_x == 1) else 0
     return {"num_images": 7, "num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
             "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
