@@ -215,10 +215,13 @@ def _tile(t, extent_x, ROWS: tl.constexpr, COLS: tl.constexpr):
     """Rows [R, 1] and columns [1, C] of tile t of a square of side extent_x, row-major tiles."""
     tiles_x = (extent_x + COLS - 1) // COLS
     ty = t // tiles_x
-    tx = t - ty * tiles_x
-    py = ty * ROWS + tl.arange(0, ROWS)[:, None]
-    px = tx * COLS + tl.arange(0, COLS)[None, :]
-    return py, px
+    return _tile_at(ty, t - ty * tiles_x, ROWS, COLS)
+
+
+@triton.jit
+def _tile_at(ty, tx, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Rows [R, 1] and columns [1, C] of the tile in tile row ty and tile column tx."""
+    return ty * ROWS + tl.arange(0, ROWS)[:, None], tx * COLS + tl.arange(0, COLS)[None, :]
 
 
 @triton.jit
@@ -284,8 +287,8 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
             ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, NB: tl.constexpr,
             CROP_ROWS: tl.constexpr):
     """Phases 1 and 2 for patch n (its checked plan row from _plan_row): tap tables, then the patch (before
-    normalisation) into the scratch region `first` (crop) or `second` (DOWN), each [3, P, P] float32; returns the
-    float64 partial sums and squares."""
+    normalisation) into the scratch region `first`, [3, P, P] float32 (DOWN works in `second` too); returns the
+    float64 partial sums and the noise channels' squares."""
     PLANE: tl.constexpr = PATCH * PATCH
     image_index, resized_rows, resized_cols, top, left, kept, down, bad = row  # bad: raised by the caller
     image_index = image_index.to(tl.int64)
@@ -374,8 +377,7 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
         ty = 0 * down
         tx = ty
         for t in tl.range(0, small_tiles, loop_unroll_factor=1):
-            sy = ty * ROWS + tl.arange(0, ROWS)[:, None]
-            sx = tx * COLS + tl.arange(0, COLS)[None, :]
+            sy, sx = _tile_at(ty, tx, ROWS, COLS)
             ty, tx = _next_tile(ty, tx, small_tiles_x)
             sy, sx, valid = _clip(sy, sx, down, down + 1)
             inside = sx < down
@@ -433,7 +435,8 @@ def extract_patches_kernel(
     meta,  # int64 [B, 6]: offset, rows, cols, stride_c, stride_y, stride_x
     plan,  # int32 [N, 7]: image, resized rows, resized cols, top, left, kept channel, down size
     out,  # [N, 3, P, P] in any memory format, strides below
-    scratch_f,  # float32 [programs, SCRATCH_F]: tap weights, then the staged patch and the small image
+    scratch_f,  # float32 [programs, SCRATCH_F]: the staged passes' tap tables (2-5; the slots of 0 and 1 unused),
+    #            then the regions `first` and `second` (the staged patch, the crop, the small image)
     scratch_i,  # int64 [programs, SCRATCH_I]: the image tap tables (offsets, and both weights as one int64)
     plan_error,  # int32 scalar: set to 1 when a plan row was out of range (relpos/plan_guard.py reads it)
     num_images,
@@ -525,7 +528,8 @@ def extract_patches_kernel(
 # spills (50% theoretical occupancy); 16 x 32 takes ~6% fewer instructions per element but 72-90 registers
 # (31-44%), and spills under a cap of 64. Colour drop gathers one channel: its crop path takes 32 x 32 (eight
 # rows per thread share one column's taps and the tile's set-up: ~3% fewer instructions per element than 16 x 32,
-# no spills on sm_80/90); its down path stays at 16 x 32 (at 32 x 32 channels-last bf16 spills 40 bytes).
+# no spills on sm_80/90); its down path crops in 32 x 32 tiles too (CROP_ROWS; 16 in channels-last, see
+# specialisation) but keeps 16 x 32 for its other passes (at 32 x 32 channels-last bf16 spills 40 bytes).
 # Normalise blocks of 1024 pixels: with 512 LLVM unrolls the NCHW loop 3 times (gpu_static would overcount it).
 TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg, CROP_ROWS)
     (False, False): (8, 32, 1024, 4, 64, 8), (False, True): (32, 32, 1024, 4, 64, 32),
