@@ -528,12 +528,12 @@ def extract_patches_kernel(
 # spills (50% theoretical occupancy); 16 x 32 takes ~6% fewer instructions per element but 72-90 registers
 # (31-44%), and spills under a cap of 64. Colour drop gathers one channel: its crop path takes 32 x 32 (eight
 # rows per thread share one column's taps and the tile's set-up: ~3% fewer instructions per element than 16 x 32,
-# no spills on sm_80/90); its down path crops in 32 x 32 tiles too (CROP_ROWS; 16 in channels-last, see
-# specialisation) but keeps 16 x 32 for its other passes (at 32 x 32 channels-last bf16 spills 40 bytes).
+# no spills on sm_80/90); its down path works in 32 x 32 tiles too (~1% fewer instructions per element than 16 x 32),
+# except in channels-last, where 32-row tiles spill or take an 8-16 byte stack frame on sm_90 (see specialisation).
 # Normalise blocks of 1024 pixels: with 512 LLVM unrolls the NCHW loop 3 times (gpu_static would overcount it).
 TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg, CROP_ROWS)
     (False, False): (8, 32, 1024, 4, 64, 8), (False, True): (32, 32, 1024, 4, 64, 32),
-    (True, False): (8, 32, 1024, 4, 64, 8), (True, True): (16, 32, 1024, 4, 64, 32),
+    (True, False): (8, 32, 1024, 4, 64, 8), (True, True): (32, 32, 1024, 4, 64, 32),
 }
 MAX_SIDE = tl.constexpr(32767)  # relpos.images.MAX_SIDE: keeps the tap arithmetic inside int32 (tested equal)
 NOISE_BLOCKS = 256  # Philox evaluations per trip of the noise loop (colour drop)
@@ -557,8 +557,9 @@ def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool
     warps = min(num_warps, rows)
     rows = max(warps, min(rows, triton.next_power_of_2(patch)))
     crop_rows = max(warps, min(crop_rows, triton.next_power_of_2(patch)))
-    if down and stride_c == 1:  # channels-last down path: a 32-row crop spills 16-40 B in some dtype on sm_90
+    if down and stride_c == 1:  # channels-last down path: 32-row tiles spill or take a stack frame on sm_90
         crop_rows = min(crop_rows, 16)
+        rows = min(rows, 16)
     block = min(block, triton.next_power_of_2(patch * patch))
     nb = min(NOISE_BLOCKS, triton.next_power_of_2(-(-patch * patch // 4)))
     # pixel p at p * stride_x when rows follow each other: no division per pixel (ptxas then unrolls the NCHW
