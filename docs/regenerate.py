@@ -132,9 +132,10 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return mean, (variance / len(values)) ** 0.5
 
 
-def render_seeds(runs: list[tuple[int, dict, dict]]) -> str:
+def render_seeds(runs: list[tuple[int, dict, dict]], missing: list[int] = ()) -> str:
     """The recipe across pretraining seeds: held-out pretext accuracy and, per layer, the linear-probe and k-NN gains
-    over the random towers' mean, each seed and their mean ± standard error over seeds."""
+    over the random towers' mean, each seed and their mean ± standard error over seeds; `missing`: seeds of
+    RECIPE_SEEDS not run yet, named under the table."""
     layers = list(runs[0][2]["labelled"]["towers"]["pretrained"])
     commits = ", ".join(f"seed {seed}: {summary['commit']}" for seed, summary, _ in runs)
     lines = [f"The recipe with each pretraining seed (`relpos train --seed N`; commits {commits}; "
@@ -155,6 +156,9 @@ def render_seeds(runs: list[tuple[int, dict, dict]]) -> str:
         knn = _mean_se([100 * g[layer] for g in gains["knn"]])
         cells.append(f"{probe[0]:+.1f} ± {probe[1]:.1f} / {knn[0]:+.1f} ± {knn[1]:.1f}")
     lines.append(f"| mean ± SE of {len(runs)} | {_pct(pretext[0])} ± {_pct(pretext[1])} | " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", f"Not run yet on these photographs: seed{'s' if len(missing) > 1 else ''} "
+                  + ", ".join(str(seed) for seed in missing) + " (`python docs/regenerate.py --only seeds` runs them)."]
     return "\n".join(lines)
 
 
@@ -172,11 +176,14 @@ def render_blocks() -> dict[str, str]:
         blocks["recipe-labelled"] = render_labelled(json.loads(RECIPE_EVAL.read_text()), recipe, "the CPU recipe",
                                                     "docs/recipe_eval.json")
         seeds = [(seed, *recipe_seed_files(seed)) for seed in RECIPE_SEEDS]
-        if all(summary.exists() and evaluation.exists() for _, summary, evaluation in seeds):
+        done = [(seed, summary, evaluation) for seed, summary, evaluation in seeds
+                if summary.exists() and evaluation.exists()]
+        if done:  # the seeds run so far (a seed whose files are missing is named as not run)
             runs = [(0, recipe, json.loads(RECIPE_EVAL.read_text()))]
             runs += [(seed, json.loads(summary.read_text()), json.loads(evaluation.read_text()))
-                     for seed, summary, evaluation in seeds]
-            blocks["recipe-seeds"] = render_seeds(runs)
+                     for seed, summary, evaluation in done]
+            blocks["recipe-seeds"] = render_seeds(runs, missing=[seed for seed, *_ in seeds if seed not in
+                                                                  {d[0] for d in done}])
     return blocks
 
 
