@@ -182,8 +182,8 @@ def render_blocks() -> dict[str, str]:
             runs = [(0, recipe, json.loads(RECIPE_EVAL.read_text()))]
             runs += [(seed, json.loads(summary.read_text()), json.loads(evaluation.read_text()))
                      for seed, summary, evaluation in done]
-            blocks["recipe-seeds"] = render_seeds(runs, missing=[seed for seed, *_ in seeds if seed not in
-                                                                  {d[0] for d in done}])
+            missing = sorted(set(RECIPE_SEEDS) - {seed for seed, _, _ in done})
+            blocks["recipe-seeds"] = render_seeds(runs, missing=missing)
     return blocks
 
 

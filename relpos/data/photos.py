@@ -101,10 +101,11 @@ _OPENCV_NOT_PHOTOS = {"starry_night.jpg": "a painting (van Gogh)", "HappyFish.jp
 # looked at one by one (5.27): Autumn is a painting, Kite has a drawn kite, Volna and MilkyWay may be renders
 _PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
                   "OneStandsOut", "Path", "summer_1am")
-_PLASMA_MAX_WIDTH = 1920  # training resizes to under half a megapixel: a larger size only costs decoding time
-# and, for the sources that ship one size only (lomiri's photographs are up to 5312x2988), the longer side they are
-# scaled down to (re-encoded: JPEG at quality 95, PNG lossless; the manifest's sha256, width and height are the
-# written file's): resident training keeps every picture decoded, 3 bytes a pixel
+# training resizes to under half a megapixel, so a larger picture only costs decoding time (and memory: resident
+# training keeps every picture decoded, 3 bytes a pixel). Plasma ships several sizes: the widest up to this is
+# taken. The sources that ship one size only (lomiri's photographs are up to 5312x2988) are scaled down to it on
+# the longer side (re-encoded: JPEG at quality 95, PNG lossless; the manifest's sha256, width and height are the
+# written file's)
 _MAX_SIDE = 1920
 # looked at one by one (20.04.0): analogpattern (an abstract texture) and umang (a render) are left out
 _LOMIRI_PHOTOS = (
@@ -273,13 +274,17 @@ def licence_of(stanzas, path: str, any_suffix: bool = False) -> tuple[str, str]:
     return found
 
 
+def _copyright_stanzas(root: Path, package: str):
+    copyright_file = root / "usr/share/doc" / package / "copyright"
+    return parse_copyright(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
+
+
 def _gcompris(root: Path, report: Report) -> list[Photo]:
     package = "gcompris-qt-data"
     folder = _package_folder(root, report, package, "usr/share/gcompris-qt/rcc")
     if folder is None:
         return []
-    copyright_file = root / "usr/share/doc" / package / "copyright"
-    stanzas = parse_copyright(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
+    stanzas = _copyright_stanzas(root, package)
     version = _package_version(root, package)
     photos = []
     for rcc in sorted(folder.glob("*.rcc")):
@@ -339,8 +344,7 @@ def _mate(root: Path, report: Report) -> list[Photo]:
     folder = _package_folder(root, report, package, "usr/share/backgrounds/mate/nature")
     if folder is None:
         return []
-    copyright_file = root / "usr/share/doc" / package / "copyright"
-    stanzas = parse_copyright(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
+    stanzas = _copyright_stanzas(root, package)
     version = _package_version(root, package)
     photos = []
     for path in sorted(folder.iterdir()):
@@ -366,7 +370,7 @@ def _plasma(root: Path, report: Report) -> list[Photo]:
         if not sizes:
             report.skipped.append((str(folder / name), "not in this version of the package"))
             continue
-        capped = [size for size in sizes if size[0] <= _PLASMA_MAX_WIDTH]
+        capped = [size for size in sizes if size[0] <= _MAX_SIDE]
         path = (max(capped) if capped else min(sizes))[1]  # the widest size up to the cap, else the narrowest
         try:
             plugin = json.loads((folder / name / "metadata.json").read_text())["KPlugin"]
@@ -377,11 +381,6 @@ def _plasma(root: Path, report: Report) -> list[Photo]:
         photos.append(Photo(path.read_bytes(), "", package, version, licence, str(path),
                             f"plasma_{name}{path.suffix.lower()}"))
     return photos
-
-
-def _copyright_stanzas(root: Path, package: str):
-    copyright_file = root / "usr/share/doc" / package / "copyright"
-    return parse_copyright(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
 
 
 def _capped(data: bytes, max_side: int = _MAX_SIDE) -> bytes:
