@@ -159,7 +159,8 @@ BAD_TRAIN_OPTIONS = [
     ("--lr", "-1e-3"), ("--weight-decay", "-1"), ("--width", "0"), ("--width", "1e9"), ("--holdout", "1.5"),
     ("--holdout", "-0.1"), ("--eval-every", "0"), ("--checkpoint-every", "0"), ("--log-every", "-1"),
     ("--eval-plans", "0"), ("--patch", "0"), ("--patch", "100000"), ("--gap", "-1"), ("--jitter", "-5"),
-    ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--max-nonfinite", "0"), ("--workers", "-1"),
+    ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--grids-per-image", "0"), ("--grids-per-image", "257"),
+    ("--max-nonfinite", "0"), ("--workers", "-1"),
     ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"), ("--device", "bogus"), ("--device", "cuda:x"),
     ("--permutations", "1"), ("--permutations", "5000"), ("--task", "colorization"), ("--color", "sepia"),
     ("--mirror", "--task=jigsaw"),  # mirroring is defined for relative positions only

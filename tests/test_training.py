@@ -156,3 +156,24 @@ def test_resident_images_train_like_the_loader(photos, tmp_path):
     a, b = _weights(tmp_path / "loader"), _weights(tmp_path / "resident")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_grids_per_image_changes_the_training_draws_not_the_evaluation(photos, tmp_path):
+    """--grids-per-image 1 trains on one grid per image (more images per step); held-out pairs stay the 4-grid set."""
+    runs = {}
+    for grids in (4, 1):
+        config = tiny_config(photos, tmp_path / f"grids{grids}", steps=3, eval_every=3, grids_per_image=grids)
+        train(config)
+        lines = [json.loads(line) for line in (tmp_path / f"grids{grids}" / "metrics.jsonl").read_text().splitlines()]
+        runs[grids] = [line for line in lines if line["kind"] == "eval"][-1]
+    assert runs[1]["items"] == runs[4]["items"] > 0
+    four, one = (_weights(tmp_path / f"grids{g}") for g in (4, 1))
+    assert any(not torch.equal(four[name], one[name]) for name in four)  # the training batches differed
+
+    from relpos.pretext import build_pretext
+
+    pretext = build_pretext("relpos", tiny_config(photos, tmp_path).patch_config())
+    sizes = [[400, 500]] * 3
+    assert pretext.draw(sizes, seed=0).grid_ids.unique().numel() == 12
+    assert pretext.with_config(grids_per_image=1).draw(sizes, seed=0).grid_ids.unique().numel() == 3
+    assert pretext.config.grids_per_image == 4  # with_config leaves the original alone

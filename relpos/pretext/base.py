@@ -8,6 +8,8 @@ plan lists them; the head classifies. Everything else (loop, data, backends) is 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -52,6 +54,12 @@ class Pretext:
     def min_side(self) -> int:
         """An image whose resized size is not larger than this in both sides gives no item."""
         raise NotImplementedError
+
+    def with_config(self, **changes) -> "Pretext":
+        """The same task (classes, permutations, model) drawing with these PatchConfig fields changed."""
+        other = copy.copy(self)
+        other.config = dataclasses.replace(self.config, **changes)
+        return other
 
     def draw(self, image_sizes: torch.Tensor | Sequence[Sequence[int]], generator: torch.Generator | None = None,
              seed: int | None = None, on_small: str = "skip") -> Plan:

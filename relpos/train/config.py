@@ -79,6 +79,9 @@ class TrainConfig:
     min_pixels: int = option(150_000, "each image is resized to a random pixel count in [min-pixels, max-pixels]",
                              bounds=(1_000, 100_000_000))
     max_pixels: int = option(450_000, "upper end of the resize range", bounds=(1_000, 100_000_000))
+    grids_per_image: int = option(4, "grids (relpos) or puzzles (jigsaw) drawn per image per training step: fewer "
+                                  "means more images, each at its own scale, in a step of --batch patches; held-out "
+                                  "evaluation always draws 4", bounds=(1, 256))
     progress: bool = option(True, "progress bar", resume_may_change=True, hidden=True)
     stop_after: int = option(-1, "stop after this many steps, checkpoint saved, as if interrupted (-1: never)",
                              bounds=(-1, 10**9), resume_may_change=True)

@@ -198,7 +198,8 @@ class _Run:
     """What the step loop works with, built once by _set_up."""
 
     config: TrainConfig
-    pretext: Pretext
+    pretext: Pretext  # held-out evaluation and checkpoints: the config's 4 grids per image
+    train_pretext: Pretext  # training steps: --grids-per-image
     rank: int
     world: int
     is_main: bool
@@ -275,7 +276,8 @@ def _set_up(config: TrainConfig, rank: int, world: int, device: torch.device, ou
             model, device_ids=[device.index] if device.type == "cuda" else None)
     loss_fn = torch.compile(compute_loss, dynamic=True) if use_compile else compute_loss
 
-    per_step = images_per_step(config.batch, pretext.expected_patches_per_image())
+    train_pretext = pretext.with_config(grids_per_image=config.grids_per_image)
+    per_step = images_per_step(config.batch, train_pretext.expected_patches_per_image())
     if config.resident:
         resident = ResidentImages(train_paths, device)
         batches = (resident.batch(indices) for indices in
@@ -306,7 +308,7 @@ def _set_up(config: TrainConfig, rank: int, world: int, device: torch.device, ou
               f"{', compiled' if use_compile else ''}; {len(train_paths)} training images, {len(held_paths)} held out"
               f"{f', {len(skipped.files)} skipped so far' if skipped.files else ''}; steps {start_step}->{config.steps}"
               f" of ~{config.batch} patches; writing to {out}", flush=True)
-    return _Run(config=config, pretext=pretext, rank=rank, world=world, is_main=is_main, device=device,
+    return _Run(config=config, pretext=pretext, train_pretext=train_pretext, rank=rank, world=world, is_main=is_main, device=device,
                 backend=backend, autocast_dtype=autocast_dtype, use_compile=use_compile, model=model,
                 training_model=training_model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
                 start_step=start_step, out=out, train_paths=train_paths, held_paths=held_paths, batches=batches,
@@ -369,7 +371,7 @@ def _evaluate_held_out(run: _Run, done: int) -> dict | None:
 
 
 def _step_loop(run: _Run) -> dict:
-    config, pretext, items = run.config, run.pretext, run.items
+    config, pretext, items = run.config, run.train_pretext, run.items
     progress = None
     if run.is_main and config.progress:
         from tqdm.auto import tqdm
