@@ -12,7 +12,9 @@ Per patch:
      address (see the DOWN branch of _render);
   3. colour drop renders only the kept channel; the two noise channels are drawn in their own loop, one Philox
      evaluation per four values, straight into the staged planes;
-  4. normalise: the staged patch is read back (contiguous) and written centred and scaled in the output dtype.
+  4. normalise: the staged patch is read back (contiguous) and written centred and scaled in the output dtype,
+     16 bytes per store in NCHW and in dense channels-last (whose interleaved values are regrouped in registers
+     into runs of consecutive elements: _store_interleaved).
 
 Every float is the one csrc/relpos_math.h computes, by the same IEEE operations in the same order (blend
 wy0 * (wx0 * a + wx1 * b) + wy1 * (...), separable halves being exactly its two stages; no FMA contraction: the
@@ -208,6 +210,72 @@ def _cast(value, dtype: tl.constexpr, HARDWARE_BF16: tl.constexpr):
         bits = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
         return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return value.to(dtype, fp_downcast_rounding="rtne")
+
+
+@triton.jit
+def _columns(t, RUN: tl.constexpr):
+    """The RUN (4 or 8) columns of t [G, RUN], each [G]: in-thread renaming where a thread holds whole rows."""
+    G: tl.constexpr = t.shape[0]
+    if RUN == 4:
+        c02, c13 = tl.split(tl.reshape(t, [G, 2, 2]))
+        c0, c2 = tl.split(c02)
+        c1, c3 = tl.split(c13)
+        return c0, c1, c2, c3
+    else:
+        even, odd = tl.split(tl.reshape(t, [G, 4, 2]))  # columns 0 2 4 6 | 1 3 5 7
+        c04, c26 = tl.split(tl.reshape(even, [G, 2, 2]))
+        c15, c37 = tl.split(tl.reshape(odd, [G, 2, 2]))
+        c0, c4 = tl.split(c04)
+        c2, c6 = tl.split(c26)
+        c1, c5 = tl.split(c15)
+        c3, c7 = tl.split(c37)
+        return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
+def _row4(x0, x1, x2, x3):
+    """[G, 4] whose column k is xk (each [G]): _columns' inverse."""
+    return tl.reshape(tl.join(tl.join(x0, x2), tl.join(x1, x3)), [x0.shape[0], 4])
+
+
+@triton.jit
+def _row8(x0, x1, x2, x3, x4, x5, x6, x7):
+    """[G, 8] whose column k is xk (each [G]): _columns' inverse."""
+    nested = tl.join(tl.join(tl.join(x0, x4), tl.join(x2, x6)), tl.join(tl.join(x1, x5), tl.join(x3, x7)))
+    return tl.reshape(nested, [x0.shape[0], 8])
+
+
+@triton.jit
+def _interleaved_runs(v0, v1, v2, RUN: tl.constexpr):
+    """The channels-last order of planar values v0, v1, v2 [G, RUN] (RUN consecutive pixels per row): three
+    [G, RUN] runs, run r holding the row's interleaved values RUN * r .. RUN * r + RUN - 1."""
+    if RUN == 4:
+        a0, a1, a2, a3 = _columns(v0, 4)
+        b0, b1, b2, b3 = _columns(v1, 4)
+        c0, c1, c2, c3 = _columns(v2, 4)
+        return _row4(a0, b0, c0, a1), _row4(b1, c1, a2, b2), _row4(c2, a3, b3, c3)
+    else:
+        a0, a1, a2, a3, a4, a5, a6, a7 = _columns(v0, 8)
+        b0, b1, b2, b3, b4, b5, b6, b7 = _columns(v1, 8)
+        c0, c1, c2, c3, c4, c5, c6, c7 = _columns(v2, 8)
+        return (_row8(a0, b0, c0, a1, b1, c1, a2, b2), _row8(c2, a3, b3, c3, a4, b4, c4, a5),
+                _row8(b5, c5, a6, b6, c6, a7, b7, c7))
+
+
+@triton.jit
+def _store_interleaved(base, row_pixel, v0, v1, v2, PLANE: tl.constexpr, RUN: tl.constexpr, dtype: tl.constexpr,
+                       HARDWARE_BF16: tl.constexpr, EXACT: tl.constexpr):
+    """Dense channels-last store of the normalised planar values v0, v1, v2 [G, RUN] of RUN consecutive pixels per
+    row (the first: row_pixel [G, 1]). A row's 3 * RUN values are three runs of RUN consecutive elements (16 bytes
+    each: RUN = 8 in 2-byte dtypes, 4 in float32), three 16-byte stores instead of 3 * RUN element stores."""
+    runs = _interleaved_runs(v0, v1, v2, RUN)
+    k = tl.arange(0, RUN)[None, :]
+    for r in tl.static_range(3):
+        where = base + (3 * row_pixel + RUN * r + k)
+        if EXACT:
+            tl.store(where, _cast(runs[r], dtype, HARDWARE_BF16))
+        else:  # element e of a row is the row's pixel e // 3
+            tl.store(where, _cast(runs[r], dtype, HARDWARE_BF16), mask=row_pixel + (RUN * r + k) // 3 < PLANE)
 
 
 @triton.jit
@@ -455,6 +523,7 @@ def extract_patches_kernel(
     HARDWARE_BF16: tl.constexpr,  # compiled for a GPU (not Triton's CPU interpreter): see _cast
     CROP_ROWS: tl.constexpr,
     PIXEL_STRIDE: tl.constexpr,  # out_stride_x where pixel p lies at p * it (see specialisation), else 0
+    INTERLEAVED: tl.constexpr,  # dense channels-last output (strides 3 P^2, 1, 3 P, 3): see _store_interleaved
 ):
     PLANE: tl.constexpr = PATCH * PATCH
     program = tl.program_id(0)
@@ -505,7 +574,19 @@ def extract_patches_kernel(
             tl.debug_barrier()
             # ---- phase 3: normalise the staged patch into the output
             base = out + n.to(tl.int64) * out_stride_n
-            for start in tl.range(0, PLANE, BLOCK, loop_unroll_factor=1):
+            if INTERLEAVED:  # RUN consecutive pixels per row of [BLOCK // RUN, RUN]: their values are contiguous
+                RUN: tl.constexpr = 4 if out.dtype.element_ty.primitive_bitwidth == 32 else 8
+                EXACT: tl.constexpr = PLANE % BLOCK == 0
+                for start in tl.range(0, PLANE, BLOCK, loop_unroll_factor=1):
+                    row_pixel = start + RUN * tl.arange(0, BLOCK // RUN)[:, None]
+                    pix = row_pixel + tl.arange(0, RUN)[None, :]
+                    valid = pix < PLANE
+                    v0 = tl.load(staged + pix, mask=valid)
+                    v1 = tl.load(staged + PLANE + pix, mask=valid)
+                    v2 = tl.load(staged + 2 * PLANE + pix, mask=valid)
+                    _store_interleaved(base, row_pixel, (v0 - mean0) * scale, (v1 - mean1) * scale,
+                                       (v2 - mean2) * scale, PLANE, RUN, out.dtype.element_ty, HARDWARE_BF16, EXACT)
+            for start in tl.range(0, 0 if INTERLEAVED else PLANE, BLOCK, loop_unroll_factor=1):
                 pix = start + tl.arange(0, BLOCK)
                 valid = pix < PLANE
                 if PIXEL_STRIDE > 0:  # rows follow each other: no division per pixel
@@ -565,12 +646,14 @@ def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool
     # pixel p at p * stride_x when rows follow each other: no division per pixel (ptxas then unrolls the NCHW
     # normalise loop whole, which the NCHW down path cannot afford: a 32-byte spill in fp32 on sm_90)
     pixel_stride = stride_x if stride_y == patch * stride_x and not (down and stride_x == 1) else 0
+    interleaved = (stride_c, stride_y, stride_x) == (1, 3 * patch, 3) and block >= 8
     return {"num_images": 7, "num_patches": 4096, "seed": 0, "out_stride_n": stride_n, "out_stride_c": stride_c,
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
             "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
             "NB": nb, "HARDWARE_BF16": on_gpu, "CROP_ROWS": crop_rows, "PIXEL_STRIDE": pixel_stride,
+            "INTERLEAVED": interleaved,
             "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS", "NB",
-                              "HARDWARE_BF16", "CROP_ROWS", "PIXEL_STRIDE"),
+                              "HARDWARE_BF16", "CROP_ROWS", "PIXEL_STRIDE", "INTERLEAVED"),
             "__num_warps__": num_warps, "__maxnreg__": maxnreg}
 
 
@@ -635,7 +718,7 @@ def launch(data, meta, plan, out, seed: int, color: int, patch: int, plan_error)
             COLOR=color,
             PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
             LANES=spec["LANES"], WARPS=spec["WARPS"], NB=spec["NB"], HARDWARE_BF16=spec["HARDWARE_BF16"],
-            CROP_ROWS=spec["CROP_ROWS"], PIXEL_STRIDE=spec["PIXEL_STRIDE"],
+            CROP_ROWS=spec["CROP_ROWS"], PIXEL_STRIDE=spec["PIXEL_STRIDE"], INTERLEAVED=spec["INTERLEAVED"],
             num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
             enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
         )
