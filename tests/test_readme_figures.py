@@ -61,3 +61,16 @@ def test_seed_table_gains_are_over_the_random_towers_mean():
     assert "Not run yet" not in regenerate.render_seeds(runs)
     assert regenerate.render_seeds(runs, missing=[2]).splitlines()[-1] == (
         "Not run yet on these photographs: seed 2 (`python docs/regenerate.py --only seeds` runs them).")
+
+
+def test_the_recipe_figures_come_from_the_recipe_line_as_written():
+    """README's recipe line and the run its figures come from agree on the steps trained (and each seed's run on
+    them too): a changed recipe line with stale docs/ files fails here, not silently in README."""
+    import json
+    commands = regenerate.readme_recipe_commands((ROOT / "README.md").read_text())
+    train = next(c for c in commands if c[0] == "train")
+    steps = int(train[train.index("--steps") + 1])
+    summaries = [regenerate.RECIPE_SUMMARY] + [regenerate.recipe_seed_files(s)[0] for s in regenerate.RECIPE_SEEDS]
+    for path in summaries:
+        if path.exists():
+            assert json.loads(path.read_text())["step"] == steps, f"{path.name} is not a run of README's recipe line"
