@@ -52,12 +52,20 @@ def _blend(wy0, wy1, wx0, wx1, v00, v01, v10, v11):
 
 
 @triton.jit
-def _store_table(itab, wtab, table: tl.constexpr, dst, in_size, out_size, count, unit, LANES: tl.constexpr):
+def _store_table(itab, wtab, table: tl.constexpr, dst, in_size, out_size, count, unit, LANES: tl.constexpr,
+                 PAIRED: tl.constexpr = 0):
     """Tap table `table` for outputs dst [LANES] (the first `count` are used): both source offsets (index times
     `unit`, int64) and both weights. The staged passes' tables (2 and up) keep only what they read, in the float
     scratch, so that one address serves the three loads (_load_staged_taps): the first offset (int32 bits: the
     staged images are small) and the second weight."""
     i0, i1, w0, w1 = _taps(dst, in_size, out_size)
+    if PAIRED:  # _gather reads a tap's second column at the first plus one pixel. At the last column (i1 == i0,
+        # w1 == 0) that would read past the row, so the pair becomes (i0 - 1, i0) weighted (0, 1): 0 * a + 1 * b
+        # is b, as 1 * b + 0 * b is (the launcher uses PAIRED only where every image is >= 2 pixels wide)
+        last = i1 == i0
+        i0 = tl.where(last, i0 - 1, i0)
+        w0 = tl.where(last, 0.0, w0)
+        w1 = tl.where(last, 1.0, w1)
     used = tl.arange(0, LANES) < count
     where = table * 2 * LANES + tl.arange(0, LANES)
     if table >= 2:
@@ -92,15 +100,26 @@ def _load_staged_taps(wtab, table: tl.constexpr, index, LANES: tl.constexpr):
 
 
 @triton.jit
-def _gather(src, ry, cx, COLUMN_FIRST: tl.constexpr):
+def _gather(src, ry, cx, COLUMN_FIRST: tl.constexpr, PAIRED: tl.constexpr):
     """A bilinear read of a uint8 image: row taps ry (byte offsets and weights, [R, 1]) and column taps cx
     ([1, C]). (An image's second taps cannot be assumed to be the next row and column: at its last row and column
     that would read past the image, and past the buffer for the last image.) COLUMN_FIRST: the column pointers
     first ([1, C], once per thread and column), so each read adds one 64-bit row offset (2 instructions, not 4);
-    it pays for one channel (colour drop); for three, the shared tap sums y + x cost fewer registers."""
+    it pays for one channel (colour drop); for three, the shared tap sums y + x cost fewer registers. PAIRED (the
+    images' common pixel stride, see launch): the second column is the first plus PAIRED bytes (_store_table), so
+    each row's two reads share one address, the second an immediate offset: two 64-bit additions per pixel, not
+    four."""
     y0, y1, wy0, wy1 = ry
     x0, x1, wx0, wx1 = cx
-    if COLUMN_FIRST:
+    if PAIRED:
+        column = src + x0
+        row0 = column + y0
+        row1 = column + y1
+        v00 = tl.load(row0).to(tl.float32)
+        v01 = tl.load(row0 + PAIRED).to(tl.float32)
+        v10 = tl.load(row1).to(tl.float32)
+        v11 = tl.load(row1 + PAIRED).to(tl.float32)
+    elif COLUMN_FIRST:
         column0 = src + x0
         column1 = src + x1
         v00 = tl.load(column0 + y0).to(tl.float32)
@@ -308,7 +327,7 @@ def _sums(acc, v0, v1, v2, valid, ROWS: tl.constexpr, COLS: tl.constexpr, WARPS:
     d1 = tl.reshape(d1, [ROWS // WARPS, WARPS, COLS])
     d2 = tl.reshape(d2, [ROWS // WARPS, WARPS, COLS])
     return (s0 + tl.sum(d0, axis=0), s1 + tl.sum(d1, axis=0), s2 + tl.sum(d2, axis=0),
-            q0 + tl.sum(d0 * d0, axis=0), q1 + tl.sum(d1 * d1, axis=0), q2 + tl.sum(d2 * d2, axis=0))
+            _add_squares(q0, d0), _add_squares(q1, d1), _add_squares(q2, d2))
 
 
 @triton.jit
@@ -319,7 +338,39 @@ def _sums1(acc, v, valid, ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.cons
     if not FULL:
         d = tl.where(valid, d, 0.0)
     d = tl.reshape(d, [ROWS // WARPS, WARPS, COLS])
-    return s0 + tl.sum(d, axis=0), s1, s2, q0 + tl.sum(d * d, axis=0), q1, q2
+    return s0 + tl.sum(d, axis=0), s1, s2, _add_squares(q0, d), q1, q2
+
+
+@triton.jit
+def _add_squares(q, d):
+    """q plus the squares of d [K, WARPS, C] summed over K (within each thread), one fused multiply-add per value:
+    a float32's square is exact in float64, so fma(d, d, q) is q + d * d, in one instruction instead of two
+    (tl.sum(d * d) multiplies, then adds in a tree). K: 1, 2, 4 or 8."""
+    K: tl.constexpr = d.shape[0]
+    W: tl.constexpr = d.shape[1]
+    C: tl.constexpr = d.shape[2]
+    if K == 1:
+        x = tl.reshape(d, [W, C])
+        return tl.fma(x, x, q)
+    elif K == 2:
+        x0, x1 = tl.split(tl.permute(d, (1, 2, 0)))
+        return tl.fma(x1, x1, tl.fma(x0, x0, q))
+    elif K == 4:
+        even, odd = tl.split(tl.reshape(tl.permute(d, (1, 2, 0)), [W, C, 2, 2]))  # rows 0 2 | 1 3
+        x0, x2 = tl.split(even)
+        x1, x3 = tl.split(odd)
+        return tl.fma(x3, x3, tl.fma(x2, x2, tl.fma(x1, x1, tl.fma(x0, x0, q))))
+    else:
+        tl.static_assert(K == 8, "_add_squares: 1, 2, 4 or 8 rows per thread")
+        even, odd = tl.split(tl.reshape(tl.permute(d, (1, 2, 0)), [W, C, 2, 2, 2]))  # rows 0 2 4 6 | 1 3 5 7
+        e0, e1 = tl.split(even)  # 0 4 | 2 6
+        o0, o1 = tl.split(odd)  # 1 5 | 3 7
+        x0, x4 = tl.split(e0)
+        x2, x6 = tl.split(e1)
+        x1, x5 = tl.split(o0)
+        x3, x7 = tl.split(o1)
+        q = tl.fma(x3, x3, tl.fma(x2, x2, tl.fma(x1, x1, tl.fma(x0, x0, q))))
+        return tl.fma(x7, x7, tl.fma(x6, x6, tl.fma(x5, x5, tl.fma(x4, x4, q))))
 
 
 @triton.jit
@@ -353,7 +404,7 @@ def _plan_row(plan, n, num_images, PATCH: tl.constexpr):
 def _render(data, meta, row, n, seed, itab, wtab, first, second,
             COLOR: tl.constexpr, PATCH: tl.constexpr, DOWN: tl.constexpr, LANES: tl.constexpr,
             ROWS: tl.constexpr, COLS: tl.constexpr, WARPS: tl.constexpr, NB: tl.constexpr,
-            CROP_ROWS: tl.constexpr):
+            CROP_ROWS: tl.constexpr, PAIRED: tl.constexpr):
     """Phases 1 and 2 for patch n (its checked plan row from _plan_row): tap tables, then the patch (before
     normalisation) into the scratch region `first`, [3, P, P] float32 (DOWN works in `second` too); returns the
     float64 partial sums and the noise channels' squares."""
@@ -373,7 +424,7 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
     # ---- phase 1: tap tables
     lane = tl.arange(0, LANES)
     _store_table(itab, wtab, 0, top + lane, rows, resized_rows, PATCH, stride_y, LANES)
-    _store_table(itab, wtab, 1, left + lane, cols, resized_cols, PATCH, stride_x, LANES)
+    _store_table(itab, wtab, 1, left + lane, cols, resized_cols, PATCH, stride_x, LANES, PAIRED)
     if DOWN:
         _store_table(itab, wtab, 2, lane, PATCH, down, down, PATCH + 1, LANES)  # crop rows/cols of each small one
         _store_table(itab, wtab, 3, lane, PATCH, down, down, 1, LANES)
@@ -396,13 +447,13 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
             cx = _load_table(itab, 1, px, LANES)
             where = first + py * PATCH + px
             if COLOR == 1:  # the kept channel only (acc's first pair); noise below
-                v0 = _gather(image, ry, cx, COLOR == 1)
+                v0 = _gather(image, ry, cx, COLOR == 1, PAIRED)
                 acc = _sums1(acc, v0, valid, ROWS, COLS, WARPS, FULL)
                 tl.store(kept_plane + (py * PATCH + px), v0, mask=valid)
             else:
-                v0 = _gather(image, ry, cx, COLOR == 1)
-                v1 = _gather(image + stride_c, ry, cx, COLOR == 1)
-                v2 = _gather(image + 2 * stride_c, ry, cx, COLOR == 1)
+                v0 = _gather(image, ry, cx, COLOR == 1, PAIRED)
+                v1 = _gather(image + stride_c, ry, cx, COLOR == 1, PAIRED)
+                v2 = _gather(image + 2 * stride_c, ry, cx, COLOR == 1, PAIRED)
                 if COLOR == 2:
                     v0, v1, v2 = _project(v0, v1, v2)
                 acc = _sums(acc, v0, v1, v2, valid, ROWS, COLS, WARPS, FULL)
@@ -436,10 +487,14 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
             cx = _load_table(itab, 1, px, LANES)
             where = first + py * STRIDE + px
             for c in tl.static_range(CHANNELS):
-                tl.store(where + c * SPLANE, _gather(image + c * stride_c, ry, cx, COLOR == 1), mask=valid)
+                tl.store(where + c * SPLANE, _gather(image + c * stride_c, ry, cx, COLOR == 1, PAIRED),
+                         mask=valid)
         tl.debug_barrier()
         # ---- phase 2b: down-sampled to down x down, 4 reads of the crop per value from one address; each row
-        # also writes its column d as 0, and row d is zeroed below (read by 2c with weight 0)
+        # also writes its column d as 0, and row d is zeroed first (read by 2c with weight 0; the loop writes rows
+        # 0 .. d - 1 only; zeroed after it, the lane offsets stayed live across the loop: an 8-byte stack frame)
+        for c in tl.static_range(CHANNELS):
+            tl.store(second + c * SPLANE + down * STRIDE + edge, 0.0, mask=edge <= down)
         small_tiles_x = (down + COLS) // COLS
         small_tiles = ((down + ROWS - 1) // ROWS) * small_tiles_x
         ty = 0 * down
@@ -459,8 +514,6 @@ def _render(data, meta, row, n, seed, itab, wtab, first, second,
                 value = _blend(wy0, wy1, wx0, wx1, tl.load(src), tl.load(src + 1), tl.load(src + STRIDE),
                                tl.load(src + STRIDE + 1))
                 tl.store(where + c * SPLANE, tl.where(inside, value, 0.0), mask=valid)
-        for c in tl.static_range(CHANNELS):
-            tl.store(second + c * SPLANE + down * STRIDE + edge, 0.0, mask=edge <= down)  # row d
         tl.debug_barrier()
         # ---- phase 2c: up-sampled to P x P from the small image, 4 reads per value from one address (both
         # separable halves in one blend: wy0 * (wx0 * a + wx1 * b) + wy1 * (...) is exactly the horizontal half
@@ -524,6 +577,7 @@ def extract_patches_kernel(
     CROP_ROWS: tl.constexpr,
     PIXEL_STRIDE: tl.constexpr,  # out_stride_x where pixel p lies at p * it (see specialisation), else 0
     INTERLEAVED: tl.constexpr,  # dense channels-last output (strides 3 P^2, 1, 3 P, 3): see _store_interleaved
+    PAIRED: tl.constexpr,  # the images' common pixel stride (1 or 3) where all are >= 2 pixels wide, else 0: _gather
 ):
     PLANE: tl.constexpr = PATCH * PATCH
     program = tl.program_id(0)
@@ -540,7 +594,7 @@ def extract_patches_kernel(
         if (row[6] > 0) == DOWN:  # only the crop launch raises the flag: a placeholder row is never down-sampled
             tl.atomic_or(plan_error, 1, mask=row[7])
             acc, noise = _render(data, meta, row, n, seed, itab, wtab, first, second,
-                                 COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS, NB, CROP_ROWS)
+                                 COLOR, PATCH, DOWN, LANES, ROWS, COLS, WARPS, NB, CROP_ROWS, PAIRED)
             s0, s1, s2, q0, q1, q2 = acc
             kept = row[5]
             if COLOR == 1:  # acc's first pair is the kept channel's (only it is centred); the noise: squares only
@@ -610,11 +664,12 @@ def extract_patches_kernel(
 # (31-44%), and spills under a cap of 64. Colour drop gathers one channel: its crop path takes 32 x 32 (eight
 # rows per thread share one column's taps and the tile's set-up: ~3% fewer instructions per element than 16 x 32,
 # no spills on sm_80/90); its down path works in 32 x 32 tiles too (~1% fewer instructions per element than 16 x 32),
-# except in channels-last, where 32-row tiles spill or take an 8-16 byte stack frame on sm_90 (see specialisation).
+# except in channels-last, where 32-row tiles spill or take an 8-16 byte stack frame on sm_90 (see specialisation),
+# and in its crop phase (2a), whose 32-row tiles spill 40 bytes with PAIRED reads (16 rows: none).
 # Normalise blocks of 1024 pixels: with 512 LLVM unrolls the NCHW loop 3 times (gpu_static would overcount it).
 TILES = {  # (DOWN, colour drop) -> (ROWS, COLS, BLOCK, num_warps, maxnreg, CROP_ROWS)
     (False, False): (8, 32, 1024, 4, 64, 8), (False, True): (32, 32, 1024, 4, 64, 32),
-    (True, False): (8, 32, 1024, 4, 64, 8), (True, True): (32, 32, 1024, 4, 64, 32),
+    (True, False): (8, 32, 1024, 4, 64, 8), (True, True): (32, 32, 1024, 4, 64, 16),
 }
 MAX_SIDE = tl.constexpr(32767)  # relpos.images.MAX_SIDE: keeps the tap arithmetic inside int32 (tested equal)
 NOISE_BLOCKS = 256  # Philox evaluations per trip of the noise loop (colour drop)
@@ -629,9 +684,9 @@ def scratch_sizes(patch: int) -> tuple[int, int]:
     return TABLES.value * 2 * lanes + 2 * region, 6 * lanes
 
 
-def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool = True) -> dict:
+def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool = True, paired: int = 3) -> dict:
     """The non-tensor arguments `launch` passes for one specialisation (also what benchmarks/gpu_static.py
-    compiles ahead of time)."""
+    compiles ahead of time; paired: see paired_columns, 3 for decoded H x W x 3 images)."""
     stride_n, stride_c, stride_y, stride_x = out_strides
     rows, cols, block, num_warps, maxnreg, crop_rows = TILES[down, color == COLOR_DROP]
     cols = min(cols, triton.next_power_of_2(patch))
@@ -653,9 +708,9 @@ def specialisation(color: int, patch: int, out_strides, down: bool, on_gpu: bool
             "out_stride_y": stride_y, "out_stride_x": stride_x, "COLOR": color, "PATCH": patch, "DOWN": down,
             "ROWS": rows, "COLS": cols, "BLOCK": block, "LANES": triton.next_power_of_2(patch), "WARPS": warps,
             "NB": nb, "HARDWARE_BF16": on_gpu, "CROP_ROWS": crop_rows, "PIXEL_STRIDE": pixel_stride,
-            "INTERLEAVED": interleaved,
+            "INTERLEAVED": interleaved, "PAIRED": paired,
             "__constexpr__": ("COLOR", "PATCH", "DOWN", "ROWS", "COLS", "BLOCK", "LANES", "WARPS", "NB",
-                              "HARDWARE_BF16", "CROP_ROWS", "PIXEL_STRIDE", "INTERLEAVED"),
+                              "HARDWARE_BF16", "CROP_ROWS", "PIXEL_STRIDE", "INTERLEAVED", "PAIRED"),
             "__num_warps__": num_warps, "__maxnreg__": maxnreg}
 
 
@@ -700,8 +755,23 @@ def grid_size(num_patches: int, device) -> int:
     return max(1, min(num_patches, cap))
 
 
-def launch(data, meta, plan, out, seed: int, color: int, patch: int, plan_error) -> None:
-    """Launch on tensors already checked and on one device (`out` preallocated, any memory format).
+def paired_columns(meta) -> int:
+    """PAIRED for an image table (int64 [B, 6]: offset, rows, cols, stride_c, stride_y, stride_x): the images'
+    common pixel stride where it is 1 (3 x H x W) or 3 (H x W x 3) and every image is at least 2 pixels wide, so
+    that a tap's second column is always the first plus one pixel (_store_table, _gather); else 0 (both columns
+    from the tap table). Only a table on the CPU is read (0 otherwise): no device sync."""
+    if meta.device.type != "cpu" or meta.shape[0] == 0:
+        return 0
+    strides = meta[:, 5]
+    stride = int(strides[0])
+    if stride in (1, 3) and bool((strides == stride).all()) and bool((meta[:, 2] >= 2).all()):
+        return stride
+    return 0
+
+
+def launch(data, meta, plan, out, seed: int, color: int, patch: int, plan_error, paired: int | None = None) -> None:
+    """Launch on tensors already checked and on one device (`out` preallocated, any memory format). paired:
+    paired_columns of the image table (computed from `meta` when not given).
 
     Two launches over the whole plan, one per specialisation; each program skips the patches of the other kind.
     That needs no host sync to partition the plan. The scratch buffer is sized from the plan's shape alone."""
@@ -709,18 +779,21 @@ def launch(data, meta, plan, out, seed: int, color: int, patch: int, plan_error)
     num_patches = plan.shape[0]
     if num_patches == 0:
         return
+    if paired is None:
+        paired = paired_columns(meta)
     programs = grid_size(num_patches, out.device)
     size_f, size_i = scratch_sizes(patch)
     scratch_f = torch.empty((programs, size_f), dtype=torch.float32, device=out.device)
     scratch_i = torch.empty((programs, size_i), dtype=torch.int64, device=out.device)
     for down in (False, True):
-        spec = specialisation(color, patch, out.stride(), down, on_gpu=out.device.type == "cuda")
+        spec = specialisation(color, patch, out.stride(), down, on_gpu=out.device.type == "cuda", paired=paired)
         extract_patches_kernel[(programs,)](
             data, meta, plan, out, scratch_f, scratch_i, plan_error, meta.shape[0], num_patches, seed, *out.stride(),
             COLOR=color,
             PATCH=patch, DOWN=down, ROWS=spec["ROWS"], COLS=spec["COLS"], BLOCK=spec["BLOCK"],
             LANES=spec["LANES"], WARPS=spec["WARPS"], NB=spec["NB"], HARDWARE_BF16=spec["HARDWARE_BF16"],
             CROP_ROWS=spec["CROP_ROWS"], PIXEL_STRIDE=spec["PIXEL_STRIDE"], INTERLEAVED=spec["INTERLEAVED"],
+            PAIRED=spec["PAIRED"],
             num_warps=spec["__num_warps__"], maxnreg=spec["__maxnreg__"],
             enable_fp_fusion=False,  # no FMA contraction: the same rounding as the C++ and reference backends
         )

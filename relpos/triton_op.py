@@ -30,11 +30,13 @@ def extract_patches_triton_out(
         check_packed(data, meta)
     if plan.device.type == "cpu":  # checked where it lives, before anything is launched (as the C++ ops do)
         check_plan_rows(plan, meta.shape[0], out.shape[2])
+    paired = _kernel.paired_columns(meta)  # read on the CPU, before the table moves
     meta = meta.to(data.device, non_blocking=True)
     # The kernel checks each plan row as it reads it (a bad row renders a placeholder and raises the device's
     # flag), so a bad row can never make it read out of bounds. A separate guard pass cost ~30 launches per call.
     plan = plan.to(data.device, non_blocking=True).contiguous()
-    _kernel.launch(data, meta, plan, out, seed, _COLOR_CODES[color], out.shape[2], plan_error_flag(data.device))
+    _kernel.launch(data, meta, plan, out, seed, _COLOR_CODES[color], out.shape[2], plan_error_flag(data.device),
+                   paired)
 
 
 @extract_patches_triton_out.register_fake

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.skipif(not backends.triton_runs_on(torch.device("cpu"))
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 _philox = pytest.importorskip("relpos.kernels.extract_patches")._philox
+_store_table = pytest.importorskip("relpos.kernels.extract_patches")._store_table
 
 
 def _image(generator, h, w):
@@ -184,3 +185,73 @@ def test_kernel_philox_is_triton_randint4x(seed, generator):
     mine, theirs = torch.zeros(4 * n, dtype=torch.int32), torch.ones(4 * n, dtype=torch.int32)
     _philox_pair[(1,)](seed, blocks, patches, mine, theirs, N=n)
     assert torch.equal(mine, theirs)
+
+
+def _launch(packed, plan, color, paired):
+    from relpos.kernels import extract_patches as kernel
+    from relpos.plan_guard import plan_error_flag
+
+    out = torch.full((plan.num_patches, 3, plan.patch_size, plan.patch_size), float("nan"))
+    code = {"none": kernel.COLOR_NONE, "drop": kernel.COLOR_DROP, "project": kernel.COLOR_PROJECT}[color]
+    kernel.launch(packed.data, packed.meta, plan.patches, out, plan.seed, code, plan.patch_size,
+                  plan_error_flag("cpu"), paired)
+    return out
+
+
+@pytest.mark.parametrize("layouts,widths,paired", [
+    (("hwc", "hwc"), (37, 2), 3), (("chw", "chw"), (37, 2), 1),  # paired: the common pixel stride
+    (("hwc", "hwc"), (37, 1), 0), (("hwc", "chw"), (37, 30), 0),  # a 1-pixel-wide image; mixed strides
+])
+@pytest.mark.parametrize("color", ["drop", "none"])
+def test_paired_columns_read_what_the_tap_table_reads(layouts, widths, paired, color, generator):
+    """Where the images share a pixel stride of 1 or 3 and are all >= 2 pixels wide, the kernel reads a tap's
+    second column at the first plus one pixel (the last column's pair shifted left, weighted 0 and 1); elsewhere
+    both columns come from the tap table. Both give the C++ op's bytes, on crops flush with the right edge of
+    images scaled up (every tap there is a last-column one) and down, and on down-sampled patches."""
+    from relpos.kernels import extract_patches as kernel
+
+    patch, height = 16, 29
+    images = [_image(generator, height, w) for w in widths]
+    images = [image if layout == "hwc" else image.permute(2, 0, 1).contiguous()
+              for image, layout in zip(images, layouts)]
+    packed = relpos.pack_images(images)
+    assert kernel.paired_columns(packed.meta) == paired
+    rows = []
+    for index, w in enumerate(widths):
+        for rw in (max(patch, w), 10 * w + patch, patch):  # unscaled (or up to the patch), up-scaled, exact
+            for left, down in ((rw - patch, 0), (0, 0), (rw - patch, 5)):
+                rows.append([index, height, rw, height - patch, left, len(rows) % 3, down])
+    plan = _plan(rows, [[height, w] for w in widths], patch, int(generator.seed()) % 2**62)
+    want = torch.full((plan.num_patches, 3, patch, patch), float("nan"))
+    torch.ops.relpos.extract_patches_out(packed.data, packed.meta, plan.patches, plan.seed, color, want)
+    for forced in sorted({paired, 0}):
+        assert torch.equal(_launch(packed, plan, color, forced), want), f"paired={forced}"
+
+
+@triton.jit
+def _column_taps(itab, wtab, start, in_size, out_size, PAIRED: tl.constexpr, LANES: tl.constexpr):
+    _store_table(itab, wtab, 1, start + tl.arange(0, LANES), in_size, out_size, LANES, 1, LANES, PAIRED)
+
+
+@pytest.mark.parametrize("in_size,out_size", [(2, 40), (3, 3), (7, 100), (41, 37), (41, 16), (300, 32)])
+def test_paired_column_taps_stay_inside_the_row_and_blend_the_same(in_size, out_size, generator):
+    """The image's column table (table 1) with PAIRED: each tap's pair (i0, i0 + 1) lies inside the row, and
+    its blend of any row equals the plain table's (i0, i1) blend, bit for bit, for the 32 columns ending at the
+    resized image's right edge (where every up-scaled tap is a last-column one) and those starting at its left."""
+    lanes = 32
+    row = torch.randint(0, 256, (in_size,), generator=generator).float()
+    for start in sorted({max(0, out_size - lanes), 0}):
+        tables = {}
+        for paired in (0, 3):
+            itab, wtab = torch.zeros(6 * lanes, dtype=torch.int64), torch.zeros(24 * lanes)
+            _column_taps[(1,)](itab, wtab, start, in_size, out_size, PAIRED=paired, LANES=lanes)
+            used = (start + torch.arange(lanes)) < out_size
+            i0, i1 = itab[2 * lanes:3 * lanes][used], itab[3 * lanes:4 * lanes][used]
+            bits = itab[5 * lanes:6 * lanes][used]
+            w0 = (bits & 0xFFFFFFFF).to(torch.int32).view(torch.float32)
+            w1 = (bits >> 32).to(torch.int32).view(torch.float32)
+            tables[paired] = (i0, i1, w0, w1)
+        i0, i1, w0, w1 = tables[0]
+        p0, _, pw0, pw1 = tables[3]
+        assert bool((p0 >= 0).all()) and bool((p0 + 1 <= in_size - 1).all()), (start, p0.tolist())
+        assert torch.equal(pw0 * row[p0] + pw1 * row[p0 + 1], w0 * row[i0] + w1 * row[i1])
