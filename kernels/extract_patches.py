@@ -102,8 +102,9 @@ def _load_staged_taps(wtab, table: tl.constexpr, index, LANES: tl.constexpr):
 @triton.jit
 def _gather(src, ry, cx, COLUMN_FIRST: tl.constexpr, PAIRED: tl.constexpr):
     """A bilinear read of a uint8 image: row taps ry (byte offsets and weights, [R, 1]) and column taps cx
-    ([1, C]). (An image's second taps cannot be assumed to be the next row and column: at its last row and column
-    that would read past the image, and past the buffer for the last image.) COLUMN_FIRST: the column pointers
+    ([1, C]). (An image's second taps cannot simply be taken as the next row and column: at its last row and
+    column that would read past the image, and past the buffer for the last image; PAIRED below shifts the last
+    column's pair instead.) COLUMN_FIRST: the column pointers
     first ([1, C], once per thread and column), so each read adds one 64-bit row offset (2 instructions, not 4);
     it pays for one channel (colour drop); for three, the shared tap sums y + x cost fewer registers. PAIRED (the
     images' common pixel stride, see launch): the second column is the first plus PAIRED bytes (_store_table), so
