@@ -190,10 +190,10 @@ def test_kernel_philox_is_triton_randint4x(seed, generator):
 def _launch(packed, plan, color, paired):
     from relpos.kernels import extract_patches as kernel
     from relpos.plan_guard import plan_error_flag
+    from relpos.triton_op import _COLOR_CODES
 
     out = torch.full((plan.num_patches, 3, plan.patch_size, plan.patch_size), float("nan"))
-    code = {"none": kernel.COLOR_NONE, "drop": kernel.COLOR_DROP, "project": kernel.COLOR_PROJECT}[color]
-    kernel.launch(packed.data, packed.meta, plan.patches, out, plan.seed, code, plan.patch_size,
+    kernel.launch(packed.data, packed.meta, plan.patches, out, plan.seed, _COLOR_CODES[color], plan.patch_size,
                   plan_error_flag("cpu"), paired)
     return out
 
