@@ -64,13 +64,24 @@ def test_seed_table_gains_are_over_the_random_towers_mean():
 
 
 def test_the_recipe_figures_come_from_the_recipe_line_as_written():
-    """README's recipe line and the run its figures come from agree on the steps trained (and each seed's run on
-    them too): a changed recipe line with stale docs/ files fails here, not silently in README."""
+    """README's recipe line and the runs its figures come from agree option by option (each run's summary records
+    its configuration; seed N's run is the line with --seed N): a changed recipe line with stale docs/ files fails
+    here, not silently in README."""
     import json
+    from relpos.cli import build_parser
     commands = regenerate.readme_recipe_commands((ROOT / "README.md").read_text())
     train = next(c for c in commands if c[0] == "train")
-    steps = int(train[train.index("--steps") + 1])
-    summaries = [regenerate.RECIPE_SUMMARY] + [regenerate.recipe_seed_files(s)[0] for s in regenerate.RECIPE_SEEDS]
-    for path in summaries:
-        if path.exists():
-            assert json.loads(path.read_text())["step"] == steps, f"{path.name} is not a run of README's recipe line"
+    line = vars(build_parser().parse_args(train))
+    summaries = [(0, regenerate.RECIPE_SUMMARY)] + [(s, regenerate.recipe_seed_files(s)[0])
+                                                    for s in regenerate.RECIPE_SEEDS]
+    # where the files were and went, how the run was watched, stopped and resumed: none changes a figure
+    ignored = {"data", "out", "progress", "log_every", "workers", "device", "backend", "resume", "overwrite",
+               "stop_after"}
+    for seed, path in summaries:
+        summary = json.loads(path.read_text())
+        assert summary["step"] == line["steps"], f"{path.name} is not a run of README's recipe line"
+        config = summary["config"]
+        differ = {k: (config[k], line[k]) for k in config if k not in ignored and k in line and k != "seed"
+                  and config[k] != line[k]}
+        assert not differ, f"{path.name} (run, README line) differ in {differ}"
+        assert config["seed"] == seed

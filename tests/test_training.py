@@ -59,7 +59,11 @@ def test_bad_files_are_skipped_and_reported(photos, tmp_path):
 
     Image.new("RGB", (400, 12), (200, 10, 10)).save(data / "tiny.png")  # too thin for a pair at any scale
     out = tmp_path / "out"
-    summary = train(tiny_config(data, out, steps=8, holdout=0.0, batch=200))
+    config = tiny_config(data, out, steps=8, holdout=0.0, batch=200)
+    summary = train(config)
+    written = json.loads((out / "summary.json").read_text())
+    assert written["config"] == json.loads(json.dumps(dataclasses.asdict(config)))  # the options that made it
+    assert written["config"]["batch"] == 200 and written["config"]["seed"] == 3
     reasons = {os.path.basename(json.loads(line)["path"]): json.loads(line)["reason"]
                for line in (out / "skipped.jsonl").read_text().splitlines()}
     assert {"corrupt.jpg", "empty.png", "notes.png", "truncated.png", "tiny.png"} <= set(reasons)

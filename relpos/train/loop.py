@@ -451,7 +451,8 @@ def _finish(run: _Run, last_eval: dict | None, items_seen: bool) -> dict:
                "held_out_images": len(run.held_paths), "train_images": len(run.train_paths),
                "skipped_files": len(run.skipped.files), "backend": run.backend, "device": str(run.device),
                "compiled": run.use_compile, "precision": "bf16" if run.autocast_dtype else "fp32",
-               "world_size": run.world, "ranks_agree": agree}
+               "world_size": run.world, "ranks_agree": agree,
+               "config": dataclasses.asdict(config)}  # what produced these figures, option by option
     if run.is_main:
         (out / "summary.json").write_text(strict_json(summary, indent=2))
         plot_curves(out / "metrics.jsonl", out / "curves.png", run.pretext.name)
