@@ -231,13 +231,36 @@ def _package_version(root: Path, package: str) -> str:
         return "unknown"
 
 
-def _package_folder(root: Path, report: Report, package: str, relative: str) -> Path | None:
-    """`root`/`relative`, where `package` keeps its pictures, or None with the package reported missing."""
+@dataclass
+class _Package:
+    """An installed or extracted Debian package: the folder that keeps its pictures, its version and copyright."""
+    name: str
+    folder: Path
+    version: str
+    stanzas: list
+
+    def photo(self, data: bytes, licence: str, original: Path | str, name: str, label: str = "") -> Photo:
+        return Photo(data, label, self.name, self.version, licence, str(original), name)
+
+
+def _open_package(root: Path, report: Report, package: str, relative: str) -> _Package | None:
+    """`package` with its pictures under `root`/`relative`, or None with the package reported missing."""
     folder = root / relative
     if not folder.is_dir():
         report.missing.append((package, f"{folder} not found"))
         return None
-    return folder
+    return _Package(package, folder, _package_version(root, package), _copyright_stanzas(root, package))
+
+
+def _present(report: Report, paths) -> list[Path]:
+    """The files of `paths` that exist; each other one is reported as not in this version of its package."""
+    found = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+        else:
+            report.skipped.append((str(path), "not in this version of the package"))
+    return found
 
 
 def parse_copyright(text: str) -> list[tuple[list[str], str, str]]:
@@ -280,14 +303,11 @@ def _copyright_stanzas(root: Path, package: str):
 
 
 def _gcompris(root: Path, report: Report) -> list[Photo]:
-    package = "gcompris-qt-data"
-    folder = _package_folder(root, report, package, "usr/share/gcompris-qt/rcc")
-    if folder is None:
+    package = _open_package(root, report, "gcompris-qt-data", "usr/share/gcompris-qt/rcc")
+    if package is None:
         return []
-    stanzas = _copyright_stanzas(root, package)
-    version = _package_version(root, package)
     photos = []
-    for rcc in sorted(folder.glob("*.rcc")):
+    for rcc in sorted(package.folder.glob("*.rcc")):
         if not (rcc.stem in _GCOMPRIS_ACTIVITIES or rcc.stem.startswith("explore_")):
             continue
         try:
@@ -309,77 +329,61 @@ def _gcompris(root: Path, report: Report) -> list[Photo]:
             if stem in _GCOMPRIS_NOT_PHOTOS:
                 report.skipped.append((f"{rcc.name}:{inner}", _GCOMPRIS_NOT_PHOTOS[stem]))
                 continue
-            label = _GCOMPRIS_FOLDERS[folder_name]
-            licence, block = licence_of(stanzas, source_path, any_suffix=True)
+            licence, block = licence_of(package.stanzas, source_path, any_suffix=True)
             if _NOT_PHOTO.search(block):
                 report.skipped.append((f"{rcc.name}:{inner}", "the copyright file says it is not a photograph"))
                 continue
-            photos.append(Photo(blob, label, package, version, licence, f"{rcc}:{inner}",
-                                relative.replace("/resource", "").replace("/", "_")))
+            photos.append(package.photo(blob, licence, f"{rcc}:{inner}",
+                                        relative.replace("/resource", "").replace("/", "_"),
+                                        label=_GCOMPRIS_FOLDERS[folder_name]))
     return photos
 
 
 def _opencv(root: Path, report: Report) -> list[Photo]:
-    package = "opencv-doc"
-    folder = _package_folder(root, report, package, "usr/share/doc/opencv-doc/examples/data")
-    if folder is None:
+    package = _open_package(root, report, "opencv-doc", "usr/share/doc/opencv-doc/examples/data")
+    if package is None:
         return []
-    version = _package_version(root, package)
-    photos = []
-    for name in _OPENCV_PHOTOS:
-        path = folder / name
-        if name in _OPENCV_NOT_PHOTOS:
-            report.skipped.append((str(path), _OPENCV_NOT_PHOTOS[name]))
-        elif not path.is_file():
-            report.skipped.append((str(path), "not in this version of the package"))
-        else:
-            # the sample images carry no per-file licence; opencv-doc's copyright file covers the package (Apache-2.0)
-            photos.append(Photo(path.read_bytes(), "", package, version, "see opencv-doc copyright (Apache-2.0 "
-                                "package; sample images of various origin)", str(path), f"opencv_{name}"))
-    return photos
+    for name, why in _OPENCV_NOT_PHOTOS.items():
+        report.skipped.append((str(package.folder / name), why))
+    listed = [package.folder / name for name in _OPENCV_PHOTOS if name not in _OPENCV_NOT_PHOTOS]
+    # the sample images carry no per-file licence; opencv-doc's copyright file covers the package (Apache-2.0)
+    licence = "see opencv-doc copyright (Apache-2.0 package; sample images of various origin)"
+    return [package.photo(path.read_bytes(), licence, path, f"opencv_{path.name}")
+            for path in _present(report, listed)]
 
 
 def _mate(root: Path, report: Report) -> list[Photo]:
-    package = "mate-backgrounds"
-    folder = _package_folder(root, report, package, "usr/share/backgrounds/mate/nature")
-    if folder is None:
+    package = _open_package(root, report, "mate-backgrounds", "usr/share/backgrounds/mate/nature")
+    if package is None:
         return []
-    stanzas = _copyright_stanzas(root, package)
-    version = _package_version(root, package)
-    photos = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in _PHOTO_SUFFIXES:
-            licence, _ = licence_of(stanzas, f"nature/{path.name}")
-            photos.append(Photo(path.read_bytes(), "", package, version, licence, str(path), f"mate_{path.name}"))
-    return photos
+    return [package.photo(path.read_bytes(), licence_of(package.stanzas, f"nature/{path.name}")[0], path,
+                          f"mate_{path.name}")
+            for path in sorted(package.folder.iterdir()) if path.suffix.lower() in _PHOTO_SUFFIXES]
 
 
 def _plasma(root: Path, report: Report) -> list[Photo]:
-    package = "plasma-workspace-wallpapers"
-    folder = _package_folder(root, report, package, "usr/share/wallpapers")
-    if folder is None:
+    package = _open_package(root, report, "plasma-workspace-wallpapers", "usr/share/wallpapers")
+    if package is None:
         return []
-    version = _package_version(root, package)
     photos = []
     for name in _PLASMA_PHOTOS:
         sizes = []  # (width, path): files are named WIDTHxHEIGHT.jpg / .png
-        for path in (folder / name / "contents/images").glob("*"):
+        for path in (package.folder / name / "contents/images").glob("*"):
             match = re.fullmatch(r"(\d+)x(\d+)", path.stem)
             if match and path.suffix.lower() in _PHOTO_SUFFIXES:
                 sizes.append((int(match.group(1)), path))
         if not sizes:
-            report.skipped.append((str(folder / name), "not in this version of the package"))
+            report.skipped.append((str(package.folder / name), "not in this version of the package"))
             continue
         capped = [size for size in sizes if size[0] <= _MAX_SIDE]
         path = (max(capped) if capped else min(sizes))[1]  # the widest size up to the cap, else the narrowest
         try:
-            plugin = json.loads((folder / name / "metadata.json").read_text())["KPlugin"]
+            plugin = json.loads((package.folder / name / "metadata.json").read_text())["KPlugin"]
             authors = ", ".join(a["Name"] for a in plugin.get("Authors", []) if "Name" in a)
             licence = f"{plugin.get('License', 'unknown')} ({authors or 'author not stated'})"
         except (OSError, ValueError, KeyError, TypeError):
             licence = "see plasma-workspace-wallpapers copyright (GPL-2+)"
-        photos.append(Photo(path.read_bytes(), "", package, version, licence, str(path),
-                            f"plasma_{name}{path.suffix.lower()}"))
+        photos.append(package.photo(path.read_bytes(), licence, path, f"plasma_{name}{path.suffix.lower()}"))
     return photos
 
 
@@ -402,75 +406,58 @@ def _capped(data: bytes, max_side: int = _MAX_SIDE) -> bytes:
 
 
 def _lomiri(root: Path, report: Report) -> list[Photo]:
-    package = "lomiri-wallpapers-16.04"
-    folder = _package_folder(root, report, package, "usr/share/backgrounds")
-    if folder is None:
+    package = _open_package(root, report, "lomiri-wallpapers-16.04", "usr/share/backgrounds")
+    if package is None:
         return []
-    stanzas = _copyright_stanzas(root, package)
-    version = _package_version(root, package)
     photos = []
-    for name in _LOMIRI_PHOTOS:
-        path = folder / name
-        if not path.is_file():
-            report.skipped.append((str(path), "not in this version of the package"))
-            continue
-        licence, block = licence_of(stanzas, f"16.04/{name}")  # the copyright file names the source tree's paths
+    for path in _present(report, [package.folder / name for name in _LOMIRI_PHOTOS]):
+        # the copyright file names the source tree's paths
+        licence, block = licence_of(package.stanzas, f"16.04/{path.name}")
         author = block.strip().splitlines()[0].strip() if block.strip() else ""
-        photos.append(Photo(_capped(path.read_bytes()), "", package, version,
-                            f"{licence} ({author or 'author not stated'})", str(path), f"lomiri_{name}"))
+        photos.append(package.photo(_capped(path.read_bytes()), f"{licence} ({author or 'author not stated'})",
+                                    path, f"lomiri_{path.name}"))
     return photos
 
 
 def _lxqt(root: Path, report: Report) -> list[Photo]:
-    package = "lxqt-themes"
-    folder = _package_folder(root, report, package, "usr/share/lxqt/wallpapers")
-    if folder is None:
+    package = _open_package(root, report, "lxqt-themes", "usr/share/lxqt/wallpapers")
+    if package is None:
         return []
     # wallpapers/License: "Licensed under https://creativecommons.org/licenses/by-sa/3.0/" for the wallpapers; the
     # Debian copyright file only has its Files: * stanza for them
     try:
-        stated = re.search(r"Licensed under (\S+)", (folder / "License").read_text(errors="replace"))
+        stated = re.search(r"Licensed under (\S+)", (package.folder / "License").read_text(errors="replace"))
     except OSError:
         stated = None
     stated = stated.group(1) if stated else "not stated"
-    stanzas = _copyright_stanzas(root, package)
-    version = _package_version(root, package)
     photos = []
-    for name, author in _LXQT_PHOTOS.items():
-        path = folder / name
-        if not path.is_file():
-            report.skipped.append((str(path), "not in this version of the package"))
-            continue
-        debian, _ = licence_of(stanzas, f"wallpapers/{name}")
+    for path in _present(report, [package.folder / name for name in _LXQT_PHOTOS]):
+        author = _LXQT_PHOTOS[path.name]
+        debian, _ = licence_of(package.stanzas, f"wallpapers/{path.name}")
         licence = (f"wallpapers/License: {stated} (LXQt Project Team{'; photograph: ' + author if author else ''}); "
                    f"debian copyright: {debian}")
-        photos.append(Photo(_capped(path.read_bytes()), "", package, version, licence, str(path), f"lxqt_{name}"))
+        photos.append(package.photo(_capped(path.read_bytes()), licence, path, f"lxqt_{path.name}"))
     return photos
 
 
 def _palapeli(root: Path, report: Report) -> list[Photo]:
-    package = "palapeli-data"
-    folder = _package_folder(root, report, package, "usr/share/palapeli/collection")
-    if folder is None:
+    package = _open_package(root, report, "palapeli-data", "usr/share/palapeli/collection")
+    if package is None:
         return []
-    version = _package_version(root, package)
     photos = []
     for name in _PALAPELI_PHOTOS:
-        desktop = folder / f"{name}.desktop"
+        desktop = package.folder / f"{name}.desktop"
         try:
             entries = dict(line.split("=", 1) for line in desktop.read_text(errors="replace").splitlines()
                            if "=" in line and not line.startswith("#"))
         except OSError:
             report.skipped.append((str(desktop), "not in this version of the package"))
             continue
-        path = folder / entries.get("Image", f"{name}.jpg")
-        if not path.is_file():
-            report.skipped.append((str(path), "not in this version of the package"))
-            continue
-        licence = (f"{entries.get('X-KDE-PluginInfo-License', 'unknown')} "
-                   f"({entries.get('X-KDE-PluginInfo-Author', 'author not stated')}; "
-                   f"{entries.get('X-KDE-PluginInfo-Website', 'origin not stated')})")
-        photos.append(Photo(path.read_bytes(), "", package, version, licence, str(path), f"palapeli_{path.name}"))
+        for path in _present(report, [package.folder / entries.get("Image", f"{name}.jpg")]):
+            licence = (f"{entries.get('X-KDE-PluginInfo-License', 'unknown')} "
+                       f"({entries.get('X-KDE-PluginInfo-Author', 'author not stated')}; "
+                       f"{entries.get('X-KDE-PluginInfo-Website', 'origin not stated')})")
+            photos.append(package.photo(path.read_bytes(), licence, path, f"palapeli_{path.name}"))
     return photos
 
 
