@@ -296,3 +296,35 @@ def test_held_out_images_are_streamed_not_kept(photos, tmp_path, monkeypatch):
     train(tiny_config(photos, tmp_path / "run", steps=3, holdout=0.5))
     assert len(alive_at_most) >= 4  # the evaluation did see several held-out images
     assert max(alive_at_most) <= 2, alive_at_most
+
+
+def test_resuming_a_finished_run_keeps_its_held_out_figures(photos, tmp_path):
+    """A finished run resumed again, or one killed after its final checkpoint but before summary.json, keeps the
+    held-out evaluation it made (was: rewritten as null, losing the run's result)."""
+    out = tmp_path / "run"
+    config = tiny_config(photos, out, steps=3, holdout=0.5)
+    finished = train(config)
+    assert finished["held_out"] is not None
+    again = train(dataclasses.replace(config, resume=True))
+    assert again["held_out"] == finished["held_out"]
+    assert json.loads((out / "summary.json").read_text())["held_out"] == json.loads(json.dumps(finished["held_out"]))
+    (out / "summary.json").unlink()  # killed between the last checkpoint and the summary
+    train(dataclasses.replace(config, resume=True))
+    assert json.loads((out / "summary.json").read_text())["held_out_accuracy"] == finished["held_out_accuracy"]
+
+
+def test_a_cut_last_line_of_the_skipped_log_does_not_block_resume(photos, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(photos, data)
+    (data / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(300))
+    out = tmp_path / "run"
+    config = tiny_config(data, out, steps=4, holdout=0.0, stop_after=2)
+    assert train(config)["interrupted"]
+    log = out / "skipped.jsonl"
+    assert "corrupt.jpg" in log.read_text()
+    with open(log, "a") as handle:
+        handle.write('{"path": "/somewhere/half-writ')  # a kill in the middle of a line
+    summary = train(dataclasses.replace(config, stop_after=-1, resume=True))
+    assert not summary["interrupted"] and summary["skipped_files"] == 1

@@ -39,7 +39,8 @@ from ..data import (
     split_holdout,
 )
 from ..data.dataset import images_per_step
-from ..metrics import MetricsLog, format_pretext, plot_curves, pretext_summary, strict_json
+from ..checkpoint import atomic_write_bytes
+from ..metrics import MetricsLog, format_pretext, plot_curves, pretext_summary, read_metrics, strict_json
 from ..ops import empty_patches, extract_patches
 from ..plan_guard import raise_on_plan_errors
 from ..pretext import Pretext, build_pretext, compute_loss
@@ -179,9 +180,9 @@ class _SkippedLog:
     def __init__(self, path: Path, write: bool, resume: bool):
         self.path, self.write, self.files = path, write, {}
         if resume and path.exists():
-            for line in path.read_text().splitlines():
-                record = json.loads(line)
-                self.files[record["path"]] = record["reason"]
+            for record in read_metrics(path):  # JSON lines; a line cut by a kill is skipped, not fatal
+                if isinstance(record, dict) and isinstance(record.get("path"), str):
+                    self.files[record["path"]] = str(record.get("reason", record["path"]))
 
     def note(self, failures) -> None:
         for path, reason in failures:
@@ -427,7 +428,7 @@ def _step_loop(run: _Run) -> dict:
                 run.save(done)
             if done == config.stop_after and done < config.steps:
                 stop.signal_name = "stop requested (--stop-after)"
-            if stop.signal_name is not None:
+            if stop.signal_name is not None and done < config.steps:  # at the last step: finish instead
                 run.save(done)
                 message = (f"{stop.signal_name} at step {done}: checkpoint saved to {run.checkpoint_path}. Resume "
                            f"with: relpos train --out {config.out} --resume (and the same options)")
@@ -446,6 +447,10 @@ def _finish(run: _Run, last_eval: dict | None, items_seen: bool) -> dict:
     if not items_seen and run.start_step < config.steps:
         raise ValueError(f"no {run.pretext.item_name} of {config.patch}-px patches could be drawn in any step: the "
                          "images are too small for this --patch/--gap/--jitter and --min-pixels/--max-pixels")
+    if last_eval is None and run.is_main:
+        # resuming a run whose last evaluation happened before the stop (a finished run, or one killed after its
+        # final checkpoint): its held-out figures are in metrics.jsonl, and a rerun must not write them as null
+        last_eval = _last_held_out(run.out / "metrics.jsonl", config.steps)
     summary = {"interrupted": False, "step": config.steps, "task": run.pretext.name,
                "held_out_accuracy": last_eval["accuracy"] if last_eval else None, "held_out": last_eval,
                "held_out_images": len(run.held_paths), "train_images": len(run.train_paths),
@@ -454,10 +459,19 @@ def _finish(run: _Run, last_eval: dict | None, items_seen: bool) -> dict:
                "world_size": run.world, "ranks_agree": agree,
                "config": dataclasses.asdict(config)}  # what produced these figures, option by option
     if run.is_main:
-        (out / "summary.json").write_text(strict_json(summary, indent=2))
+        atomic_write_bytes(out / "summary.json", strict_json(summary, indent=2).encode())
         plot_curves(out / "metrics.jsonl", out / "curves.png", run.pretext.name)
         if run.skipped.files:
             log.warning("%d files were skipped; see %s", len(run.skipped.files), run.skipped.path)
         print(f"wrote {run.checkpoint_path}, {out / 'metrics.jsonl'}, {out / 'curves.png'} and "
               f"{out / 'summary.json'}. Next: relpos eval {run.checkpoint_path} --out {out / 'eval'}", flush=True)
     return summary
+
+
+def _last_held_out(metrics_path: Path, steps: int) -> dict | None:
+    """The held-out figures of the last evaluation in metrics.jsonl (at step <= steps), as _evaluate_held_out gave."""
+    if not metrics_path.exists():
+        return None
+    evaluations = [record for record in read_metrics(metrics_path)
+                   if record.get("kind") == "eval" and record.get("confusion") and record.get("step", 0) <= steps]
+    return pretext_summary(evaluations[-1]["confusion"]) if evaluations else None
