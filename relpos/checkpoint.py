@@ -82,7 +82,26 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     for key in ("model", "step", "args"):
         if key not in state:
             raise CheckpointError(f"checkpoint {path} lacks '{key}'")
+    check_weights(state["model"], f"checkpoint {path}")
+    if not isinstance(state["args"], dict):
+        raise CheckpointError(f"checkpoint {path}: 'args' must be the run's options (a dict), "
+                              f"got {type(state['args']).__name__}")
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint {path}: 'step' must be a non-negative integer, got {step!r}")
     return state
+
+
+def check_weights(weights, what: str) -> None:
+    """A mapping of parameter names to tensors, every floating value finite: NaN weights would give NaN features
+    that a probe silently turns into chance-level figures."""
+    if not isinstance(weights, dict) or not weights or not all(
+            isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in weights.items()):
+        raise CheckpointError(f"{what}: the weights must be a non-empty mapping of parameter names to tensors")
+    broken = [name for name, value in weights.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise CheckpointError(f"{what} has weights that are not finite (NaN or infinity) in {len(broken)} "
+                              f"tensor(s), first {broken[0]}: the run diverged or the file was altered")
 
 
 def numpy_rng_state() -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_bytes, load_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
 from .cli_types import bounded_int, device_text
 from .data import bundled_photos, load_rgb
 from .metrics import format_pretext, pretext_summary, strict_json
@@ -99,10 +99,14 @@ def features(tower, images, plan: Plan, layer: str, device, batch: int = 128, de
 def load_towers(checkpoint: str | os.PathLike, device, random_seed: int = 12345):
     state = load_checkpoint(checkpoint)
     args = state["args"]
-    model = pretext_from_checkpoint(state).build_model(args["arch"], args["width"])
-    model.load_state_dict(state["model"])
-    torch.manual_seed(random_seed)
-    random_tower = build_tower(args["arch"], args["width"], args["patch"])
+    try:
+        model = pretext_from_checkpoint(state).build_model(args["arch"], args["width"])
+        model.load_state_dict(state["model"])
+        torch.manual_seed(random_seed)
+        random_tower = build_tower(args["arch"], args["width"], args["patch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # options or weights of another shape
+        raise CheckpointError(f"checkpoint {checkpoint} does not describe a model relpos can build: "
+                              f"{type(error).__name__}: {error}") from error
     return state, model.to(device).eval(), model.tower.to(device).eval(), random_tower.to(device).eval()
 
 

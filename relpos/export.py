@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, check_weights, load_checkpoint
 from .models import build_tower
 
 
@@ -32,8 +32,11 @@ def export_tower(checkpoint: str | os.PathLike, out: str | os.PathLike, overwrit
     tower = {k[len("tower."):]: v.contiguous() for k, v in state["model"].items() if k.startswith("tower.")}
     if not tower:
         raise CheckpointError(f"{checkpoint} holds no tower weights")
-    meta = {"arch": state["args"]["arch"], "width": str(state["args"]["width"]), "step": str(state["step"]),
-            "patch": str(state["args"]["patch"])}
+    try:
+        meta = {"arch": str(state["args"]["arch"]), "width": str(float(state["args"]["width"])),
+                "step": str(state["step"]), "patch": str(int(state["args"]["patch"]))}
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{checkpoint}: its options lack the tower's architecture ({error})") from error
     if out.suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -58,9 +61,17 @@ def load_tower(path: str | os.PathLike) -> torch.nn.Module:
         weights = load_file(str(path))
     else:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or "meta" not in blob or "tower" not in blob:
+            hint = " (a training checkpoint: load it with relpos.evaluation.load_towers, or run relpos export)" \
+                if isinstance(blob, dict) and blob.get("format") == "relpos-checkpoint" else ""
+            raise CheckpointError(f"{path} is not a tower exported by relpos export{hint}")
         meta, weights = blob["meta"], blob["tower"]
-    tower = build_tower(meta["arch"], float(meta["width"]), int(meta.get("patch", 96)))
-    tower.load_state_dict(weights)
+    check_weights(weights, f"exported tower {path}")
+    try:
+        tower = build_tower(meta["arch"], float(meta["width"]), int(meta.get("patch", 96)))
+        tower.load_state_dict(weights)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"exported tower {path} does not fit its own architecture: {error}") from error
     return tower.eval()
 
 

@@ -4,6 +4,7 @@ Each test reproduces a fault for real (a subprocess killed with SIGKILL, a real 
 and checks the outcome. The counts are summarised in README's reliability section.
 """
 
+import dataclasses
 import json
 import os
 import random
@@ -261,7 +262,8 @@ def test_missing_extension_falls_back_with_a_clear_message(tmp_path):
     assert "pip install --no-build-isolation" in result.stdout
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random-bytes", "foreign-dict", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "random-bytes", "foreign-dict", "empty", "nan-weights",
+                                    "args-not-a-dict", "model-a-list", "negative-step"])
 def test_corrupt_or_foreign_checkpoints_give_a_clear_error(photos, tmp_path, damage, capsys):
     out = tmp_path / "run"
     train(tiny_config(photos, out, steps=2))
@@ -272,8 +274,19 @@ def test_corrupt_or_foreign_checkpoints_give_a_clear_error(photos, tmp_path, dam
         path.write_bytes(os.urandom(5000))
     elif damage == "foreign-dict":
         torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
-    else:
+    elif damage == "empty":
         path.write_bytes(b"")
+    else:  # a file with relpos's marker whose contents are wrong: a clear error, not a traceback or NaN figures
+        state = load_checkpoint(path)
+        if damage == "nan-weights":
+            next(value for value in state["model"].values() if value.is_floating_point())[0] = float("nan")
+        elif damage == "args-not-a-dict":
+            state["args"] = "caffenet"
+        elif damage == "model-a-list":
+            state["model"] = list(state["model"].values())
+        else:
+            state["step"] = -3
+        torch.save(state, path)
     with pytest.raises(CheckpointError, match="checkpoint"):
         train(tiny_config(photos, out, steps=4, resume=True))
     from relpos.cli import main
@@ -310,3 +323,25 @@ def test_cuda_capability_check_follows_the_build(monkeypatch, archs, capability,
     monkeypatch.setattr(backends, "build_info", lambda: {"cuda_archs": archs})
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert (backends.cuda_unsupported_reason(torch.device("cuda", 0)) is None) == runs
+
+
+def test_a_checkpoint_without_run_state_or_a_tower_export_mixup_gives_a_clear_error(photos, tmp_path):
+    from relpos.export import export_tower, load_tower
+
+    out = tmp_path / "run"
+    config = tiny_config(photos, out, steps=2)
+    train(config)
+    path = out / "checkpoint.pt"
+    with pytest.raises(CheckpointError, match="not a tower exported"):
+        load_tower(path)  # a training checkpoint given where an export is expected
+    exported = export_tower(path, tmp_path / "tower.pt")
+    blob = torch.load(exported, weights_only=True)
+    next(iter(blob["tower"].values())).view(-1)[0] = float("inf")
+    torch.save(blob, exported)
+    with pytest.raises(CheckpointError, match="not finite"):
+        load_tower(exported)
+    state = load_checkpoint(path)
+    del state["rng"]
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="rng"):
+        train(dataclasses.replace(config, steps=4, resume=True))

@@ -48,6 +48,9 @@ def restore_run_state(path: Path, config: TrainConfig, model, optimizer, schedul
     if not path.exists():
         raise CheckpointError(f"--resume: no checkpoint at {path}")
     state = load_checkpoint(path, map_location=device)
+    for key in ("optimizer", "scheduler", "rng"):
+        if not isinstance(state.get(key), dict):
+            raise CheckpointError(f"--resume: {path} lacks the run state '{key}' (an exported or foreign file?)")
     changed = config.changes_on_resume(state["args"])
     if changed:
         raise CheckpointError("--resume continues a run with its own settings; these differ: " + "; ".join(changed)
@@ -58,9 +61,12 @@ def restore_run_state(path: Path, config: TrainConfig, model, optimizer, schedul
         scheduler.load_state_dict(state["scheduler"])
     except (RuntimeError, KeyError, ValueError) as error:
         raise CheckpointError(f"--resume: {path} does not fit this model: {error}") from error
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    set_numpy_rng_state(state["rng"]["numpy"])
-    set_python_rng_state(state["rng"]["python"])
+    try:
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        set_numpy_rng_state(state["rng"]["numpy"])
+        set_python_rng_state(state["rng"]["python"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        raise CheckpointError(f"--resume: the random-number states in {path} are damaged: {error}") from error
     step = int(state["step"])
     log.info("resumed from %s at step %d", path, step)
     return step, pretext_from_checkpoint(state)  # the classes the run was trained with (jigsaw's permutations)
