@@ -161,7 +161,8 @@ BAD_TRAIN_OPTIONS = [
     ("--eval-plans", "0"), ("--patch", "0"), ("--patch", "100000"), ("--gap", "-1"), ("--jitter", "-5"),
     ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--grids-per-image", "0"), ("--grids-per-image", "257"),
     ("--max-nonfinite", "0"), ("--workers", "-1"),
-    ("--seed", "-1"), ("--warmup", "-1"), ("--stop-after", "-7"), ("--device", "bogus"), ("--device", "cuda:x"),
+    ("--seed", "-1"), ("--seed", str(2**32)), ("--warmup", "-1"), ("--stop-after", "-7"), ("--device", "bogus"),
+    ("--device", "cuda:x"),
     ("--permutations", "1"), ("--permutations", "5000"), ("--task", "colorization"), ("--color", "sepia"),
     ("--mirror", "--task=jigsaw"),  # mirroring is defined for relative positions only
 ]
@@ -328,3 +329,9 @@ def test_a_cut_last_line_of_the_skipped_log_does_not_block_resume(photos, tmp_pa
         handle.write('{"path": "/somewhere/half-writ')  # a kill in the middle of a line
     summary = train(dataclasses.replace(config, stop_after=-1, resume=True))
     assert not summary["interrupted"] and summary["skipped_files"] == 1
+
+
+def test_the_largest_seed_accepted_trains(photos, tmp_path):
+    """Every seed the option accepts gives valid streams (was: --seed above ~1.4e11 crashed at step 0)."""
+    summary = train(tiny_config(photos, tmp_path / "run", steps=1, holdout=0.0, seed=2**32 - 1))
+    assert summary["step"] == 1 and not summary["interrupted"]

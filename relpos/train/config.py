@@ -52,7 +52,8 @@ class TrainConfig:
     device: str = option("auto", DEVICE_HELP, resume_may_change=True)
     deterministic: str = option("auto", "deterministic algorithms, for bit-exact reruns and resumes: auto (on for "
                                 "CPU, off on CUDA where it costs speed), on or off", choices=AUTO_ON_OFF)
-    seed: int = option(0, "random seed (model init, batches, plans, noise)", bounds=(0, 2**62))
+    # below 2**32 so that every stream derived from it ((seed * 1_000_003 + step) * 64 + rank) fits a 64-bit seed
+    seed: int = option(0, "random seed (model init, batches, plans, noise)", bounds=(0, 2**32 - 1))
     workers: int = option(2, "DataLoader worker processes decoding images", bounds=(0, 256), resume_may_change=True)
     resident: bool = option(False, "decode every image once and keep them on the device (no host work per step)",
                             resume_may_change=True)
