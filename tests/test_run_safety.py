@@ -285,9 +285,9 @@ def test_held_out_images_are_streamed_not_kept(photos, tmp_path, monkeypatch):
     alive_at_most = []
     real = training.iter_decodable_images
 
-    def watched(paths):
+    def watched(paths, *rest):
         refs = []
-        for image in real(paths):
+        for image in real(paths, *rest):
             refs.append(weakref.ref(image))
             alive_at_most.append(sum(ref() is not None for ref in refs))
             yield image
@@ -335,3 +335,25 @@ def test_the_largest_seed_accepted_trains(photos, tmp_path):
     """Every seed the option accepts gives valid streams (was: --seed above ~1.4e11 crashed at step 0)."""
     summary = train(tiny_config(photos, tmp_path / "run", steps=1, holdout=0.0, seed=2**32 - 1))
     assert summary["step"] == 1 and not summary["interrupted"]
+
+
+def test_a_bad_held_out_file_is_reported_and_not_counted(photos, tmp_path):
+    """A held-out file that does not decode goes in skipped.jsonl like a bad training file (was: silently left out
+    of the evaluation while summary.json said 0 skipped and counted it among the held-out images)."""
+    import shutil
+
+    from relpos.data import list_images, split_holdout
+
+    data = tmp_path / "data"
+    shutil.copytree(photos, data)
+    for index in range(12):
+        (data / f"broken{index}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(200))
+    train_paths, held = split_holdout(list_images(data), 0.5)
+    bad_held = {str(p) for p in held if p.name.startswith("broken")}
+    assert bad_held and any(p.name.startswith("broken") for p in train_paths)  # both sides hold a broken file
+    out = tmp_path / "run"
+    summary = train(tiny_config(data, out, steps=2, holdout=0.5, eval_every=2))
+    skipped = {json.loads(line)["path"] for line in (out / "skipped.jsonl").read_text().splitlines()}
+    assert bad_held <= skipped
+    assert summary["held_out_images"] == len(held) - len(bad_held)
+    assert summary["skipped_files"] == len(skipped)

@@ -69,17 +69,20 @@ class ImageFiles(torch.utils.data.Dataset):
             return path, f"{path}: {type(error).__name__}: {error}"
 
 
-def iter_decodable_images(paths: Sequence[Path]) -> Iterator[torch.Tensor]:
-    """The images among `paths` that decode, one at a time (bad files are left out; training reports them)."""
+def iter_decodable_images(paths: Sequence[Path], failures: list | None = None) -> Iterator[torch.Tensor]:
+    """The images among `paths` that decode, one at a time; a bad file is left out, and (path, reason) appended
+    to `failures` when given, so the caller can report it."""
     files = ImageFiles(paths)
     for index in range(len(files)):
-        _, image = files[index]
+        path, image = files[index]
         if isinstance(image, torch.Tensor):
             yield image
+        elif failures is not None:
+            failures.append((path, image))
 
 
-def decodable_images(paths: Sequence[Path]) -> list[torch.Tensor]:
-    return list(iter_decodable_images(paths))
+def decodable_images(paths: Sequence[Path], failures: list | None = None) -> list[torch.Tensor]:
+    return list(iter_decodable_images(paths, failures))
 
 
 class ResidentImages:

@@ -360,8 +360,10 @@ def _update(run: _Run, step: int, images, plan) -> tuple[float, float | None]:
 
 
 def _evaluate_held_out(run: _Run, done: int) -> dict | None:
-    accuracy, confusion = evaluate(run.model, iter_decodable_images(run.held_paths), run.config, run.device,
-                                   run.autocast_dtype, pretext=run.pretext)
+    failures = []
+    accuracy, confusion = evaluate(run.model, iter_decodable_images(run.held_paths, failures), run.config,
+                                   run.device, run.autocast_dtype, pretext=run.pretext)
+    run.skipped.note(failures)  # a bad held-out file is reported like a bad training file
     if int(confusion.sum()) == 0:
         log.warning("step %d: no held-out image gave a %s to evaluate", done, run.pretext.item_name)
         return None
@@ -453,7 +455,9 @@ def _finish(run: _Run, last_eval: dict | None, items_seen: bool) -> dict:
         last_eval = _last_held_out(run.out / "metrics.jsonl", config.steps)
     summary = {"interrupted": False, "step": config.steps, "task": run.pretext.name,
                "held_out_accuracy": last_eval["accuracy"] if last_eval else None, "held_out": last_eval,
-               "held_out_images": len(run.held_paths), "train_images": len(run.train_paths),
+               # the images that could be used (a file that failed to decode or was too small is in skipped.jsonl)
+               "held_out_images": sum(str(path) not in run.skipped.files for path in run.held_paths),
+               "train_images": sum(str(path) not in run.skipped.files for path in run.train_paths),
                "skipped_files": len(run.skipped.files), "backend": run.backend, "device": str(run.device),
                "compiled": run.use_compile, "precision": "bf16" if run.autocast_dtype else "fp32",
                "world_size": run.world, "ranks_agree": agree,
