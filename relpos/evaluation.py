@@ -122,6 +122,8 @@ def run_eval(checkpoint: str, out: str, layer: str = "conv5", draws: int = 3, pe
                          ("--data", retrieval_data), ("--labelled", labelled)):
         if folder and not Path(folder).exists():
             raise FileNotFoundError(f"{what}: {folder} does not exist")
+    # decoded now, not after the probes: a folder with nothing usable fails before the long work, not after it
+    retrieval_images = _retrieval_images(retrieval_data)
     patch = state["args"]["patch"]
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
@@ -155,7 +157,7 @@ def run_eval(checkpoint: str, out: str, layer: str = "conv5", draws: int = 3, pe
 
         results["labelled"] = evaluate_labelled(labelled, state, device, random_seeds=random_seeds, folds=folds, k=k,
                                                 min_per_class=min_per_class)
-    _pictures(state, pretrained, random_tower, device, out_dir, retrieval_data, queries, layer)
+    _pictures(state, pretrained, random_tower, device, out_dir, retrieval_images, queries, layer)
     atomic_write_bytes(out_dir / "eval.json", strict_json(results, indent=2).encode())
     return results
 
@@ -207,13 +209,26 @@ def _plot_confusion(confusion: torch.Tensor, path: Path, summary: dict, names: t
     save_atomically(figure, str(path))
 
 
-def _pictures(state, pretrained, random_tower, device, out_dir: Path, data: str | None, queries: int, layer: str):
+def _retrieval_images(data: str | None) -> list[torch.Tensor]:
+    """The images of --data (default: the bundled photographs) that decode; bad files are named in the log."""
     from .data import decodable_images, list_images
+
+    paths = list_images(data) if data else bundled_photos()
+    failures = []
+    images = decodable_images(paths, failures)
+    for path, reason in failures:
+        log.warning("--data: leaving out %s", reason if path in reason else f"{path}: {reason}")
+    if len(images) < 2:
+        raise ValueError(f"--data {data}: {len(images)} of {len(paths)} image files decode; the nearest-neighbour "
+                         "figure needs at least 2 images")
+    return images
+
+
+def _pictures(state, pretrained, random_tower, device, out_dir: Path, images: list, queries: int, layer: str):
     from .show import draw_grids
 
     args = state["args"]
     pretext = pretext_from_checkpoint(state)
-    images = decodable_images(list_images(data) if data else bundled_photos())
     first = images[0]
     plan = pretext.draw([first.shape[:2]], seed=0)
     if plan.num_pairs:

@@ -170,12 +170,21 @@ def evaluate_labelled(folder: str, state: dict, device, random_seeds: int = 3, f
     if random_seeds < 1:
         raise ValueError(f"random_seeds must be at least 1, got {random_seeds}")
     args = state["args"]
-    chosen, dropped = select(read_manifest(folder), pretraining_hashes(args), min_per_class)
+    rows, seen = read_manifest(folder), pretraining_hashes(args)
+    undecodable, images = {}, {}
+    for row in select(rows, seen, min_per_class=1)[0]:  # a bad photograph is left out and named, not fatal
+        try:
+            images[row["path"]] = load_rgb(row["path"])
+        except Exception as error:  # noqa: BLE001 - any decoder failure is a bad file
+            undecodable[row["file"]] = f"{type(error).__name__}: {error}"
+            log.warning("labelled: leaving out %s (%s)", row["path"], error)
+    chosen, dropped = select([row for row in rows if row["file"] not in undecodable], seen, min_per_class)
+    dropped["undecodable"] = undecodable
     classes = sorted({r["label"] for r in chosen})
     if len(classes) < 2:
         raise ValueError(f"{folder}: fewer than 2 classes with {min_per_class}+ photographs not seen in "
                          f"pretraining ({dropped})")
-    images = [load_rgb(r["path"]) for r in chosen]
+    images = [images[r["path"]] for r in chosen]
     labels = torch.tensor([classes.index(r["label"]) for r in chosen])
     model = pretext_from_checkpoint(state).build_model(args["arch"], args["width"])  # relpos or jigsaw
     model.load_state_dict(state["model"])

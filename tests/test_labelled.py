@@ -144,3 +144,38 @@ def test_same_tower_same_numbers(generator):
     labels = torch.tensor([0, 1] * 4)
     results = evaluate_towers(images, labels, {"pretrained": tower, "random0": tower}, "cpu", folds=2)
     assert results["towers"]["pretrained"] == results["towers"]["random0"]
+
+
+def test_an_undecodable_labelled_photo_is_left_out_and_named(tmp_path, generator):
+    """One bad file among the labelled photographs costs that photograph, not the evaluation (was: a traceback
+    after the other probes had run)."""
+    folder = _labelled_folder(tmp_path / "photos", generator)
+    (folder / "vertical_0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))  # listed in the manifest, corrupt
+    (tmp_path / "elsewhere").mkdir()
+    Image.new("RGB", (300, 300)).save(tmp_path / "elsewhere" / "x.png")
+    model = build_model("caffenet", 0.1, 96)
+    state = {"args": {"arch": "caffenet", "width": 0.1, "patch": 96, "data": str(tmp_path / "elsewhere"),
+                      "holdout": 0.25}, "model": model.state_dict()}
+    results = evaluate_labelled(str(folder), state, "cpu", random_seeds=1, folds=3, min_per_class=3)
+    assert sum(results["counts"]) == 15 and "vertical_0.png" not in results["files"]
+    assert list(results["dropped"]["undecodable"]) == ["vertical_0.png"]
+
+
+def test_eval_data_with_nothing_decodable_fails_before_the_probes(tmp_path, monkeypatch):
+    import relpos.evaluation as evaluation
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for index in range(3):
+        (bad / f"b{index}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(30))
+    import dataclasses
+
+    from relpos.checkpoint import save_checkpoint
+    from relpos.training import TrainConfig
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    save_checkpoint(checkpoint, {"model": build_model("caffenet", 0.1, 96).state_dict(), "step": 0,
+                                 "args": dataclasses.asdict(TrainConfig(width=0.1))})
+    monkeypatch.setattr(evaluation, "photo_regions", lambda *a, **k: pytest.fail("probes ran before the check"))
+    with pytest.raises(ValueError, match="--data .*0 of 3 image files decode"):
+        evaluation.run_eval(str(checkpoint), str(tmp_path / "eval"), retrieval_data=str(bad), device="cpu")
