@@ -16,6 +16,15 @@ LOCK_NAME = ".relpos.lock"
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "skipped.jsonl", "summary.json", "curves.png")
 
 
+# what a training or evaluation folder holds beside its lock; relpos data photos' folders hold only the lock
+OUTPUT_MARKERS = ("checkpoint.pt", "metrics.jsonl", "eval.json")
+
+
+def is_output_folder(folder: Path) -> bool:
+    """A folder a relpos run wrote its outputs to (its curves and figures are not photographs to train on)."""
+    return (folder / LOCK_NAME).exists() and any((folder / name).exists() for name in OUTPUT_MARKERS)
+
+
 class RunFolderError(ValueError):
     """The run folder cannot be used as asked (taken by another run, holds an earlier run, not a folder...)."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from relpos.checkpoint import CheckpointError, load_checkpoint
 from relpos.cli import main
@@ -357,3 +358,25 @@ def test_a_bad_held_out_file_is_reported_and_not_counted(photos, tmp_path):
     assert bad_held <= skipped
     assert summary["held_out_images"] == len(held) - len(bad_held)
     assert summary["skipped_files"] == len(skipped)
+
+
+def test_a_run_folder_inside_the_data_is_not_trained_on(photos, tmp_path):
+    """--out inside --data: the next run must not take the first run's curves.png for a photograph, while a
+    `relpos data photos` folder (which holds only the lock) stays data."""
+    import shutil
+
+    from relpos.data import list_images
+
+    data = tmp_path / "data"
+    shutil.copytree(photos, data)
+    before = list_images(data)
+    train(tiny_config(data, data / "runs" / "first", steps=1, holdout=0.0))
+    assert (data / "runs" / "first" / "curves.png").exists()
+    (data / "runs" / "first" / "eval").mkdir()
+    Image.new("RGB", (200, 200)).save(data / "runs" / "first" / "eval" / "neighbours.png")
+    assert list_images(data) == before
+    photos_folder = data / "assembled"
+    photos_folder.mkdir()
+    (photos_folder / ".relpos.lock").touch()
+    Image.new("RGB", (200, 200)).save(photos_folder / "p.png")
+    assert photos_folder / "p.png" in list_images(data)

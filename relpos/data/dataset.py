@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..images import PackedImages
+from ..run_folder import is_output_folder
 from .batch import ImageBatch, collate_images
 from .decode import ImageError, load_rgb
 
@@ -28,9 +29,20 @@ def list_images(root: str | os.PathLike) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"data: {root} is neither an image file nor a folder")
-    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found, runs = [], []
+    for folder, subfolders, files in os.walk(root):  # like rglob: symlinked folders are not entered
+        folder = Path(folder)
+        if is_output_folder(folder):  # an --out inside --data: the next run must not train on its curves.png
+            runs.append(folder)
+            subfolders.clear()
+            continue
+        subfolders.sort()
+        found += [folder / name for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES
+                  and (folder / name).is_file()]
+    found.sort()
     if not found:
-        raise FileNotFoundError(f"data: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+        skipped = f" (skipped {len(runs)} relpos output folder(s): {runs[0]}...)" if runs else ""
+        raise FileNotFoundError(f"data: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}{skipped}")
     return found
 
 
