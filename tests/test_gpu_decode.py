@@ -58,3 +58,23 @@ def test_gpu_decode_matches_host_decoding_closely(tmp_path):
         device = batch.images.image(index).float().cpu()
         assert device.shape == host.shape
         assert (device - host).abs().mean() < 3  # nvJPEG and libjpeg differ by IDCT rounding only
+
+
+def test_jpegs_over_the_size_limits_are_refused_from_the_header_before_the_device(tmp_path):
+    """--decode gpu applies host decoding's limits (was: a 40000x300 JPEG went to nvJPEG and then raised from
+    pack_images, outside any handler, killing the run)."""
+    from relpos.data.gpu_decode import screen
+
+    Image.new("RGB", (40000, 300)).save(tmp_path / "wide.jpg", quality=10)
+    Image.new("RGB", (64, 48)).save(tmp_path / "fine.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (64, 48)).save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    Image.new("RGB", (20, 20)).save(tmp_path / "plain.png")
+    paths = [tmp_path / name for name in ("wide.jpg", "fine.jpg", "rotated.jpg", "broken.jpg", "plain.png")]
+    raw, jpegs, failures = screen([RawFiles(paths)[i] for i in range(len(paths))])
+    assert [(path.rsplit("/", 1)[1], "too large" in why) for path, why in failures] == [("wide.jpg", True)]
+    assert [(path.rsplit("/", 1)[1], orientation) for path, _, orientation in jpegs] == [("fine.jpg", 1),
+                                                                                          ("rotated.jpg", 6)]
+    assert [path.rsplit("/", 1)[1] for path, _ in raw] == ["fine.jpg", "rotated.jpg", "broken.jpg", "plain.png"]

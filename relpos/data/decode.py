@@ -40,6 +40,12 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGB
 
 
+def check_size(width: int, height: int, label: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse, from the header alone, an image too large to decode (every decode path applies the same limits)."""
+    if width * height > max_pixels or max(width, height) > MAX_SIDE:
+        raise ImageError(f"{label}: {width}x{height} is too large (limit {max_pixels} pixels, {MAX_SIDE} a side)")
+
+
 def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None
              ) -> torch.Tensor:
     """Decode `path` into a contiguous uint8 [H, W, 3] tensor.
@@ -60,9 +66,7 @@ def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_P
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels or max(width, height) > MAX_SIDE:
-                    raise ImageError(f"{label}: {width}x{height} is too large (limit {max_pixels} pixels)")
+                check_size(*image.size, label, max_pixels)
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
                 image.load()
                 image = ImageOps.exif_transpose(image)

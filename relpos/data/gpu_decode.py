@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..images import pack_images
 from .batch import ImageBatch
-from .decode import MAX_FILE_BYTES, ImageError, load_rgb
+from .decode import MAX_FILE_BYTES, ImageError, check_size, load_rgb
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -59,12 +59,17 @@ def collate_raw(items):
     return list(items)
 
 
-def _orientation(data: torch.Tensor) -> int:
+def jpeg_header(data: torch.Tensor, label: str) -> int | None:
+    """The EXIF orientation of a JPEG the device may decode, from its header alone (no pixels are decoded);
+    None when the header is not readable (the host decoder then reports why). Raises ImageError for an image
+    over the size limits that host decoding applies, before nvJPEG allocates it."""
     try:
         with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
-            return int(image.getexif().get(_EXIF_ORIENTATION, 1))
-    except Exception:  # noqa: BLE001 - a header PIL cannot parse: decode as stored
-        return 1
+            size, orientation = image.size, int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - any header PIL cannot parse
+        return None
+    check_size(*size, label)
+    return orientation
 
 
 def _orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -86,25 +91,42 @@ def _orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image.contiguous()
 
 
+def screen(items):
+    """Split (path, bytes or failure reason) items into (every readable file, the JPEGs the device may decode
+    with their orientation, failures): a JPEG over the size limits is a failure here, as it is for PIL."""
+    failures = [(path, data) for path, data in items if isinstance(data, str)]
+    raw, jpegs = [], []
+    for path, data in items:
+        if isinstance(data, str):
+            continue
+        if len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8:
+            try:
+                orientation = jpeg_header(data, path)
+            except ImageError as error:
+                failures.append((path, str(error)))
+                continue
+            if orientation is not None:
+                jpegs.append((path, data, orientation))
+        raw.append((path, data))
+    return raw, jpegs, failures
+
+
 def decode_on_device(items, device: torch.device) -> ImageBatch:
     """Decode a list of (path, bytes or failure reason) into a packed batch on `device`."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    failures = [(path, data) for path, data in items if isinstance(data, str)]
-    raw = [(path, data) for path, data in items if not isinstance(data, str)]
-    is_jpeg = [len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8 for _, data in raw]
+    raw, jpegs, failures = screen(items)
     decoded: dict[str, torch.Tensor] = {}
-    jpegs = [(path, data) for (path, data), jpeg in zip(raw, is_jpeg) if jpeg]
     if jpegs:
         try:
-            images = decode_jpeg([data for _, data in jpegs], mode=ImageReadMode.RGB, device=device)
-            for (path, data), image in zip(jpegs, images):
-                decoded[path] = _orient(image, _orientation(data))
+            images = decode_jpeg([data for _, data, _ in jpegs], mode=ImageReadMode.RGB, device=device)
+            for (path, _, orientation), image in zip(jpegs, images):
+                decoded[path] = _orient(image, orientation)
         except RuntimeError:  # one bad file fails the batch call: decode one by one to find it
-            for path, data in jpegs:
+            for path, data, orientation in jpegs:
                 try:
                     image = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-                    decoded[path] = _orient(image, _orientation(data))
+                    decoded[path] = _orient(image, orientation)
                 except RuntimeError:
                     pass  # left to PIL below, which reports the reason
     for path, data in raw:
