@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 COLOR_MODES = ("drop", "project", "none")
 # Bounds that keep one plan small and fast to draw: a resize target beyond any real photograph, and a number
@@ -27,6 +28,10 @@ class PatchConfig:
     downsample_area: tuple[int, int] = (100, 9025)
 
     def __post_init__(self) -> None:
+        for name in ("patch", "gap", "jitter", "min_pixels", "max_pixels", "grids_per_image"):
+            value = getattr(self, name)  # a float here (96.5, nan) would pass the comparisons below
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"PatchConfig.{name} must be an integer, got {value!r}")
         for name in ("patch", "grids_per_image", "min_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PatchConfig.{name} must be >= 1, got {getattr(self, name)}")

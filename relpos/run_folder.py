@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 LOCK_NAME = ".relpos.lock"
-RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "skipped.jsonl", "summary.json", "curves.png")
+RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "skipped.jsonl", "summary.json", "curves.png", "permutations.json")
 
 
 # what a training or evaluation folder holds beside its lock; relpos data photos' folders hold only the lock

@@ -204,6 +204,40 @@ def test_odd_modes_decode_to_rgb(tmp_path, photos):
             load_rgb(tmp_path / name)
 
 
+def test_float_images_with_nan_and_the_pixel_limit(tmp_path):
+    import numpy as np
+
+    values = np.linspace(0, 10, 40 * 30, dtype=np.float32).reshape(30, 40)
+    values[0, :5] = np.nan
+    values[1, :5] = np.inf
+    Image.fromarray(values, mode="F").save(tmp_path / "float.tif")
+    image = load_rgb(tmp_path / "float.tif")
+    assert int(image[0, :5].max()) == 0 and int(image[-1, -1, 0]) == 255 and int(image[15, 20, 0]) > 100
+    Image.fromarray(np.full((8, 8), np.nan, dtype=np.float32), mode="F").save(tmp_path / "all_nan.tif")
+    with pytest.raises(ImageError, match="all_nan.tif.*no finite"):
+        load_rgb(tmp_path / "all_nan.tif")
+    # between PIL's warning (89.5M pixels) and relpos' limit (120M) an image is refused only by max_pixels
+    _png_header_only(tmp_path / "large.png", 10_000, 9_500)  # 95M pixels, header only: decoding fails later
+    with pytest.raises(ImageError, match="cannot decode"):
+        load_rgb(tmp_path / "large.png")
+    with pytest.raises(ImageError, match="too large"):
+        load_rgb(tmp_path / "large.png", max_pixels=90_000_000)
+
+
+def test_python_dash_m_relpos_is_the_command():
+    result = subprocess.run([sys.executable, "-m", "relpos", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "usage: relpos" in result.stdout
+
+
+@pytest.mark.parametrize("field,value", [("jitter", float("nan")), ("patch", 96.5), ("gap", True),
+                                         ("min_pixels", 1.5e5)])
+def test_patch_config_takes_integers_only(field, value):
+    import relpos
+
+    with pytest.raises(ValueError, match=f"PatchConfig.{field} must be an integer"):
+        relpos.PatchConfig(**{field: value})
+
+
 def _poison_loss(monkeypatch, poisoned_steps) -> None:
     """Training steps (0-based) in `poisoned_steps` get a NaN loss, as a diverging run would."""
     import relpos.train.loop as loop

@@ -90,6 +90,15 @@ def test_an_earlier_run_is_never_overwritten(photos, tmp_path):
         train(tiny_config(photos, out, steps=2, resume=True, overwrite=True))
 
 
+def test_overwrite_leaves_no_file_of_the_earlier_run(photos, tmp_path):
+    """A jigsaw run overwritten by a relative-position run: its permutations.json goes with the rest."""
+    out = tmp_path / "run"
+    train(tiny_config(photos, out, steps=1, task="jigsaw", permutations=12, patch=40, gap=4, jitter=2, batch=72))
+    assert (out / "permutations.json").exists()
+    train(tiny_config(photos, out, steps=1, overwrite=True))
+    assert not (out / "permutations.json").exists()
+
+
 def test_any_folder_with_files_is_refused_too(photos, tmp_path):
     out = tmp_path / "papers"
     out.mkdir()

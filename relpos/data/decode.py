@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-# Refuse decompression bombs outright (PIL only warns between 89M and 179M pixels by default).
+# The one pixel limit of every decode path, checked from the header before any pixel is decoded. PIL's own
+# warning (at 89.5M pixels) is silenced so that it does not lower this limit; its error (179M) lies above it.
 MAX_IMAGE_PIXELS = 120_000_000
 MAX_SIDE = 32767
 # No photograph needs more bytes than this; a larger file is refused before it is read (both decode paths).
@@ -28,10 +29,14 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
         top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
         gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
-    if mode == "F":
+    if mode == "F":  # float grayscale: its finite range spread over 0..255; NaN and infinities become black
         array = np.asarray(image, dtype=np.float64)
-        low, high = np.nanmin(array), np.nanmax(array)
-        gray = ((array - low) / max(high - low, 1e-12) * 255.0 + 0.5).astype(np.uint8)
+        finite = np.isfinite(array)
+        if not finite.any():
+            raise ValueError("a floating-point image with no finite pixel value")
+        low, high = array[finite].min(), array[finite].max()
+        scaled = np.where(finite, (array - low) / max(high - low, 1e-12) * 255.0 + 0.5, 0.0)
+        gray = np.clip(scaled, 0, 255).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -64,7 +69,7 @@ def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_P
             raise ImageError(f"{label}: {size} bytes is too large a file (limit {MAX_FILE_BYTES})")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 check_size(*image.size, label, max_pixels)
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
