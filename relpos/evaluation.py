@@ -216,8 +216,8 @@ def _retrieval_images(data: str | None) -> list[torch.Tensor]:
     paths = list_images(data) if data else bundled_photos()
     failures = []
     images = decodable_images(paths, failures)
-    for path, reason in failures:
-        log.warning("--data: leaving out %s", reason if path in reason else f"{path}: {reason}")
+    for _, reason in failures:
+        log.warning("--data: leaving out %s", reason)  # the reason names the file
     if len(images) < 2:
         raise ValueError(f"--data {data}: {len(images)} of {len(paths)} image files decode; the nearest-neighbour "
                          "figure needs at least 2 images")

@@ -162,7 +162,7 @@ def evaluate_towers(images, labels: torch.Tensor, towers: dict, device, folds: i
 def evaluate_labelled(folder: str, state: dict, device, random_seeds: int = 3, folds: int = 5, k: int = 5,
                       min_per_class: int = 15, split_seed: int = 0) -> dict:
     """The protocol above for a checkpoint's state on a `relpos data photos` folder."""
-    from .data import load_rgb
+    from .data import ImageFiles
     from .data.photos import read_manifest
     from .models import build_tower
     from .train.config import pretext_from_checkpoint
@@ -171,13 +171,15 @@ def evaluate_labelled(folder: str, state: dict, device, random_seeds: int = 3, f
         raise ValueError(f"random_seeds must be at least 1, got {random_seeds}")
     args = state["args"]
     rows, seen = read_manifest(folder), pretraining_hashes(args)
+    candidates = select(rows, seen, min_per_class=1)[0]
+    files = ImageFiles([row["path"] for row in candidates])  # a bad photograph is left out and named, not fatal
     undecodable, images = {}, {}
-    for row in select(rows, seen, min_per_class=1)[0]:  # a bad photograph is left out and named, not fatal
-        try:
-            images[row["path"]] = load_rgb(row["path"])
-        except Exception as error:  # noqa: BLE001 - any decoder failure is a bad file
-            undecodable[row["file"]] = f"{type(error).__name__}: {error}"
-            log.warning("labelled: leaving out %s (%s)", row["path"], error)
+    for row, (path, image) in zip(candidates, (files[i] for i in range(len(files)))):
+        if isinstance(image, torch.Tensor):
+            images[path] = image
+        else:
+            undecodable[row["file"]] = image
+            log.warning("labelled: leaving out %s", image)
     chosen, dropped = select([row for row in rows if row["file"] not in undecodable], seen, min_per_class)
     dropped["undecodable"] = undecodable
     classes = sorted({r["label"] for r in chosen})

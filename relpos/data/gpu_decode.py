@@ -94,10 +94,10 @@ def _orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 def screen(items):
     """Split (path, bytes or failure reason) items into (every readable file, the JPEGs the device may decode
     with their orientation, failures): a JPEG over the size limits is a failure here, as it is for PIL."""
-    failures = [(path, data) for path, data in items if isinstance(data, str)]
-    raw, jpegs = [], []
+    raw, jpegs, failures = [], [], []
     for path, data in items:
-        if isinstance(data, str):
+        if isinstance(data, str):  # RawFiles could not read it: data is the reason
+            failures.append((path, data))
             continue
         if len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8:
             try:
