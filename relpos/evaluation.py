@@ -240,8 +240,11 @@ def _pictures(state, pretrained, random_tower, device, out_dir: Path, images: li
 
 @torch.no_grad()
 def retrieval(images, config, pretrained, random_tower, device, path: Path, queries: int = 6, layer: str = "conv5",
-              k: int = 4, seed: int = 0) -> None:
-    """Query patches and their nearest neighbours (other images only) for the pretrained and the random tower."""
+              k: int = 4, seed: int = 0) -> bool:
+    """Query patches and their nearest neighbours (other images only) for the pretrained and the random tower.
+
+    Shows at most as many neighbours as every query has patches from other photographs; returns False (figure not
+    drawn, a warning logged) when the images give no patch with a neighbour in another photograph."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,8 +256,15 @@ def retrieval(images, config, pretrained, random_tower, device, path: Path, quer
     sizes = [tuple(img.shape[:2]) for img in images]
     plan = sample_plan(sizes, config, seed=seed)
     plan.patches[:, 6] = 0  # no down-sampling: show the patches as they are
+    owner = plan.patches[:, 0].long()
+    # neighbours come from other photographs only: a query has at least this many to rank
+    others = plan.num_patches - int(torch.bincount(owner).max()) if plan.num_patches else 0
+    k = min(k, others)
+    if k < 1:
+        log.warning("nearest-neighbour figure not drawn: the %d images give %d patches of %d px, none with a "
+                    "patch in another photograph to compare with", len(images), plan.num_patches, config.patch)
+        return False
     patches = extract_patches(images, plan, color="none", channels_last=True)
-    owner = plan.patches[:, 0]
     chosen = torch.randperm(plan.num_patches, generator=torch.Generator().manual_seed(seed))[:queries]
     neighbours = {}
     for name, tower in (("pretrained", pretrained), ("random", random_tower)):
@@ -277,6 +287,7 @@ def retrieval(images, config, pretrained, random_tower, device, path: Path, quer
                 axis.set_title("query" if c == 0 else ("pretrained" if c <= k else "random"), fontsize=8)
     figure.suptitle("nearest neighbours in feature space (other photographs only)")
     save_atomically(figure, str(path))
+    return True
 
 
 def format_table(results: dict) -> str:

@@ -1,5 +1,6 @@
 """`relpos eval` end to end on a tiny checkpoint: table, JSON, confusion matrix and pictures."""
 
+import dataclasses
 import json
 
 import torch
@@ -58,3 +59,21 @@ def test_eval_rejects_a_foreign_checkpoint(tmp_path, capsys):
     torch.save({"weights": torch.zeros(3)}, bogus)
     assert main(["eval", str(bogus), "--out", str(tmp_path / "e")]) == 1
     assert "not a relpos checkpoint" in capsys.readouterr().err
+
+
+def test_neighbour_figure_with_few_or_no_usable_patches(tmp_path, caplog):
+    """More neighbours asked for than other photographs' patches exist: the figure shows what there is; images too
+    small for one grid: no figure, a warning, no crash (topk used to fail on both)."""
+    from relpos.config import PatchConfig
+    from relpos.evaluation import retrieval
+    from relpos.models import build_tower
+
+    config = PatchConfig.scaled(48, gap=8, jitter=2, min_pixels=20_000, max_pixels=20_000)
+    towers = [build_tower("caffenet", 0.1, 48).eval() for _ in range(2)]
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (150, 150, 3), dtype=torch.uint8, generator=generator) for _ in range(2)]
+    assert retrieval(images, config, *towers, "cpu", tmp_path / "few.png", queries=3, k=1000)
+    assert (tmp_path / "few.png").stat().st_size > 5_000
+    tiny = dataclasses.replace(config, min_pixels=2_000, max_pixels=2_000)  # resized to ~45 px: no grid at all
+    assert not retrieval(images, tiny, *towers, "cpu", tmp_path / "none.png", queries=3)
+    assert not (tmp_path / "none.png").exists() and "nearest-neighbour figure not drawn" in caplog.text
