@@ -18,7 +18,6 @@ The protocol, decided before any result was seen:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -114,17 +113,13 @@ def cross_validate(x: torch.Tensor, y: torch.Tensor, fold: torch.Tensor, k: int 
             "per_fold": {"linear_probe": probe, "knn": knn}}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def pretraining_hashes(args: dict) -> set[str]:
     """sha256 of every photograph the checkpoint trained on (the training part of its data)."""
-    from .data import bundled_photos, list_images, split_holdout
+    from .data import bundled_photos, file_sha256, list_images, split_holdout
 
     paths = list_images(args["data"]) if args.get("data") else bundled_photos()
     train, _ = split_holdout(paths, args.get("holdout", 0.0) or 0.0)
-    return {_sha256(Path(p)) for p in train}
+    return {file_sha256(p) for p in train}
 
 
 def select(rows: list[dict], seen: set[str], min_per_class: int, excluded=EXCLUDED) -> tuple[list[dict], dict]:

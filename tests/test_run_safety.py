@@ -389,3 +389,30 @@ def test_a_run_folder_inside_the_data_is_not_trained_on(photos, tmp_path):
     (photos_folder / ".relpos.lock").touch()
     Image.new("RGB", (200, 200)).save(photos_folder / "p.png")
     assert photos_folder / "p.png" in list_images(data)
+
+
+def test_summary_names_the_photographs_by_content(photos, tmp_path):
+    """summary.json's images_sha256: the same photographs in another folder give the same digests, so two runs of a
+    recipe can tell whether they saw the same pictures; one changed training photograph changes only the train
+    digest (the previous session could not tell whether re-downloaded packages had changed its photographs)."""
+    import hashlib
+    import shutil
+
+    from relpos.data import list_images, split_holdout
+
+    def expected(paths):
+        hashes = sorted(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths)
+        return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(photos, copy)
+    first = train(tiny_config(photos, tmp_path / "a", steps=1, holdout=0.5, eval_every=1))
+    second = train(tiny_config(copy, tmp_path / "b", steps=1, holdout=0.5, eval_every=1))
+    train_paths, held = split_holdout(list_images(photos), 0.5)
+    assert first["images_sha256"] == {"train": expected(train_paths), "held_out": expected(held)}
+    assert second["images_sha256"] == first["images_sha256"]
+    changed = [p for p in split_holdout(list_images(copy), 0.5)[0]][0]
+    changed.write_bytes(Path(held[0]).read_bytes())  # another photograph under the same name
+    third = train(tiny_config(copy, tmp_path / "c", steps=1, holdout=0.5, eval_every=1))
+    assert third["images_sha256"]["train"] != first["images_sha256"]["train"]
+    assert third["images_sha256"]["held_out"] == first["images_sha256"]["held_out"]

@@ -9,11 +9,13 @@ from .batch import ImageBatch  # noqa: E402
 from .dataset import (  # noqa: E402
     ImageFiles,
     ResidentImages,
+    contents_digest,
     decodable_images,
+    file_sha256,
     iter_decodable_images,
     list_images,
     split_holdout,
 )
 from .loader import StepBatches, make_loader  # noqa: E402
 
-__all__ += ["ImageBatch", "ImageFiles", "ResidentImages", "StepBatches", "decodable_images", "iter_decodable_images", "list_images", "make_loader", "split_holdout"]
+__all__ += ["ImageBatch", "ImageFiles", "ResidentImages", "StepBatches", "contents_digest", "decodable_images", "file_sha256", "iter_decodable_images", "list_images", "make_loader", "split_holdout"]

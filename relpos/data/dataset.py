@@ -81,6 +81,28 @@ class ImageFiles(torch.utils.data.Dataset):
             return path, f"{path}: {type(error).__name__}: {error}"
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in chunks (a 4-megapixel photograph is not held twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def contents_digest(paths: Sequence[str | os.PathLike]) -> str:
+    """sha256 over the sorted sha256s of the files' bytes: equal for the same pictures wherever they lie and whatever
+    they are called, so two runs can tell whether they saw the same photographs. A file that can no longer be read
+    counts as its name."""
+    hashes = []
+    for path in paths:
+        try:
+            hashes.append(file_sha256(path))
+        except OSError:
+            hashes.append(f"unreadable {Path(path).name}")
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+
+
 def iter_decodable_images(paths: Sequence[Path], failures: list | None = None) -> Iterator[torch.Tensor]:
     """The images among `paths` that decode, one at a time; a bad file is left out, and (path, reason) appended
     to `failures` when given, so the caller can report it."""

@@ -33,6 +33,7 @@ from ..data import (
     ResidentImages,
     StepBatches,
     bundled_photos,
+    contents_digest,
     iter_decodable_images,
     list_images,
     make_loader,
@@ -458,6 +459,9 @@ def _finish(run: _Run, last_eval: dict | None, items_seen: bool) -> dict:
                # the images that could be used (a file that failed to decode or was too small is in skipped.jsonl)
                "held_out_images": sum(str(path) not in run.skipped.files for path in run.held_paths),
                "train_images": sum(str(path) not in run.skipped.files for path in run.train_paths),
+               # which photographs (by content, not name): two runs of one recipe can check they saw the same ones
+               "images_sha256": {part: contents_digest([p for p in paths if str(p) not in run.skipped.files])
+                                 for part, paths in (("train", run.train_paths), ("held_out", run.held_paths))},
                "skipped_files": len(run.skipped.files), "backend": run.backend, "device": str(run.device),
                "compiled": run.use_compile, "precision": "bf16" if run.autocast_dtype else "fp32",
                "world_size": run.world, "ranks_agree": agree,
