@@ -17,10 +17,26 @@ from .plan import OFFSET_TO_LABEL, PLAN_COLUMNS, Plan
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1))
 
 
+# An image is resized to a random pixel count; one that would need more than this enlargement per side to get
+# there (an icon, a thumbnail, a 1x1 pixel) has too little picture for it and is skipped as too small.
+MAX_UPSCALE = 4.0
+
+
 def resized_size(height: int, width: int, target_pixels: float) -> tuple[int, int]:
     """Size of an image scaled (aspect kept) to about `target_pixels` pixels."""
     scale = math.sqrt(target_pixels / (height * width))
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def too_small(height: int, width: int, resized: tuple[int, int], min_side: int, footprint: str) -> str | None:
+    """Why an image of this size, resized to `resized`, cannot give an item whose `footprint` (named in the message)
+    is `min_side` pixels; None if it can."""
+    rh, rw = resized
+    if rh <= min_side or rw <= min_side:
+        return f"resizes to {rh}x{rw}, not larger than the {footprint} = {min_side} in both dimensions"
+    if rh > MAX_UPSCALE * height or rw > MAX_UPSCALE * width:
+        return f"would be enlarged {max(rh / height, rw / width):.1f}x to {rh}x{rw} (at most {MAX_UPSCALE:g}x)"
+    return None
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -67,8 +83,9 @@ def sample_plan(
 ) -> Plan:
     """Draw the plan for a batch of images of the given (height, width) sizes.
 
-    Images whose resized size is not larger than ``config.min_side`` in both dimensions are listed in
-    ``plan.skipped`` and contribute nothing (``on_small="raise"`` makes that a ValueError instead).
+    Images whose resized size is not larger than ``config.min_side`` in both dimensions, or that would be enlarged
+    more than ``MAX_UPSCALE`` times per side, are listed in ``plan.skipped`` and contribute nothing
+    (``on_small="raise"`` makes that a ValueError instead).
     Pass either a ``generator`` or a ``seed``.
     """
     if on_small not in ("skip", "raise"):
@@ -84,12 +101,10 @@ def sample_plan(
     for index, (height, width) in enumerate(sizes.tolist()):
         target = _uniform(generator, config.min_pixels, config.max_pixels)
         rh, rw = resized_size(height, width, target)
-        if rh <= config.min_side or rw <= config.min_side:
+        reason = too_small(height, width, (rh, rw), config.min_side, "pair footprint 2*patch+gap+jitter")
+        if reason:
             if on_small == "raise":
-                raise ValueError(
-                    f"image {index} ({height}x{width}) resizes to {rh}x{rw} for {target:.0f} pixels, not larger than "
-                    f"the pair footprint 2*patch+gap+jitter = {config.min_side} in both dimensions"
-                )
+                raise ValueError(f"image {index} ({height}x{width}) at {target:.0f} pixels {reason}")
             skipped.append(index)
             continue
         for _ in range(config.grids_per_image):

@@ -160,6 +160,8 @@ def _odd_images(folder: Path, source: Path) -> dict:
     exif[0x0112] = 6  # rotate 90 degrees on display
     save("exif_rotated.jpg", base, exif=exif.tobytes())
     save("thin.png", base.resize((400, 10)), ok=False)  # too thin for one pair at any scale
+    save("pixel.png", base.resize((1, 1)), ok=False)  # would be enlarged ~190x: nothing to learn from
+    save("icon.png", base.resize((32, 32)), ok=False)  # ~5.4x
     (folder / "zero.jpg").write_bytes(b"")
     (folder / "text.jpg").write_text("hello, I am not an image")
     good = (folder / "gray.png").read_bytes()
@@ -186,6 +188,7 @@ def test_odd_files_are_converted_or_skipped_with_reasons(photos, tmp_path):
     should_skip = {name for name, outcome in expected.items() if outcome == "skip"}
     assert set(skipped) == should_skip, skipped
     assert "too large" in skipped["bomb.png"] and "too small" in skipped["thin.png"]
+    assert "enlarged more than 4x" in skipped["pixel.png"] and "enlarged more than 4x" in skipped["icon.png"]
     assert summary["skipped_files"] == len(should_skip)
 
 

@@ -125,3 +125,27 @@ def test_sizes_are_checked():
     with pytest.raises(ValueError, match="downsample_area"):
         PatchConfig(downsample_area=(100, 96 * 96 + 500))
     assert math.isqrt(9025) == 95
+
+
+def test_images_that_would_be_enlarged_more_than_max_upscale_are_skipped():
+    """A 1x1 pixel or an icon used to be blown up to 150 000+ pixels and trained on (reviewer finding 9); now an image
+    is too small when reaching the drawn pixel count would enlarge it more than MAX_UPSCALE per side."""
+    from relpos.sampler import MAX_UPSCALE
+
+    config = PatchConfig(min_pixels=150_000, max_pixels=150_000)
+    side = 387  # 150 000 pixels on a square
+    smallest = math.ceil(side / MAX_UPSCALE)  # 97: enlarged 3.99x
+    plan = sample_plan([[1, 1], [64, 64], [smallest - 1, smallest - 1], [smallest, smallest], [2000, 2000]], config,
+                       seed=0)
+    assert plan.skipped == [0, 1, 2]
+    assert set(plan.patches[:, IMAGE].tolist()) == {3, 4}
+    with pytest.raises(ValueError, match=r"image 0 \(1x1\) .* enlarged 387.0x"):
+        sample_plan([[1, 1]], config, seed=0, on_small="raise")
+    # the jigsaw sampler applies the same rule
+    from relpos.pretext import build_pretext
+
+    jigsaw = build_pretext("jigsaw", PatchConfig.scaled(64, gap=8, jitter=3, min_pixels=150_000, max_pixels=150_000),
+                           permutations=10)
+    assert jigsaw.draw([[1, 1], [64, 64], [600, 600]], seed=0).skipped == [0, 1]
+    with pytest.raises(ValueError, match="enlarged"):
+        jigsaw.draw([[64, 64]], seed=0, on_small="raise")

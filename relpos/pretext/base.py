@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..config import PatchConfig
 from ..models import ClassifierHead, PretextNet, build_tower, head_input  # noqa: F401 - head_input: interface
 from ..plan import Plan
+from ..sampler import MAX_UPSCALE
 
 
 def compute_loss(model, patches, index, labels, autocast_dtype):
@@ -87,7 +88,9 @@ class Pretext:
 
     def too_small(self) -> str:
         """Why an image gave no item, for the skipped-file log."""
-        return f"too small for one {self.item_name} of {self.config.patch}-px patches"
+        return (f"too small for one {self.item_name} of {self.config.patch}-px patches at "
+                f"{self.config.min_pixels}-{self.config.max_pixels} pixels, or would be enlarged more than "
+                f"{MAX_UPSCALE:g}x")
 
     def draw_examples(self, patches: torch.Tensor, plan: Plan, path: str, count: int, seed: int) -> None:
         """A PNG sheet of rendered items with their classes, for `relpos show` and `relpos eval`."""

@@ -19,7 +19,7 @@ import itertools
 import torch
 
 from ..plan import PLAN_COLUMNS, Plan
-from ..sampler import _check_sizes, _randint, _uniform, resized_size
+from ..sampler import _check_sizes, _randint, _uniform, resized_size, too_small
 from .base import Pretext
 
 TILES = 9
@@ -116,10 +116,10 @@ class Jigsaw(Pretext):
         rows_out, index_out, labels_out, grid_ids, skipped = [], [], [], [], []
         for image, (height, width) in enumerate(sizes.tolist()):
             rh, rw = resized_size(height, width, _uniform(generator, config.min_pixels, config.max_pixels))
-            if rh <= self.min_side or rw <= self.min_side:
+            reason = too_small(height, width, (rh, rw), self.min_side, "puzzle footprint 3*patch+2*gap+2*jitter-1")
+            if reason:
                 if on_small == "raise":
-                    raise ValueError(f"image {image} ({height}x{width}) resizes to {rh}x{rw}, not larger than the "
-                                     f"puzzle footprint 3*patch+2*gap+2*jitter-1 = {self.min_side} in both sides")
+                    raise ValueError(f"image {image} ({height}x{width}) {reason}")
                 skipped.append(image)
                 continue
             for _ in range(config.grids_per_image):

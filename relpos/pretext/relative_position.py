@@ -33,9 +33,6 @@ class RelativePosition(Pretext):
         # flipping every patch's columns mirrors the image around each patch; the neighbour's offset flips sign in x
         return patches.flip(-1), torch.tensor(MIRRORED_LABEL, device=labels.device)[labels]
 
-    def too_small(self) -> str:
-        return f"too small for one pair of {self.config.patch}-px patches"
-
     def draw_examples(self, patches, plan, path, count, seed):
         from ..show import draw_pairs
 

@@ -40,6 +40,7 @@ from ..data import (
     split_holdout,
 )
 from ..data.dataset import images_per_step
+from ..sampler import MAX_UPSCALE
 from ..checkpoint import atomic_write_bytes
 from ..metrics import MetricsLog, format_pretext, plot_curves, pretext_summary, read_metrics, strict_json
 from ..ops import empty_patches, extract_patches
@@ -401,8 +402,10 @@ def _step_loop(run: _Run) -> dict:
                     raise ValueError(
                         f"no {pretext.item_name} of {config.patch}-px patches could be drawn in the first "
                         f"{steps_without_items} steps: the images (resized to {config.min_pixels}-{config.max_pixels} "
-                        f"pixels) are too small for one {pretext.item_name} with {config.gap}-px gaps. Lower "
-                        "--patch/--gap/--jitter or raise --min-pixels/--max-pixels.")
+                        f"pixels, enlarged at most {MAX_UPSCALE:g}x per side) are too small for one "
+                        f"{pretext.item_name} with {config.gap}-px gaps. Lower --patch/--gap/--jitter or raise "
+                        "--min-pixels/--max-pixels (thin images); lower --min-pixels/--max-pixels (small images; "
+                        "the reasons are in skipped.jsonl).")
             else:
                 steps_without_items, items_seen = 0, True
                 loss_value, accuracy = _update(run, step, images, plan)
