@@ -457,14 +457,14 @@ def _finish(run: _Run, last_eval: dict | None, items_seen: bool) -> dict:
         # resuming a run whose last evaluation happened before the stop (a finished run, or one killed after its
         # final checkpoint): its held-out figures are in metrics.jsonl, and a rerun must not write them as null
         last_eval = _last_held_out(run.out / "metrics.jsonl", config.steps)
+    # the images that could be used (a file that failed to decode or was too small is in skipped.jsonl)
+    usable = {part: [p for p in paths if str(p) not in run.skipped.files]
+              for part, paths in (("train", run.train_paths), ("held_out", run.held_paths))}
     summary = {"interrupted": False, "step": config.steps, "task": run.pretext.name,
                "held_out_accuracy": last_eval["accuracy"] if last_eval else None, "held_out": last_eval,
-               # the images that could be used (a file that failed to decode or was too small is in skipped.jsonl)
-               "held_out_images": sum(str(path) not in run.skipped.files for path in run.held_paths),
-               "train_images": sum(str(path) not in run.skipped.files for path in run.train_paths),
+               "held_out_images": len(usable["held_out"]), "train_images": len(usable["train"]),
                # which photographs (by content, not name): two runs of one recipe can check they saw the same ones
-               "images_sha256": {part: contents_digest([p for p in paths if str(p) not in run.skipped.files])
-                                 for part, paths in (("train", run.train_paths), ("held_out", run.held_paths))},
+               "images_sha256": {part: contents_digest(paths) for part, paths in usable.items()},
                "skipped_files": len(run.skipped.files), "backend": run.backend, "device": str(run.device),
                "compiled": run.use_compile, "precision": "bf16" if run.autocast_dtype else "fp32",
                "world_size": run.world, "ranks_agree": agree,
