@@ -46,7 +46,12 @@ HELPERS = {HEADER.name: ["make_fastdiv", "fast_div", "pack_tap", "unpack_tap", "
                        "project_green_magenta", "pixel_values", "keeps_channel", "finish_stats"]}
 # Functions whose body is the uniform control flow between phases (once per patch on the CPU, every thread on
 # the GPU), apart from the bodies of the phase lambdas in them.
-UNIFORM = {HEADER.name: ["render_patch", "render_patch_per_pixel", "make_patch", "read_window"]}
+UNIFORM = {HEADER.name: ["render_patch", "render_patch_per_pixel", "make_patch"]}
+# The same after the taps phase, which only the first staged::kWorkThreads threads run (BlockExec::within: the
+# others have left the kernel).
+UNIFORM_WORK = {HEADER.name: ["render_channels", "read_window"]}
+# and after the resampling passes, which only the first staged::finish_threads run (the sums and the store)
+UNIFORM_FINISH = {HEADER.name: ["finish_patch"]}
 
 
 def build(work: Path, coverage: bool = True) -> Path:
@@ -211,10 +216,18 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
     """A function giving the GPU execution count of a SASS instruction's inlining chain (module docstring)."""
     helpers = {(path.name, line) for path in (HEADER, MATH) for line in function_lines(path, HELPERS[path.name])}
     helpers |= {(HEADER.name, line) for line in lambda_lines(HEADER, r"auto \w+ = \[&\]")}  # inside phases
-    uniform = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM[HEADER.name])}
-    uniform -= {(HEADER.name, line) for line in lambda_lines(HEADER, r"\[&\]\((int t, int T|const Sums& total)\)")}
-    # BlockExec's phase and reduce bodies count as often as the render_patch line that calls them.
-    helpers |= {(KERNEL.name, line) for line in function_lines(KERNEL, ["phase", "reduce"])}
+    phase_lambdas = {(HEADER.name, line) for line in lambda_lines(HEADER, r"\[&\]\((int t, int T|const Sums& total)\)")}
+    uniform = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM[HEADER.name])} - phase_lambdas
+    uniform_work = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM_WORK[HEADER.name])} - phase_lambdas
+    work_function = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM_WORK[HEADER.name])}
+    finish_function = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM_FINISH[HEADER.name])}
+    uniform_finish = finish_function - phase_lambdas
+    text = HEADER.read_text()
+    work_threads = min(threads, int(re.search(r"#define RELPOS_WORK_THREADS (\d+)", text).group(1)))
+    finish_threads = min(threads, max(int(re.search(r"constexpr int kSumThreads = (\d+);", text).group(1)),
+                                      int(re.search(r"#define RELPOS_NARROW_THREADS (\d+)", text).group(1))))
+    # BlockExec's phase, reduce, within and barrier bodies count as often as the render_patch line that calls them.
+    helpers |= {(KERNEL.name, line) for line in function_lines(KERNEL, ["phase", "reduce", "within", "barrier"])}
 
     # The opening line of a phase lambda written over several lines: gcov also charges it with blocks of the
     # body (10 per call for the taps phase's), so it takes the count of its first body line, once per call.
@@ -230,10 +243,19 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
         name, line = key  # a line compiled for the device only: the count of the nearest line above
         return max(((l, c) for (n, l), c in counts.items() if n == name and l < line), default=(0, 0))[1]
 
+    def threads_of(key):
+        """GPU threads per CPU execution of a line: the block (uniform), the work threads or 1 (phase lines)."""
+        if key in uniform:
+            return threads
+        return work_threads if key in uniform_work else (finish_threads if key in uniform_finish else 1)
+
     def anchor(key):
         if key[0] == KERNEL.name:  # the kernel's own lines: once per thread and patch
             return patches * threads
-        return host(key) * (threads if key in uniform else 1)
+        return host(key) * threads_of(key)
+
+    def call_site(chain):
+        return next((key for key in chain if key not in helpers), None)
 
     # literal-trip loops the device kept as loops (a backward branch on their line) are not unrolled
     loops = {path.name: [(first, last, trips) for first, last, trips in unrolled_loops(path)
@@ -259,10 +281,14 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
                if not re.search(r"if \(warp < sum_warps\) \{", KERNEL.read_text().splitlines()[line - 1])}
 
     def count(chain):
-        if chain and chain[0] in first_warp:
-            return count(chain[1:] or ((KERNEL.name, 0),)) * 32 / threads
-        if chain and chain[0] in summing:
-            return count(chain[1:] or ((KERNEL.name, 0),)) * sum_threads / threads
+        if chain and chain[0] in (first_warp | summing):  # per call of reduce: 32 or sum_threads threads
+            rest = chain[1:] or ((KERNEL.name, 0),)
+            site = call_site(rest)
+            # the call line's count is that of its phase lambda: once per calling thread (the block, or the
+            # threads of render_channels or finish_patch)
+            per_call = count(rest) / (work_threads if site in work_function else
+                                      finish_threads if site in finish_function else threads)
+            return per_call * (32 if chain[0] in first_warp else sum_threads)
         for depth, key in enumerate(chain):
             if key not in helpers:  # the call site; nothing if a line of the helper never ran (a branch not taken;
                 # a device-only line has no count of its own and says nothing about that)

@@ -1,5 +1,7 @@
 """The arithmetic and parsing of benchmarks/gpu_static.py (the compiles themselves run in CI via --ci)."""
 
+import re
+
 import gpu_static
 import pytest
 
@@ -50,6 +52,34 @@ def test_line_count_estimate_reads_sass_loops_and_weights_lines(tmp_path):
     # set-up once per entry (10), body and helper per iteration (100 each), the branch per test (110)
     assert per_element == (10 + 100 + 100 + 110) / (3 * 2 * 2)
 
+
+
+def test_control_flow_counts_only_the_threads_still_in_the_block():
+    """The staged kernel's control flow runs in every thread of the block up to the taps phase (render_patch),
+    then in the work threads only (render_channels: BlockExec::within lets the others leave), then in the
+    threads of the sums and the store (finish_patch)."""
+    clc = gpu_static.line_counts_module()
+    header = clc.HEADER.read_text().splitlines()
+    name = clc.HEADER.name
+
+    def line_of(text, after):
+        start = next(i for i, t in enumerate(header) if after in t)
+        return next(i + 1 for i in range(start, len(header)) if text in header[i])
+
+    block_line = line_of("Patch s = make_patch(p, n);", "RELPOS_HD void render_patch(")
+    work_line = line_of("const int band_rows =", "RELPOS_HD void render_channels(")
+    finish_line = line_of("float* const values[3] =", "RELPOS_HD void finish_patch(")
+    sass = "\t.section\t.text.k,\"ax\",@progbits\n" + "".join(
+        f'\t//## File "/x/{name}", line {line}\n        /*{16 * k:04x}*/                   IADD3 R1, R1, 1, RZ ;\n'
+        for k, line in enumerate((block_line, work_line, finish_line)))
+    counts = {(name, line): 1 for line in (block_line, work_line, finish_line)}  # once per patch on the CPU
+    per_element = clc.instructions_per_element(sass, "k", counts, patches=1, patch=2, threads=1024)
+    text = clc.HEADER.read_text()
+    work = int(re.search(r"#define RELPOS_WORK_THREADS (\d+)", text).group(1))
+    finish = max(int(re.search(r"constexpr int kSumThreads = (\d+);", text).group(1)),
+                 int(re.search(r"#define RELPOS_NARROW_THREADS (\d+)", text).group(1)))
+    assert (work, finish) == (512, 256)
+    assert per_element == (1024 + work + finish) / (3 * 2 * 2)
 
 def _listing(text):
     """A SASS listing from a compact description: 'L:name' a label, 'OP' an instruction, 'BRA:name' a branch."""

@@ -36,6 +36,17 @@ struct HostExec {
     for (int t : order) f(t, threads);
   }
 
+  // body with the first n threads only (as BlockExec::within: the others have left the kernel).
+  template <typename F>
+  void within(int n, F&& body) {
+    const std::vector<int> all = order;
+    order.clear();
+    for (int t : all)
+      if (t < n) order.push_back(t);
+    body();
+    order = all;
+  }
+
   template <typename F, typename G>
   auto reduce(F&& f, G&& finish, double* scratch) -> decltype(finish(staged::Sums{})) {
     using Result = decltype(finish(staged::Sums{}));
@@ -224,6 +235,16 @@ int selftest() {
   std::vector<int> forward(64), reverse(64);
   for (int t = 0; t < 64; ++t) forward[t] = t, reverse[t] = 63 - t;
   if (racy(forward) == racy(reverse)) fail("the thread orders do not expose a read-write race");
+  // within(n): the phases inside see only threads below n (as on the device, where the others have left), the
+  // phases after it the whole block again.
+  {
+    HostExec exec{reverse, 64};
+    std::vector<int> ran(64, 0);
+    exec.within(32, [&] { exec.phase([&](int t, int) { ran[t] += 1; }); });
+    exec.phase([&](int t, int) { ran[t] += 2; });
+    for (int t = 0; t < 64; ++t)
+      if (ran[t] != (t < 32 ? 3 : 2)) fail("HostExec::within");
+  }
   std::printf("selftest passed\n");
   return 0;
 }

@@ -20,10 +20,33 @@ constexpr int kThreads = 1024;
 // warps that summed: staged::sum_threads), then the same tree over those warps in warp 0 (staged::tree_sum32
 // is this order on the CPU).
 struct BlockExec {
+  int active = 0;  // threads taking part in the barriers: 0 for the whole block, else the first `active` (within)
+
+  __device__ __forceinline__ void barrier() {
+    if (active) {  // named barrier 1 among the first `active` threads (whole warps): the others have left
+      asm volatile("bar.sync 1, %0;" : : "r"(active) : "memory");
+    } else {
+      __syncthreads();
+    }
+  }
+
   template <typename F>
   __device__ __forceinline__ void phase(F&& f) {
     f(static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
-    __syncthreads();
+    barrier();
+  }
+
+  // body in the first n threads (whole warps) of those taking part so far; the others skip it (nothing follows a
+  // within in its callers: they leave the kernel). One call of body: each call site is a copy of the phases.
+  template <typename F>
+  __device__ __forceinline__ void within(int n, F&& body) {
+    const int outer = active;
+    if (n < (outer ? outer : static_cast<int>(blockDim.x))) {
+      if (static_cast<int>(threadIdx.x) >= n) return;
+      active = n;
+    }
+    body();
+    active = outer;
   }
 
   // f's Sums summed over the block; finish(total) runs in one thread and every thread gets its result.
@@ -40,7 +63,7 @@ struct BlockExec {
         if (lane == 0) scratch[warp * 6 + k] = v;
       }
     }
-    __syncthreads();
+    barrier();
     Result* result = reinterpret_cast<Result*>(scratch + staged::kReduceDoubles);
     if (warp == 0) {
       staged::Sums total;
@@ -51,7 +74,7 @@ struct BlockExec {
       }
       if (lane == 0) *result = finish(total);
     }
-    __syncthreads();
+    barrier();
     return *result;
   }
 };

@@ -100,7 +100,7 @@ constexpr int kReduceDoubles = (kMaxWarps + 1) * 6;  // warp partial sums and to
 constexpr int kSumThreads = 256;
 RELPOS_HD int sum_threads(int T) { return T < kSumThreads ? T : kSumThreads; }
 // Threads that take part in the staging and resampling passes (kWorkThreads) and in the store (kNarrowThreads),
-// the first ones of the block, the others waiting at the barrier: every phase pays a per-thread set-up (its
+// the first ones of the block, the others having left (render_patch): every phase pays a per-thread set-up (its
 // thread-to-work mapping, tap loads, 64-bit addresses) of ~30-100 instructions, against only 2-9 elements per
 // thread at 1024 threads and P = 96. The price: 16 warps (8 in the store) issue in those phases, not 32; the
 // passes keep four independent columns per thread in flight. Macros so benchmarks/cuda_variants.sh can time
@@ -113,8 +113,12 @@ RELPOS_HD int sum_threads(int T) { return T < kSumThreads ? T : kSumThreads; }
 #endif
 constexpr int kWorkThreads = RELPOS_WORK_THREADS;
 constexpr int kNarrowThreads = RELPOS_NARROW_THREADS;
+static_assert(kNarrowThreads <= kWorkThreads && kSumThreads <= kWorkThreads,
+              "the sums and the store run in threads that the resampling passes keep (render_channels)");
 RELPOS_HD int work_threads(int T) { return T < kWorkThreads ? T : kWorkThreads; }
 RELPOS_HD int narrow_threads(int T) { return T < kNarrowThreads ? T : kNarrowThreads; }
+// The threads that take part in the sums or the store (finish_patch runs in these only).
+RELPOS_HD int finish_threads(int T) { return sum_threads(T) > narrow_threads(T) ? sum_threads(T) : narrow_threads(T); }
 constexpr int64_t kMinWindow = 2048;  // bytes; also the block reduction's scratch (kReduceDoubles doubles + Norm)
 
 // Where everything lies in the dynamic shared memory of one block (byte offsets, 16-byte aligned).
@@ -866,23 +870,26 @@ RELPOS_HD int home_buffer(const Patch& s, int c) {
 
 RELPOS_HD float* buffer_at(unsigned char* smem, const Layout& L, int b) { return at<float>(smem, b * L.buffer_bytes); }
 
-// The phases of one patch in order. Exec runs a phase for every thread of the block followed by a barrier
-// (exec.phase(f) with f(t, T)), and a reduction phase: the block sum of f's Sums in the order of BlockExec's
-// warp tree, given to finish by one thread, whose result every thread gets (exec.reduce(f, finish, scratch)).
+// The sums and the store, in the first finish_threads(T) threads of the block (the only ones they use).
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
 #endif
 template <typename Out, typename Exec>
-RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, const ExtractParams& p, int64_t n) {
-  Patch s = make_patch(p, n);
-  double* scratch = at<double>(smem, L.window);
-  exec.phase([&](int t, int T) {
-    report_out_of_range(t, s, p.plan_error);
-    phase_taps(t, T, smem, L, s);
-    if (s.color == kColorDrop)
-      for (int c = 0; c < 3; ++c)
-        if (c != s.kept) phase_noise(t, T, buffer_at(smem, L, home_buffer(s, c)), s, c);
-  });
+RELPOS_HD void finish_patch(Exec& exec, unsigned char* smem, const Layout& L, const ExtractParams& p, const Patch& s) {
+  float* const values[3] = {buffer_at(smem, L, home_buffer(s, 0)), buffer_at(smem, L, home_buffer(s, 1)),
+                            buffer_at(smem, L, home_buffer(s, 2))};
+  const Norm norm = exec.reduce([&](int t, int T) { return phase_sums(t, T, values, s); },
+                                 [&](const Sums& total) { return make_norm(total, s); }, at<double>(smem, L.window));
+  exec.phase([&](int t, int T) { phase_store<Out>(t, T, p, s, values, norm, L); });
+}
+
+// The phases of one patch after the taps phase, in the first work_threads(T) threads of the block (the only
+// ones these phases use; the others have left: Exec::within). Its control flow runs in those threads only.
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename Out, typename Exec>
+RELPOS_HD void render_channels(Exec& exec, unsigned char* smem, const Layout& L, const ExtractParams& p, Patch& s) {
   read_window(s, smem, L);
   const int band_rows = s.dense ? s.P : L.buffer_rows / 2;
 #if defined(__CUDACC__)
@@ -913,11 +920,30 @@ RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, co
       exec.phase([&](int t, int T) { phase_up(t, T, smem, L, s, wide, small); });
     }
   }
-  float* const values[3] = {buffer_at(smem, L, home_buffer(s, 0)), buffer_at(smem, L, home_buffer(s, 1)),
-                            buffer_at(smem, L, home_buffer(s, 2))};
-  const Norm norm = exec.reduce([&](int t, int T) { return phase_sums(t, T, values, s); },
-                                 [&](const Sums& total) { return make_norm(total, s); }, scratch);
-  exec.phase([&](int t, int T) { phase_store<Out>(t, T, p, s, values, norm, L); });
+  exec.within(finish_threads(L.threads), [&] { finish_patch<Out>(exec, smem, L, p, s); });
+}
+
+// The phases of one patch in order. Exec runs a phase for every thread of the block followed by a barrier
+// (exec.phase(f) with f(t, T)), and a reduction phase: the block sum of f's Sums in the order of BlockExec's
+// warp tree, given to finish by one thread, whose result every thread gets (exec.reduce(f, finish, scratch)).
+// exec.within(n, body) runs body in the first n threads only, with barriers among them: after the taps phase
+// (the only one that uses the whole block) the other threads leave instead of running the control flow of
+// every later phase only to wait at its barrier (4-5 instructions per element in 512 idle threads), and
+// again after the resampling passes (finish_patch).
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+template <typename Out, typename Exec>
+RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, const ExtractParams& p, int64_t n) {
+  Patch s = make_patch(p, n);
+  exec.phase([&](int t, int T) {
+    report_out_of_range(t, s, p.plan_error);
+    phase_taps(t, T, smem, L, s);
+    if (s.color == kColorDrop)
+      for (int c = 0; c < 3; ++c)
+        if (c != s.kept) phase_noise(t, T, buffer_at(smem, L, home_buffer(s, c)), s, c);
+  });
+  exec.within(work_threads(L.threads), [&] { render_channels<Out>(exec, smem, L, p, s); });
 }
 
 // The per-pixel path (layout not staged): sums, then the store, each pixel computed twice.
