@@ -452,11 +452,10 @@ def compile_cuda(arch: int, work: Path, full: bool = True, baseline: str | None 
     rows = staged_estimates(arch, cubin, rows, list(COLORS))
     if baseline:
         old = work / f"baseline-{baseline}"
-        for path in ("csrc/relpos_math.h", "csrc/cuda/extract_patches.cu", "csrc/cuda/extract_patches_cuda.h"):
-            target = old / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(subprocess.run(["git", "-C", str(REPO), "show", f"{baseline}:{path}"], check=True,
-                                              capture_output=True).stdout)
+        old.mkdir(parents=True, exist_ok=True)  # the revision's whole csrc/ (its headers change with it)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", baseline, "csrc"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         old_source = old / "csrc" / "cuda" / "extract_patches.cu"
         old_cubin = work / f"cuda-old-sm{arch}.cubin"
         log, seconds = nvcc_cubin(arch, old_source, old / "csrc", old_cubin)
