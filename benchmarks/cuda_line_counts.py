@@ -6,8 +6,9 @@ phases (csrc/cuda/staged_phases.h) on the CPU in tests/cuda_phases_harness.cpp, 
 
 The harness runs every thread index of a block, so the count of a line in a phase is its per-thread count on the
 GPU. Three corrections make the rest match the GPU: the control flow between phases (render_patch and what it
-calls: make_patch, read_window) runs once per patch on the CPU but in every thread on the GPU, so
-its counts are multiplied by the threads per block; BlockExec in extract_patches.cu never runs on the CPU, so its
+calls: make_patch) runs once per patch on the CPU but in every thread on the GPU, so its counts are multiplied by
+the threads per block (render_channels and read_window by the work threads, finish_patch by the threads of the sums
+and the store: BlockExec::split and within let the others go); BlockExec in extract_patches.cu never runs on the CPU, so its
 phase lines take the harness's count of thread-phase executions and its reduction and kernel lines one per thread
 and patch (the reduction's first tree one per summing thread, staged::kSumThreads, its second one per thread of
 warp 0); lines compiled only for the device (intrinsics under __CUDA_ARCH__) take the count of the nearest
@@ -47,8 +48,8 @@ HELPERS = {HEADER.name: ["make_fastdiv", "fast_div", "pack_tap", "unpack_tap", "
 # Functions whose body is the uniform control flow between phases (once per patch on the CPU, every thread on
 # the GPU), apart from the bodies of the phase lambdas in them.
 UNIFORM = {HEADER.name: ["render_patch", "render_patch_per_pixel", "make_patch"]}
-# The same after the taps phase, which only the first staged::kWorkThreads threads run (BlockExec::within: the
-# others have left the kernel).
+# The same in the first staged::kWorkThreads threads, which render the patch while the others draw the noise
+# (BlockExec::split).
 UNIFORM_WORK = {HEADER.name: ["render_channels", "read_window"]}
 # and after the resampling passes, which only the first staged::finish_threads run (the sums and the store)
 UNIFORM_FINISH = {HEADER.name: ["finish_patch"]}
@@ -226,14 +227,18 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
     work_threads = min(threads, int(re.search(r"#define RELPOS_WORK_THREADS (\d+)", text).group(1)))
     finish_threads = min(threads, max(int(re.search(r"constexpr int kSumThreads = (\d+);", text).group(1)),
                                       int(re.search(r"#define RELPOS_NARROW_THREADS (\d+)", text).group(1))))
-    # BlockExec's phase, reduce, within and barrier bodies count as often as the render_patch line that calls them.
-    helpers |= {(KERNEL.name, line) for line in function_lines(KERNEL, ["phase", "reduce", "within", "barrier"])}
+    # BlockExec's phase, reduce, split, join, within and barrier bodies count as often as the line that calls them
+    # (split's side branch, which the side threads run, as often as render_patch: a few instructions overcounted).
+    helpers |= {(KERNEL.name, line) for line in function_lines(KERNEL, ["phase", "reduce", "split", "join", "within",
+                                                                          "barrier"])}
 
-    # The opening line of a phase lambda written over several lines: gcov also charges it with blocks of the
-    # body (10 per call for the taps phase's), so it takes the count of its first body line, once per call.
+    # The opening line of a lambda written over several lines (a phase's, or the body given to split or within):
+    # gcov also charges it with blocks of the body or of the lambda's entry (10 per call for the taps phase's, 2
+    # for within's), so it takes the count of its first body line, once per call.
     header_lines = HEADER.read_text().splitlines()
-    openings = {(HEADER.name, line) for line in lambda_lines(HEADER, r"\[&\]\(int t, int T\) \{$")
-                if re.search(r"\[&\]\(int t, int T\) \{$", header_lines[line - 1])}
+    opening = r"\[&\](\(int t, int T\))? \{$"
+    openings = {(HEADER.name, line) for line in lambda_lines(HEADER, opening)
+                if re.search(opening, header_lines[line - 1])}
 
     def host(key):
         if key in openings:

@@ -81,6 +81,22 @@ def test_control_flow_counts_only_the_threads_still_in_the_block():
     assert (work, finish) == (512, 256)
     assert per_element == (1024 + work + finish) / (3 * 2 * 2)
 
+
+def test_the_opening_line_of_a_body_given_to_within_counts_once_per_call():
+    """gcov charges the line `exec.within(n, [&] {` with the call and with the lambda's entry (2 per call): it
+    takes the count of the body's first line instead, once per call and thread still in the block."""
+    clc = gpu_static.line_counts_module()
+    header = clc.HEADER.read_text().splitlines()
+    name = clc.HEADER.name
+    start = next(i for i, t in enumerate(header) if "RELPOS_HD void render_channels(" in t)
+    opening = next(i + 1 for i in range(start, len(header)) if "exec.within(" in header[i])
+    assert header[opening - 1].rstrip().endswith("[&] {")
+    sass = ("\t.section\t.text.k,\"ax\",@progbits\n"
+            f'\t//## File "/x/{name}", line {opening}\n        /*0000*/                   IADD3 R1, R1, 1, RZ ;\n')
+    counts = {(name, opening): 2, (name, opening + 1): 1}  # one patch: the call and the lambda's entry
+    per_element = clc.instructions_per_element(sass, "k", counts, patches=1, patch=2, threads=1024)
+    assert per_element == 512 / (3 * 2 * 2)  # once, in each of the 512 work threads
+
 def _listing(text):
     """A SASS listing from a compact description: 'L:name' a label, 'OP' an instruction, 'BRA:name' a branch."""
     out = []

@@ -10,8 +10,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/staged_phases.h"
@@ -30,15 +32,46 @@ namespace {
 struct HostExec {
   std::vector<int> order;
   int threads;
+  std::function<void()> pending;  // split's side, until it runs
+
+  int block_threads() const { return threads; }
+
+  HostExec(std::vector<int> thread_order, int block_threads) : order(std::move(thread_order)), threads(block_threads) {}
 
   template <typename F>
   void phase(F&& f) {
     for (int t : order) f(t, threads);
   }
 
+  // main with the first n threads, side(t - n, threads - n) for the others: BlockExec runs them at the same time
+  // and join() in main waits for side, so here side runs either before main (side_first) or at join(); run()
+  // renders in thread orders that take both (forward: at join; reverse, shuffled: first), which must give the same
+  // bytes.
+  bool side_first() const { return !order.empty() && order.front() != 0; }
+
+  template <typename Side, typename Main>
+  void split(int n, Side&& side, Main&& main) {
+    const std::vector<int> all = order;
+    pending = [&, all] {
+      for (int t : all)
+        if (t >= n) side(t - n, threads - n);
+    };
+    if (side_first()) join();
+    within(n, main);
+    if (pending) fail("split: main never joined the side threads");
+  }
+
+  void join() {
+    if (!pending) return;
+    auto run_side = std::move(pending);
+    pending = nullptr;
+    run_side();
+  }
+
   // body with the first n threads only (as BlockExec::within: the others have left the kernel).
   template <typename F>
   void within(int n, F&& body) {
+    if (threads % 32 == 0 && n % 32 != 0) fail("within/split: not whole warps");
     const std::vector<int> all = order;
     order.clear();
     for (int t : all)
@@ -244,6 +277,23 @@ int selftest() {
     exec.phase([&](int t, int) { ran[t] += 2; });
     for (int t = 0; t < 64; ++t)
       if (ran[t] != (t < 32 ? 3 : 2)) fail("HostExec::within");
+  }
+  // split(n, side, main): main's phases see threads below n, side sees the others as (t - n, T - n), before main
+  // or at its join() depending on the order.
+  for (const auto& order : {forward, reverse}) {
+    HostExec exec{order, 64};
+    std::vector<int> seen(64, -1), main_ran(64, 0);
+    bool side_done_at_join = false;
+    exec.split(32, [&](int t, int T) { seen[t + 32] = t + 100 * T; },
+               [&] {
+                 exec.phase([&](int t, int) { main_ran[t] += 1; });
+                 side_done_at_join = seen[32] >= 0;
+                 exec.join();
+               });
+    for (int t = 0; t < 64; ++t)
+      if (t < 32 ? main_ran[t] != 1 || seen[t] != -1 : main_ran[t] != 0 || seen[t] != t - 32 + 3200)
+        fail("HostExec::split");
+    if (side_done_at_join != exec.side_first()) fail("HostExec::split order");
   }
   std::printf("selftest passed\n");
   return 0;

@@ -15,34 +15,79 @@ namespace {
 // 32 warps and at most 64 registers: one block per SM holds 50% of the SM's warps; shared memory (four
 // (P + 2) x P float buffers, 150 KB at P = 96) allows one block per SM on sm_80 and sm_90 in any case.
 constexpr int kThreads = 1024;
+static_assert(kThreads > staged::kWorkThreads, "the staged kernel draws the noise in the threads beyond the work threads");
 
 // Runs the phases of staged_phases.h with real barriers. The block sum is a shuffle-down tree per warp (of the
 // warps that summed: staged::sum_threads), then the same tree over those warps in warp 0 (staged::tree_sum32
 // is this order on the CPU).
+//
+// Barriers: 0 (__syncthreads) while the whole block takes part (the taps phase); 1 among the first `active`
+// threads after split/within have let the others go (they leave the kernel: split and within end their callers);
+// 2 where split's side threads arrive and main's join() waits. Whole warps run each barrier instruction
+// (bar.sync / bar.arrive with a thread count, the named barriers of CUTLASS and flash-attention); the
+// non-.aligned barrier.sync compiled to ~30 instructions per barrier here.
+template <int kBlock>  // the block size the kernel is launched with (a constant: what depends on it folds)
 struct BlockExec {
-  int active = 0;  // threads taking part in the barriers: 0 for the whole block, else the first `active` (within)
+  static_assert(kBlock % 32 == 0, "whole warps");
+  int active = 0;  // threads taking part in the barriers: 0 for the whole block, else the first `active`
+
+  __device__ __forceinline__ static constexpr int block_threads() { return kBlock; }
 
   __device__ __forceinline__ void barrier() {
-    if (active) {  // named barrier 1 among the first `active` threads (whole warps): the others have left
+    if (active) {
       asm volatile("bar.sync 1, %0;" : : "r"(active) : "memory");
     } else {
       __syncthreads();
     }
   }
 
+  // The thread index read anew in every phase (volatile): what a phase derives from it is not hoisted out of the
+  // channel loop and kept live across the other phases (registers are capped at 64 in a 1024-thread block).
+  __device__ __forceinline__ static int thread_index() {
+    int t;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+    return t;
+  }
+
+  // The block size as a phase sees it, opaque for the same reason: what a phase derives from it alone (its step
+  // through the work) is computed in the phase, not hoisted and kept live (it had spilled).
+  __device__ __forceinline__ static int phase_threads() {
+    int T;
+    asm volatile("mov.u32 %0, %1;" : "=r"(T) : "n"(kBlock));
+    return T;
+  }
+
   template <typename F>
   __device__ __forceinline__ void phase(F&& f) {
-    f(static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
+    f(thread_index(), phase_threads());
     barrier();
   }
 
-  // body in the first n threads (whole warps) of those taking part so far; the others skip it (nothing follows a
-  // within in its callers: they leave the kernel). One call of body: each call site is a copy of the phases.
+  // main in the first n threads (whole warps), barriers among them; side(t - n, T - n) at the same time in the
+  // others, which then arrive at barrier 2 without waiting and leave; main's join() waits there for them, after
+  // which their shared memory writes are visible to it.
+  template <typename Side, typename Main>
+  __device__ __forceinline__ void split(int n, Side&& side, Main&& main) {
+    const int t = thread_index();
+    if (t < n) {
+      active = n;
+      main();
+      active = 0;
+      return;
+    }
+    side(t - n, kBlock - n);
+    asm volatile("bar.arrive 2, %0;" : : "n"(kBlock) : "memory");
+  }
+
+  __device__ __forceinline__ void join() { asm volatile("bar.sync 2, %0;" : : "n"(kBlock) : "memory"); }
+
+  // body in the first n threads (whole warps) of those taking part so far; the others skip it and leave (within
+  // ends its callers). One call of body: each call site is a copy of the phases.
   template <typename F>
   __device__ __forceinline__ void within(int n, F&& body) {
     const int outer = active;
-    if (n < (outer ? outer : static_cast<int>(blockDim.x))) {
-      if (static_cast<int>(threadIdx.x) >= n) return;
+    if (n < (outer ? outer : kBlock)) {
+      if (thread_index() >= n) return;
       active = n;
     }
     body();
@@ -53,9 +98,9 @@ struct BlockExec {
   template <typename F, typename G>
   __device__ __forceinline__ auto reduce(F&& f, G&& finish, double* scratch) -> decltype(finish(staged::Sums{})) {
     using Result = decltype(finish(staged::Sums{}));
-    const staged::Sums mine = f(static_cast<int>(threadIdx.x), static_cast<int>(blockDim.x));
+    const staged::Sums mine = f(thread_index(), kBlock);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int sum_warps = staged::sum_threads(static_cast<int>(blockDim.x)) >> 5, warps = sum_warps;
+    const int sum_warps = staged::sum_threads(kBlock) >> 5, warps = sum_warps;
     if (warp < sum_warps) {  // the other warps summed nothing
       for (int k = 0; k < 6; ++k) {
         double v = mine.v[k];
@@ -82,7 +127,7 @@ struct BlockExec {
 template <typename Out>
 __global__ void __launch_bounds__(kThreads, 1) extract_patches_kernel(ExtractParams p, staged::Layout layout) {
   extern __shared__ __align__(16) unsigned char smem[];
-  BlockExec exec;
+  BlockExec<kThreads> exec;
   staged::render_patch<Out>(exec, smem, layout, p, blockIdx.x);
 }
 
@@ -93,7 +138,7 @@ constexpr int kPixelThreads = 256;
 template <typename Out>
 __global__ void __launch_bounds__(kPixelThreads) extract_patches_per_pixel_kernel(ExtractParams p, staged::Layout layout) {
   __shared__ __align__(16) unsigned char smem[staged::kMinWindow];
-  BlockExec exec;
+  BlockExec<kPixelThreads> exec;
   staged::render_patch_per_pixel<Out>(exec, smem, layout, p, blockIdx.x);
 }
 

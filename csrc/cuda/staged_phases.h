@@ -1,7 +1,9 @@
 // The CUDA kernel of relpos::extract_patches as barrier-separated phases. One thread block renders one patch:
 //
 //   taps       resize taps (first index, weight) per output row and column, for the crop and, for down-sampled
-//              patches, for the down (P -> d) and up (d -> P) steps, computed once per patch; noise channels
+//              patches, for the down (P -> d) and up (d -> P) steps, computed once per patch
+//   noise      the noise channels of a colour-dropped patch, drawn by the threads beyond the first 512 while
+//              those render the kept channel (the phases below, up to the sums)
 //   per rendered channel:
 //     stage    the channel's source window, copied to shared memory with coalesced loads (if it fits)
 //     h pass   horizontal blend of every needed source row (from the window, or from global memory)
@@ -115,6 +117,8 @@ constexpr int kWorkThreads = RELPOS_WORK_THREADS;
 constexpr int kNarrowThreads = RELPOS_NARROW_THREADS;
 static_assert(kNarrowThreads <= kWorkThreads && kSumThreads <= kWorkThreads,
               "the sums and the store run in threads that the resampling passes keep (render_channels)");
+static_assert(kWorkThreads % 32 == 0 && kNarrowThreads % 32 == 0 && kSumThreads % 32 == 0,
+              "the threads that split and within keep are whole warps (barrier thread counts)");
 RELPOS_HD int work_threads(int T) { return T < kWorkThreads ? T : kWorkThreads; }
 RELPOS_HD int narrow_threads(int T) { return T < kNarrowThreads ? T : kNarrowThreads; }
 // The threads that take part in the sums or the store (finish_patch runs in these only).
@@ -164,7 +168,7 @@ RELPOS_HD Layout make_layout(int patch, int threads, int64_t budget) {
   L.v_rows = at, at += wide_tap_bytes;
   L.header = at, at += 64;
   L.window = at;
-  L.staged = patch <= threads && at + kMinWindow <= budget;
+  L.staged = patch <= threads && threads > kWorkThreads && at + kMinWindow <= budget;
   if (!L.staged) {
     L.window = 0;
     L.window_bytes = kMinWindow;
@@ -303,7 +307,7 @@ struct Patch {
   uint64_t seed;
   // Read from the Window after the taps phase:
   int wr0, wr1, wc0, wc1;  // source window rows [wr0, wr1], columns [wc0, wc1]
-  int window_cols, window_stride;  // the window's width, and its row stride in shared memory (a multiple of 4)
+  int window_cols;  // the window's width (its row stride in shared memory: window_stride())
   bool staged_window;      // the window of one channel fits the shared memory window
   bool dense;              // h pass rows are source rows wr0.. (every one needed); else two per output row
   FastDiv by_quads, by_d;  // division by the window's 4-byte words per row and by the down size
@@ -376,11 +380,14 @@ RELPOS_HD Window make_window(const Patch& s, const Layout& L) {
   return w;
 }
 
+// The window's row stride in shared memory: its width rounded up to 4 bytes (derived where used rather than kept
+// in a register across the phases: the kernel is at its 64-register cap).
+RELPOS_HD int window_stride(const Patch& s) { return (s.window_cols + 3) & ~3; }
+
 RELPOS_HD void read_window(Patch& s, unsigned char* smem, const Layout& L) {
   const Window w = *at<Window>(smem, L.header);
   s.wr0 = w.wr0, s.wr1 = w.wr1, s.wc0 = w.wc0, s.wc1 = w.wc1;
   s.window_cols = w.wc1 - w.wc0 + 1;
-  s.window_stride = (s.window_cols + 3) / 4 * 4;
   s.staged_window = w.staged_window != 0;
   s.dense = w.dense != 0;
   s.by_quads = w.by_quads;
@@ -454,7 +461,7 @@ RELPOS_HD void phase_stage(int t, int block_threads, unsigned char* smem, const 
   const int T = work_threads(block_threads);
   if (t >= T) return;
   uint8_t* window = at<uint8_t>(smem, L.window);
-  const int rows = s.wr1 - s.wr0 + 1, cols = s.window_cols, stride = s.window_stride, quads = stride / 4;
+  const int rows = s.wr1 - s.wr0 + 1, cols = s.window_cols, stride = window_stride(s), quads = stride / 4;
   const int64_t sy = s.meta_row[kStrideY], sx = s.meta_row[kStrideX];
   const uint8_t* origin = s.data + (s.origin + c * s.meta_row[kStrideC]);
   // Four bytes of a row per thread and store (columns past the window repeat its last byte: never read).
@@ -506,7 +513,7 @@ RELPOS_HD void phase_h(int t, int block_threads, unsigned char* smem, const Layo
     const uint8_t* window = at<uint8_t>(smem, L.window);
     RELPOS_ROLLED
     for (int slot = first; slot < slots; slot += step) {
-      const int row = rows[slot] * s.window_stride - s.wc0;  // plus a source column: its byte in the window
+      const int row = rows[slot] * window_stride(s) - s.wc0;  // plus a source column: its byte in the window
       store4(h + slot * P + px, a.w0 * byte_to_float(window[row + a.i0]) + a.w1 * byte_to_float(window[row + a.i1]),
              b.w0 * byte_to_float(window[row + b.i0]) + b.w1 * byte_to_float(window[row + b.i1]),
              c4.w0 * byte_to_float(window[row + c4.i0]) + c4.w1 * byte_to_float(window[row + c4.i1]),
@@ -525,7 +532,7 @@ RELPOS_HD void phase_h(int t, int block_threads, unsigned char* smem, const Layo
     const int x0 = tx.i0 - s.wc0, x1 = tx.i1 - s.wc0;
     RELPOS_ROLLED
     for (int slot = first; slot < slots; slot += step) {
-      const int row = rows[slot] * s.window_stride;
+      const int row = rows[slot] * window_stride(s);
       const float v0 = byte_to_float(window[row + x0]), v1 = byte_to_float(window[row + x1]);
       h[slot * P + px] = wx0 * v0 + wx1 * v1;
     }
@@ -883,8 +890,8 @@ RELPOS_HD void finish_patch(Exec& exec, unsigned char* smem, const Layout& L, co
   exec.phase([&](int t, int T) { phase_store<Out>(t, T, p, s, values, norm, L); });
 }
 
-// The phases of one patch after the taps phase, in the first work_threads(T) threads of the block (the only
-// ones these phases use; the others have left: Exec::within). Its control flow runs in those threads only.
+// The patch's rendered channels, in the first work_threads(T) threads of the block (the others draw the noise
+// channels meanwhile: Exec::split). Its control flow runs in those threads only.
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
 #endif
@@ -920,16 +927,30 @@ RELPOS_HD void render_channels(Exec& exec, unsigned char* smem, const Layout& L,
       exec.phase([&](int t, int T) { phase_up(t, T, smem, L, s, wide, small); });
     }
   }
-  exec.within(finish_threads(L.threads), [&] { finish_patch<Out>(exec, smem, L, p, s); });
+  exec.join();  // the noise channels are drawn
+  // The last statement (the threads within lets go leave the kernel); the lambda's body on its own line, so that
+  // gcov's count of it is one per call (benchmarks/cuda_line_counts.py).
+  exec.within(finish_threads(exec.block_threads()), [&] {
+    finish_patch<Out>(exec, smem, L, p, s);
+  });
 }
 
-// The phases of one patch in order. Exec runs a phase for every thread of the block followed by a barrier
-// (exec.phase(f) with f(t, T)), and a reduction phase: the block sum of f's Sums in the order of BlockExec's
-// warp tree, given to finish by one thread, whose result every thread gets (exec.reduce(f, finish, scratch)).
-// exec.within(n, body) runs body in the first n threads only, with barriers among them: after the taps phase
-// (the only one that uses the whole block) the other threads leave instead of running the control flow of
-// every later phase only to wait at its barrier (4-5 instructions per element in 512 idle threads), and
-// again after the resampling passes (finish_patch).
+// Phase (the threads beyond the work threads, t and T counted from the first of them): the noise channels of a
+// colour-dropped patch into their buffers (2 and 3), which nothing the rendering reads or writes.
+RELPOS_HD void phase_noise_channels(int t, int T, unsigned char* smem, const Layout& L, const Patch& s) {
+  if (s.color != kColorDrop) return;
+  for (int c = 0; c < 3; ++c)
+    if (c != s.kept) phase_noise(t, T, buffer_at(smem, L, home_buffer(s, c)), s, c);
+}
+
+// The phases of one patch. Exec runs a phase for every thread taking part followed by a barrier among them
+// (exec.phase(f) with f(t, T), T the block size), and a reduction phase: the block sum of f's Sums in the order
+// of BlockExec's warp tree, given to finish by one thread, whose result every thread gets (exec.reduce(f,
+// finish, scratch)). exec.split(n, side, main) runs main in the first n threads (barriers among them) and
+// side(t - n, T - n) in the others at the same time, which then leave; exec.join() in main waits for side's
+// writes. exec.within(n, body) runs body in the first n threads of those taking part, the others leaving. So the
+// noise (Philox, arithmetic only) is drawn while the work threads stage and resample the kept channel (memory
+// latency), and no thread runs the control flow of phases it has no part in only to wait at their barriers.
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
 #endif
@@ -939,11 +960,15 @@ RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, co
   exec.phase([&](int t, int T) {
     report_out_of_range(t, s, p.plan_error);
     phase_taps(t, T, smem, L, s);
-    if (s.color == kColorDrop)
-      for (int c = 0; c < 3; ++c)
-        if (c != s.kept) phase_noise(t, T, buffer_at(smem, L, home_buffer(s, c)), s, c);
   });
-  exec.within(work_threads(L.threads), [&] { render_channels<Out>(exec, smem, L, p, s); });
+  // The last statement (the side threads leave the kernel after it); the lambdas' bodies on their own lines.
+  exec.split(work_threads(exec.block_threads()),
+             [&](int t, int T) {
+               phase_noise_channels(t, T, smem, L, s);
+             },
+             [&] {
+               render_channels<Out>(exec, smem, L, p, s);
+             });
 }
 
 // The per-pixel path (layout not staged): sums, then the store, each pixel computed twice.
