@@ -2,13 +2,15 @@
 # On a GPU: build the CUDA op once per thread split of the staged kernel (kWorkThreads / kNarrowThreads, see
 # csrc/cuda/staged_phases.h), each in its own copy of the tree and in parallel, then time each with
 # benchmarks/gpu_time_op.py. Every build must give the same output bytes (the digest column).
-#   bash benchmarks/cuda_variants.sh "512 256" "1024 1024" ...      (work threads, store threads)
+#   bash benchmarks/cuda_variants.sh "512 256" "768 256" ...      (work threads, store threads)
+# Work threads below the block's 1024 (the others draw the noise meanwhile), store threads at most the work threads,
+# both multiples of 32: other splits do not compile (static_assert).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 arch=$(python -c "import torch; print('.'.join(map(str, torch.cuda.get_device_capability())))")
 variants=("$@")
-[ ${#variants[@]} -eq 0 ] && variants=("512 256" "1024 256" "512 512" "1024 1024")
+[ ${#variants[@]} -eq 0 ] && variants=("512 256" "256 256" "768 256" "512 512")
 for variant in "${variants[@]}"; do
   read -r work narrow <<<"$variant"
   dir=/tmp/relpos-variant-$work-$narrow
