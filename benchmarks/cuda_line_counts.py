@@ -285,7 +285,18 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
     summing = {(KERNEL.name, line) for line in lambda_lines(KERNEL, r"if \(warp < sum_warps\) \{")
                if not re.search(r"if \(warp < sum_warps\) \{", KERNEL.read_text().splitlines()[line - 1])}
 
+    # BlockExec::split's two branches: the side's (from its call to the end) runs in the threads beyond the work
+    # threads, main's (after `if (t < n) {`) in the work threads; the rest of split in the whole block.
+    kernel_lines = KERNEL.read_text().splitlines()
+    split_lines = sorted(function_lines(KERNEL, ["split"]))
+    side_from = next(line for line in split_lines if kernel_lines[line - 1].strip().startswith("side(t - n"))
+    main_from = next(line for line in split_lines if "if (t < n) {" in kernel_lines[line - 1])
+    split_share = {(KERNEL.name, line): (threads - work_threads if line >= side_from else work_threads) / threads
+                   for line in split_lines if line > main_from}
+
     def count(chain):
+        if chain and chain[0] in split_share:
+            return count(chain[1:] or ((KERNEL.name, 0),)) * split_share[chain[0]]
         if chain and chain[0] in (first_warp | summing):  # per call of reduce: 32 or sum_threads threads
             rest = chain[1:] or ((KERNEL.name, 0),)
             site = call_site(rest)

@@ -97,6 +97,23 @@ def test_the_opening_line_of_a_body_given_to_within_counts_once_per_call():
     per_element = clc.instructions_per_element(sass, "k", counts, patches=1, patch=2, threads=1024)
     assert per_element == 512 / (3 * 2 * 2)  # once, in each of the 512 work threads
 
+
+def test_the_branches_of_split_count_their_own_threads():
+    """BlockExec::split: its side branch runs in the threads beyond the work threads, its main branch in the work
+    threads, though both are inlined at one render_patch line (which every thread of the block runs)."""
+    clc = gpu_static.line_counts_module()
+    header, kernel = clc.HEADER.read_text().splitlines(), clc.KERNEL.read_text().splitlines()
+    start = next(i for i, t in enumerate(header) if "RELPOS_HD void render_patch(" in t)
+    call = next(i + 1 for i in range(start, len(header)) if "exec.split(" in header[i])
+    side = next(i + 1 for i, t in enumerate(kernel) if t.strip().startswith("side(t - n"))
+    main = next(i + 1 for i, t in enumerate(kernel) if t.strip() == "active = n;" and "if (t < n) {" in kernel[i - 1])
+    h, k = clc.HEADER.name, clc.KERNEL.name
+    sass = "\t.section\t.text.k,\"ax\",@progbits\n" + "".join(
+        f'\t//## File "/x/{k}", line {line} inlined at "/x/{h}", line {call}\n\t//## File "/x/{h}", line {call}\n'
+        f"        /*{16 * n:04x}*/                   IADD3 R1, R1, 1, RZ ;\n" for n, line in enumerate((side, main)))
+    per_element = clc.instructions_per_element(sass, "k", {(h, call): 1}, patches=1, patch=2, threads=1024)
+    assert per_element == (512 + 512) / (3 * 2 * 2)  # 1024 - 512 side threads, 512 work threads
+
 def _listing(text):
     """A SASS listing from a compact description: 'L:name' a label, 'OP' an instruction, 'BRA:name' a branch."""
     out = []
