@@ -691,6 +691,33 @@ RELPOS_HD Sums phase_sums(int t, int block_threads, float* const values[3], cons
     }
   };
   const bool by4 = (s.Q & 3) == 0;  // the buffers are 16-byte aligned
+  if (s.color == kColorDrop && by4) {
+    // The noise channels' sums are not used (finish_stats takes their means as 0): only their squares are added.
+    // Each accumulator adds the same values in the same order as the loop below, so the same doubles.
+    const int n0 = s.kept == 0 ? 1 : 0, n1 = s.kept == 2 ? 1 : 2;
+    auto plane = [&](int c) { return c == 0 ? values[0] : (c == 1 ? values[1] : values[2]); };  // no local array
+    const float *kept = plane(s.kept), *noise0 = plane(n0), *noise1 = plane(n1);
+    double sum = 0, squares = 0, squares0 = 0, squares1 = 0;
+    RELPOS_ROLLED
+    for (int i = 4 * t; i < s.Q; i += 4 * T) {
+      float a[4], b[4], c[4];
+      load4(kept + i, a[0], a[1], a[2], a[3]);
+      load4(noise0 + i, b[0], b[1], b[2], b[3]);
+      load4(noise1 + i, c[0], c[1], c[2], c[3]);
+      for (int k = 0; k < 4; ++k) {
+        const double d = a[k];
+        sum += d;
+        squares = add_square(squares, d);
+        squares0 = add_square(squares0, static_cast<double>(b[k]));
+        squares1 = add_square(squares1, static_cast<double>(c[k]));
+      }
+    }
+    for (int c = 0; c < 3; ++c) {
+      r.v[c] = c == s.kept ? sum : 0.0;
+      r.v[3 + c] = c == s.kept ? squares : (c == n0 ? squares0 : squares1);
+    }
+    return r;
+  }
   if (s.color == kColorProject && by4) {
     RELPOS_ROLLED
     for (int i = 4 * t; i < s.Q; i += 4 * T) {
