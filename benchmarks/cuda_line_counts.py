@@ -39,7 +39,7 @@ COLOR_CODES = {"none": 0, "drop": 1, "project": 2}
 # the line that calls them (the innermost line that is not in one of these), or never if their own line never ran
 # (a branch not taken).
 HELPERS = {HEADER.name: ["make_fastdiv", "fast_div", "pack_tap", "unpack_tap", "align16", "source_offset",
-                         "output_offset", "float_bits", "bits_float", "convert", "store4", "load4",
+                         "output_offset", "float_bits", "bits_float", "convert", "store4", "store8", "load4",
                          "store_bytes4", "byte_to_float", "at",
                          "work_x", "work_y", "home_buffer", "buffer_at", "tree_sum32"],
            MATH.name: ["mul_wide32", "philox4x32_10", "word_to_noise", "add_square", "centered_noise", "linear_taps",
@@ -72,11 +72,17 @@ def layout(exe: Path, patch: int, threads: int, budget: int) -> dict:
     return json.loads(out)
 
 
-def write_input(path: Path, data, meta, plan, patch: int, seed: int, color: str, threads: int, budget: int) -> None:
-    """The harness's input (see read_input in tests/cuda_phases_harness.cpp): float32 NCHW output, one order."""
+OUT_TYPE_CODES = {"float32": 0, "bfloat16": 1, "float16": 2}  # ExtractParams' OutputType
+
+
+def write_input(path: Path, data, meta, plan, patch: int, seed: int, color: str, threads: int, budget: int,
+                dtype: str = "float32") -> None:
+    """The harness's input (see read_input in tests/cuda_phases_harness.cpp): NCHW output of `dtype`, one order
+    (the stores of 16-bit outputs take their own loop, so the counts are per output type)."""
     n, q = plan.shape[0], patch * patch
     strides = (3 * q, q, patch, 1)
-    header = [data.numel(), meta.shape[0], n, patch, seed, COLOR_CODES[color], 0, *strides, n * 3 * q, threads,
+    header = [data.numel(), meta.shape[0], n, patch, seed, COLOR_CODES[color], OUT_TYPE_CODES[dtype], *strides,
+              n * 3 * q, threads,
               budget, 1, 0, 0]
     with open(path, "wb") as f:
         f.write(struct.pack("<17q", *header))

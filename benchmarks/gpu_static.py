@@ -414,16 +414,18 @@ def staged_estimates(arch: int, cubin: Path, rows: list[dict], colors: list[str]
     exe = _harness()
     packed, plans = mix_plans()
     counts = {}
+    dtypes = sorted({r["dtype"] for r in rows})  # the line counts of the output type's own run of the harness
     for kind, threads, budget in (("staged", 1024, SMEM_OPTIN[arch]), ("per-pixel", 256, 2048)):
         for color in colors:
             for path, plan in plans.items():
-                source = exe.parent / f"{kind}-{color}-{path}.bin"
-                clc.write_input(source, packed.data, packed.meta, plan, PATCH, 5, color, threads, budget)
-                counts[kind, color, path] = (clc.line_counts(exe, exe.parent, source), plan.shape[0])
+                for dtype in dtypes:
+                    source = exe.parent / f"{kind}-{color}-{path}-{dtype}.bin"
+                    clc.write_input(source, packed.data, packed.meta, plan, PATCH, 5, color, threads, budget, dtype)
+                    counts[kind, color, path, dtype] = (clc.line_counts(exe, exe.parent, source), plan.shape[0])
     out = []
     for r in rows:
-        for (kind, color, path), (line_counts, patches) in counts.items():
-            if kind != r["cuda_kind"]:
+        for (kind, color, path, dtype), (line_counts, patches) in counts.items():
+            if kind != r["cuda_kind"] or dtype != r["dtype"]:
                 continue
             phases: dict = {}
             per_element = clc.instructions_per_element(sass, r["symbol"], line_counts, patches, PATCH,
