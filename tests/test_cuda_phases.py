@@ -167,6 +167,15 @@ def test_unaligned_output_takes_narrow_stores(harness, tmp_path, generator, dtyp
     check(harness, tmp_path, random_images(generator, SIZES), rows, 16, "drop", dtype, "nchw", out_offset=1)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("patch,out_offset", [(16, 0), (16, 4), (6, 0)])
+def test_16_bit_outputs_eight_or_four_elements_per_store(harness, tmp_path, generator, dtype, patch, out_offset):
+    """16-bit NCHW outputs take eight elements per store where P^2 % 8 == 0 and the patch is 16-byte aligned,
+    four where it is 8-byte aligned (offset 4) or P^2 % 8 == 4 (P = 6): the same bytes in every case."""
+    rows = random_rows(generator, SIZES, patch, 5)
+    check(harness, tmp_path, random_images(generator, SIZES), rows, patch, "drop", dtype, "nchw", out_offset=out_offset)
+
+
 @pytest.mark.parametrize("down,corner", [(10, "top-left"), (95, "bottom-right")])
 def test_down_sizes_at_both_ends_flush_with_the_edges(harness, tmp_path, generator, down, corner):
     images = random_images(generator, [(130, 150), (90, 70)])

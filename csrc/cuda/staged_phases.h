@@ -270,6 +270,16 @@ RELPOS_HD void store4(uint16_t* dst, uint16_t a, uint16_t b, uint16_t c, uint16_
 #endif
 }
 
+// Eight consecutive 16-bit outputs with one 16-byte store; dst is aligned to that.
+RELPOS_HD void store8(uint16_t* dst, const uint16_t v[8]) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<uint4*>(dst) = make_uint4(v[0] | (uint32_t{v[1]} << 16), v[2] | (uint32_t{v[3]} << 16),
+                                              v[4] | (uint32_t{v[5]} << 16), v[6] | (uint32_t{v[7]} << 16));
+#else
+  for (int k = 0; k < 8; ++k) dst[k] = v[k];
+#endif
+}
+
 // Four consecutive floats from shared memory with one load; p is 16-byte aligned.
 RELPOS_HD void load4(const float* p, float& a, float& b, float& c, float& d) {
 #if defined(__CUDA_ARCH__)
@@ -804,6 +814,26 @@ RELPOS_HD void phase_store(int t, int block_threads, const ExtractParams& p, con
   auto plane = [&](int c) { return c == 0 ? values[0] : (c == 1 ? values[1] : values[2]); };
   auto mean = [&](int c) { return c == 0 ? norm.mean[0] : (c == 1 ? norm.mean[1] : norm.mean[2]); };
   auto value = [&](int c, int i) { return Out::convert((plane(c)[i] - mean(c)) * scale); };
+  if constexpr (Out::bytes == 2) {
+    // 16-bit outputs: eight elements per 16-byte store, plane by plane (half the loop steps and stores)
+    if (nchw && Q % 8 == 0 && reinterpret_cast<uintptr_t>(base) % 16 == 0) {
+      for (int c = 0; c < 3; ++c) {
+        const float* v = plane(c);
+        const float m = mean(c);
+        storage* out = base + c * Q;
+        RELPOS_ROLLED
+        for (int i = 8 * t; i < Q; i += 8 * T) {
+          float x[8];
+          load4(v + i, x[0], x[1], x[2], x[3]);  // 16-byte aligned: the buffers are, and Q % 8 == 0
+          load4(v + i + 4, x[4], x[5], x[6], x[7]);
+          storage y[8];
+          for (int k = 0; k < 8; ++k) y[k] = Out::convert((x[k] - m) * scale);
+          store8(out + i, y);
+        }
+      }
+      return;
+    }
+  }
   if (nchw && wide) {  // plane by plane, four elements per store (P^2 is a multiple of 4)
     for (int c = 0; c < 3; ++c) {
       const float* v = plane(c);
