@@ -290,6 +290,21 @@ RELPOS_HD void load4(const float* p, float& a, float& b, float& c, float& d) {
 #endif
 }
 
+// A 16-byte table entry (Taps, VRow) of shared memory with one load: the tables and their entries are 16-byte
+// aligned, which the compiler cannot know from the structs' 4-byte members (it loads them word by word).
+template <typename Entry>
+RELPOS_HD Entry load_entry(const Entry* p) {
+  static_assert(sizeof(Entry) == 16, "a 16-byte table entry");
+#if defined(__CUDA_ARCH__)
+  const int4 q = *reinterpret_cast<const int4*>(p);
+  Entry e;
+  memcpy(&e, &q, sizeof(e));
+  return e;
+#else
+  return *p;
+#endif
+}
+
 // Four bytes with one store; dst is 4-byte aligned.
 RELPOS_HD void store_bytes4(uint8_t* dst, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
 #if defined(__CUDA_ARCH__)
@@ -573,7 +588,7 @@ RELPOS_HD void phase_v(int t, int block_threads, unsigned char* smem, const Layo
     const int px = 4 * (t - first * (P / 4));
     RELPOS_ROLLED
     for (int py = band_begin + first; py < band_end; py += step) {
-      const VRow r = rows[py];
+      const VRow r = load_entry(rows + py);
       float a0, a1, a2, a3, b0, b1, b2, b3;
       load4(h + r.o0 + px, a0, a1, a2, a3);
       load4(h + r.o1 + px, b0, b1, b2, b3);
@@ -589,7 +604,7 @@ RELPOS_HD void phase_v(int t, int block_threads, unsigned char* smem, const Layo
   const float* column = h + px;
   RELPOS_ROLLED
   for (int py = band_begin + first; py < band_end; py += step) {
-    const VRow r = rows[py];
+    const VRow r = load_entry(rows + py);
     dst[py * P + px] = r.w0 * column[r.o0] + r.w1 * column[r.o1];
   }
 }
@@ -608,7 +623,7 @@ RELPOS_HD void phase_small(int t, int block_threads, unsigned char* smem, const 
   const Taps tx = down[sx];
   RELPOS_ROLLED
   for (int sy = first; sy < D; sy += step) {
-    const Taps ty = down[sy];
+    const Taps ty = load_entry(down + sy);
     small[sy * D + sx] = blend(ty, tx, crop[ty.i0 * P + tx.i0], crop[ty.i0 * P + tx.i1], crop[ty.i1 * P + tx.i0],
                                crop[ty.i1 * P + tx.i1]);
   }
@@ -659,7 +674,7 @@ RELPOS_HD void phase_up(int t, int block_threads, unsigned char* smem, const Lay
     const int px = 4 * (t - first * (P / 4));
     RELPOS_ROLLED
     for (int py = first; py < P; py += step) {
-      const Taps ty = up[py];
+      const Taps ty = load_entry(up + py);
       float a0, a1, a2, a3, b0, b1, b2, b3;
       load4(wide + ty.i0 * P + px, a0, a1, a2, a3);
       load4(wide + ty.i1 * P + px, b0, b1, b2, b3);
@@ -674,7 +689,7 @@ RELPOS_HD void phase_up(int t, int block_threads, unsigned char* smem, const Lay
   const int px = t - first * P;
   RELPOS_ROLLED
   for (int py = first; py < P; py += step) {
-    const Taps ty = up[py];
+    const Taps ty = load_entry(up + py);
     dst[py * P + px] = ty.w0 * wide[ty.i0 * P + px] + ty.w1 * wide[ty.i1 * P + px];
   }
 }
