@@ -233,10 +233,10 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
     work_threads = min(threads, int(re.search(r"#define RELPOS_WORK_THREADS (\d+)", text).group(1)))
     finish_threads = min(threads, max(int(re.search(r"constexpr int kSumThreads = (\d+);", text).group(1)),
                                       int(re.search(r"#define RELPOS_NARROW_THREADS (\d+)", text).group(1))))
-    # BlockExec's phase, reduce, split, join, within and barrier bodies count as often as the line that calls them
-    # (split's side branch, which the side threads run, as often as render_patch: a few instructions overcounted).
+    # BlockExec's phase, reduce, split, join, within, barrier, thread_index and phase_threads bodies count as often
+    # as the line that calls them (split's two branches by their own threads: split_share below).
     helpers |= {(KERNEL.name, line) for line in function_lines(KERNEL, ["phase", "reduce", "split", "join", "within",
-                                                                          "barrier"])}
+                                                                          "barrier", "thread_index", "phase_threads"])}
 
     # The opening line of a lambda written over several lines (a phase's, or the body given to split or within):
     # gcov also charges it with blocks of the body or of the lambda's entry (10 per call for the taps phase's, 2

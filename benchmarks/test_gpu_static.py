@@ -114,6 +114,21 @@ def test_the_branches_of_split_count_their_own_threads():
     per_element = clc.instructions_per_element(sass, "k", {(h, call): 1}, patches=1, patch=2, threads=1024)
     assert per_element == (512 + 512) / (3 * 2 * 2)  # 1024 - 512 side threads, 512 work threads
 
+
+def test_the_thread_index_read_counts_as_often_as_the_phase_that_reads_it():
+    """BlockExec::thread_index (a volatile read in every phase) runs once per call, in the threads that run the
+    phase: as often as its call site, not once per thread of the block and patch."""
+    clc = gpu_static.line_counts_module()
+    header, kernel = clc.HEADER.read_text().splitlines(), clc.KERNEL.read_text().splitlines()
+    read = next(i + 1 for i, t in enumerate(kernel) if "%%tid.x" in t)
+    phase = next(i + 1 for i, t in enumerate(header) if "phase_stage(t, T, smem, L, s, c); });" in t)
+    h, k = clc.HEADER.name, clc.KERNEL.name
+    sass = ("\t.section\t.text.k,\"ax\",@progbits\n"
+            f'\t//## File "/x/{k}", line {read} inlined at "/x/{h}", line {phase}\n\t//## File "/x/{h}", line {phase}\n'
+            "        /*0000*/                   S2R R0, SR_TID.X ;\n")
+    per_element = clc.instructions_per_element(sass, "k", {(h, phase): 5 * 512}, patches=1, patch=2, threads=1024)
+    assert per_element == 5 * 512 / (3 * 2 * 2)  # five stage phases of 512 threads, not 1024 once
+
 def _listing(text):
     """A SASS listing from a compact description: 'L:name' a label, 'OP' an instruction, 'BRA:name' a branch."""
     out = []

@@ -128,6 +128,7 @@ template <typename Out>
 __global__ void __launch_bounds__(kThreads, 1) extract_patches_kernel(ExtractParams p, staged::Layout layout) {
   extern __shared__ __align__(16) unsigned char smem[];
   BlockExec<kThreads> exec;
+  // Nothing may follow: the threads that split and within let go return here and leave.
   staged::render_patch<Out>(exec, smem, layout, p, blockIdx.x);
 }
 

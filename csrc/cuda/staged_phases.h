@@ -830,7 +830,9 @@ RELPOS_HD void phase_store(int t, int block_threads, const ExtractParams& p, con
   auto mean = [&](int c) { return c == 0 ? norm.mean[0] : (c == 1 ? norm.mean[1] : norm.mean[2]); };
   auto value = [&](int c, int i) { return Out::convert((plane(c)[i] - mean(c)) * scale); };
   if constexpr (Out::bytes == 2) {
-    // 16-bit outputs: eight elements per 16-byte store, plane by plane (half the loop steps and stores)
+    // 16-bit outputs: eight elements per 16-byte store, plane by plane (half the loop steps and stores). Its own
+    // loop beside the four-wide one rather than one template for both: benchmarks/cuda_line_counts.py weights each
+    // SASS instruction by its source line's count, so each line must belong to one path.
     if (nchw && Q % 8 == 0 && reinterpret_cast<uintptr_t>(base) % 16 == 0) {
       for (int c = 0; c < 3; ++c) {
         const float* v = plane(c);
