@@ -40,7 +40,7 @@ COLOR_CODES = {"none": 0, "drop": 1, "project": 2}
 # (a branch not taken).
 HELPERS = {HEADER.name: ["make_fastdiv", "fast_div", "pack_tap", "unpack_tap", "align16", "source_offset",
                          "output_offset", "float_bits", "bits_float", "convert", "store4", "store8", "load4", "load_entry",
-                         "store_bytes4", "byte_to_float", "at",
+                         "store_bytes4", "byte_to_float", "at", "by_channel",
                          "work_x", "work_y", "home_buffer", "buffer_at", "tree_sum32"],
            MATH.name: ["mul_wide32", "philox4x32_10", "word_to_noise", "add_square", "centered_noise", "linear_taps",
                        "blend", "at", "make_geometry", "crop_pixel", "small_pixel", "patch_pixel",

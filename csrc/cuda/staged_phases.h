@@ -290,6 +290,11 @@ RELPOS_HD void load4(const float* p, float& a, float& b, float& c, float& d) {
 #endif
 }
 
+// Element c (0, 1 or 2) of a channel triple (planes, means), selected rather than indexed: an indexed array in
+// registers would go to GPU local memory.
+template <typename T>
+RELPOS_HD T by_channel(const T* v, int c) { return c == 0 ? v[0] : (c == 1 ? v[1] : v[2]); }
+
 // A 16-byte table entry (Taps, VRow) of shared memory with one load: the tables and their entries are 16-byte
 // aligned, which the compiler cannot know from the structs' 4-byte members (it loads them word by word).
 template <typename Entry>
@@ -720,8 +725,7 @@ RELPOS_HD Sums phase_sums(int t, int block_threads, float* const values[3], cons
     // The noise channels' sums are not used (finish_stats takes their means as 0): only their squares are added.
     // Each accumulator adds the same values in the same order as the loop below, so the same doubles.
     const int n0 = s.kept == 0 ? 1 : 0, n1 = s.kept == 2 ? 1 : 2;
-    auto plane = [&](int c) { return c == 0 ? values[0] : (c == 1 ? values[1] : values[2]); };  // no local array
-    const float *kept = plane(s.kept), *noise0 = plane(n0), *noise1 = plane(n1);
+    const float *kept = by_channel(values, s.kept), *noise0 = by_channel(values, n0), *noise1 = by_channel(values, n1);
     double sum = 0, squares = 0, squares0 = 0, squares1 = 0;
     RELPOS_ROLLED
     for (int i = 4 * t; i < s.Q; i += 4 * T) {
@@ -825,9 +829,8 @@ RELPOS_HD void phase_store(int t, int block_threads, const ExtractParams& p, con
   const bool nhwc = !nchw && st[1] == 1 && st[3] == 3 && st[2] == 3 * int64_t{P};
   const bool wide = (count & 3) == 0 && reinterpret_cast<uintptr_t>(base) % (4 * Out::bytes) == 0;
   const float scale = norm.scale;
-  // Channel c's plane and mean, selected rather than indexed (an indexed array would go to local memory).
-  auto plane = [&](int c) { return c == 0 ? values[0] : (c == 1 ? values[1] : values[2]); };
-  auto mean = [&](int c) { return c == 0 ? norm.mean[0] : (c == 1 ? norm.mean[1] : norm.mean[2]); };
+  auto plane = [&](int c) { return by_channel(values, c); };
+  auto mean = [&](int c) { return by_channel(norm.mean, c); };
   auto value = [&](int c, int i) { return Out::convert((plane(c)[i] - mean(c)) * scale); };
   if constexpr (Out::bytes == 2) {
     // 16-bit outputs: eight elements per 16-byte store, plane by plane (half the loop steps and stores). Its own
