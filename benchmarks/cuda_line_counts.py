@@ -223,16 +223,20 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
     """A function giving the GPU execution count of a SASS instruction's inlining chain (module docstring)."""
     helpers = {(path.name, line) for path in (HEADER, MATH) for line in function_lines(path, HELPERS[path.name])}
     helpers |= {(HEADER.name, line) for line in lambda_lines(HEADER, r"auto \w+ = \[&\]")}  # inside phases
+    header_text = HEADER.read_text()
+    header_lines, kernel_lines = header_text.splitlines(), KERNEL.read_text().splitlines()
     phase_lambdas = {(HEADER.name, line) for line in lambda_lines(HEADER, r"\[&\]\((int t, int T|const Sums& total)\)")}
-    uniform = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM[HEADER.name])} - phase_lambdas
-    uniform_work = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM_WORK[HEADER.name])} - phase_lambdas
     work_function = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM_WORK[HEADER.name])}
     finish_function = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM_FINISH[HEADER.name])}
-    uniform_finish = finish_function - phase_lambdas
-    text = HEADER.read_text()
-    work_threads = min(threads, int(re.search(r"#define RELPOS_WORK_THREADS (\d+)", text).group(1)))
-    finish_threads = min(threads, max(int(re.search(r"constexpr int kSumThreads = (\d+);", text).group(1)),
-                                      int(re.search(r"#define RELPOS_NARROW_THREADS (\d+)", text).group(1))))
+    uniform = {(HEADER.name, line) for line in function_lines(HEADER, UNIFORM[HEADER.name])} - phase_lambdas
+    uniform_work, uniform_finish = work_function - phase_lambdas, finish_function - phase_lambdas
+
+    def constant(pattern):  # a constant of staged_phases.h
+        return int(re.search(pattern, header_text).group(1))
+
+    sum_threads = min(threads, constant(r"constexpr int kSumThreads = (\d+);"))
+    work_threads = min(threads, constant(r"#define RELPOS_WORK_THREADS (\d+)"))
+    finish_threads = max(sum_threads, min(threads, constant(r"#define RELPOS_NARROW_THREADS (\d+)")))
     # BlockExec's phase, reduce, split, join, within, barrier, thread_index and phase_threads bodies count as often
     # as the line that calls them (split's two branches by their own threads: split_share below).
     helpers |= {(KERNEL.name, line) for line in function_lines(KERNEL, ["phase", "reduce", "split", "join", "within",
@@ -241,7 +245,6 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
     # The opening line of a lambda written over several lines (a phase's, or the body given to split or within):
     # gcov also charges it with blocks of the body or of the lambda's entry (10 per call for the taps phase's, 2
     # for within's), so it takes the count of its first body line, once per call.
-    header_lines = HEADER.read_text().splitlines()
     opening = r"\[&\](\(int t, int T\))? \{$"
     openings = {(HEADER.name, line) for line in lambda_lines(HEADER, opening)
                 if re.search(opening, header_lines[line - 1])}
@@ -284,16 +287,14 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
     # BlockExec's second tree runs in warp 0 only: 32 threads per patch, not the block
     # (the lines after the test, which every thread runs)
     first_warp = {(KERNEL.name, line) for line in lambda_lines(KERNEL, r"if \(warp == 0\) \{")
-                  if not re.search(r"if \(warp == 0\) \{", KERNEL.read_text().splitlines()[line - 1])}
+                  if not re.search(r"if \(warp == 0\) \{", kernel_lines[line - 1])}
 
     # and its first tree in the warps that summed (staged::sum_threads)
-    sum_threads = min(threads, int(re.search(r"constexpr int kSumThreads = (\d+);", HEADER.read_text()).group(1)))
     summing = {(KERNEL.name, line) for line in lambda_lines(KERNEL, r"if \(warp < sum_warps\) \{")
-               if not re.search(r"if \(warp < sum_warps\) \{", KERNEL.read_text().splitlines()[line - 1])}
+               if not re.search(r"if \(warp < sum_warps\) \{", kernel_lines[line - 1])}
 
     # BlockExec::split's two branches: the side's (from its call to the end) runs in the threads beyond the work
     # threads, main's (after `if (t < n) {`) in the work threads; the rest of split in the whole block.
-    kernel_lines = KERNEL.read_text().splitlines()
     split_lines = sorted(function_lines(KERNEL, ["split"]))
     side_from = next(line for line in split_lines if kernel_lines[line - 1].strip().startswith("side(t - n"))
     main_from = next(line for line in split_lines if "if (t < n) {" in kernel_lines[line - 1])
