@@ -66,7 +66,7 @@ def test_control_flow_counts_only_the_threads_still_in_the_block():
         start = next(i for i, t in enumerate(header) if after in t)
         return next(i + 1 for i in range(start, len(header)) if text in header[i])
 
-    block_line = line_of("Patch s = make_patch(p, n);", "RELPOS_HD void render_patch(")
+    block_line = line_of("Patch s = make_patch(p, n, ", "RELPOS_HD void render_patch(")
     work_line = line_of("const int band_rows =", "RELPOS_HD void render_channels(")
     finish_line = line_of("float* const values[3] =", "RELPOS_HD void finish_patch(")
     sass = "\t.section\t.text.k,\"ax\",@progbits\n" + "".join(

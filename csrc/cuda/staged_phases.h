@@ -1,9 +1,10 @@
 // The CUDA kernel of relpos::extract_patches as barrier-separated phases. One thread block renders one patch:
 //
+//   header     the plan row (checked), the image size and the source window, by thread 0 for all
 //   taps       resize taps (first index, weight) per output row and column, for the crop and, for down-sampled
 //              patches, for the down (P -> d) and up (d -> P) steps, computed once per patch
 //   noise      the noise channels of a colour-dropped patch, drawn by the threads beyond the first 512 while
-//              those render the kept channel (the phases below, up to the sums)
+//              those make the taps and render the kept channel (the phases below, up to the sums)
 //   per rendered channel:
 //     stage    the channel's source window, copied to shared memory with coalesced loads (if it fits)
 //     h pass   horizontal blend of every needed source row (from the window, or from global memory)
@@ -124,6 +125,7 @@ RELPOS_HD int narrow_threads(int T) { return T < kNarrowThreads ? T : kNarrowThr
 // The threads that take part in the sums or the store (finish_patch runs in these only).
 RELPOS_HD int finish_threads(int T) { return sum_threads(T) > narrow_threads(T) ? sum_threads(T) : narrow_threads(T); }
 constexpr int64_t kMinWindow = 2048;  // bytes; also the block reduction's scratch (kReduceDoubles doubles + Norm)
+constexpr int64_t kHeaderBytes = 128;  // the patch's Header
 
 // Where everything lies in the dynamic shared memory of one block (byte offsets, 16-byte aligned).
 struct Layout {
@@ -136,7 +138,7 @@ struct Layout {
   int64_t down, up;                  // Taps[P]: down-sampling (P -> d) and up-sampling (d -> P) taps
   int64_t h_rows;                    // int[2P]: the source row (from the window's first) of each h pass slot
   int64_t v_rows;                    // VRow[P]: the two h slots each output row of the crop blends
-  int64_t header;                    // the patch's Window (below), written by thread 0 in the taps phase
+  int64_t header;                    // the patch's Header (below), written by thread 0 in the header phase
   int64_t window, window_bytes;      // the staged source window of one channel; also the reduction scratch
   int64_t total;
   FastDiv by_p, by_q;                // division by P and by P^2, prepared once per launch
@@ -166,7 +168,7 @@ RELPOS_HD Layout make_layout(int patch, int threads, int64_t budget) {
   L.up = at, at += wide_tap_bytes;
   L.h_rows = at, at += align16(int64_t{2} * patch * 4);
   L.v_rows = at, at += wide_tap_bytes;
-  L.header = at, at += 64;
+  L.header = at, at += kHeaderBytes;
   L.window = at;
   L.staged = patch <= threads && threads > kWorkThreads && at + kMinWindow <= budget;
   if (!L.staged) {
@@ -295,15 +297,17 @@ RELPOS_HD void load4(const float* p, float& a, float& b, float& c, float& d) {
 template <typename T>
 RELPOS_HD T by_channel(const T* v, int c) { return c == 0 ? v[0] : (c == 1 ? v[1] : v[2]); }
 
-// A 16-byte table entry (Taps, VRow) of shared memory with one load: the tables and their entries are 16-byte
-// aligned, which the compiler cannot know from the structs' 4-byte members (it loads them word by word).
+// A table entry (Taps, VRow) or header (PlanRow) of shared memory, 16-byte aligned, with one load per 16 bytes: the
+// compiler cannot know the alignment from the structs' 4-byte members (it loads them word by word).
 template <typename Entry>
 RELPOS_HD Entry load_entry(const Entry* p) {
-  static_assert(sizeof(Entry) == 16, "a 16-byte table entry");
+  static_assert(sizeof(Entry) % 16 == 0, "16-byte words");
 #if defined(__CUDA_ARCH__)
-  const int4 q = *reinterpret_cast<const int4*>(p);
   Entry e;
-  memcpy(&e, &q, sizeof(e));
+  for (int k = 0; k < static_cast<int>(sizeof(Entry) / 16); ++k) {
+    const int4 q = reinterpret_cast<const int4*>(p)[k];
+    memcpy(reinterpret_cast<unsigned char*>(&e) + 16 * k, &q, 16);
+  }
   return e;
 #else
   return *p;
@@ -335,7 +339,7 @@ struct Patch {
   PatchGeometry g;
   int kept, color, P, Q;
   uint64_t seed;
-  // Read from the Window after the taps phase:
+  // Read from the Window after the header phase (read_window):
   int wr0, wr1, wc0, wc1;  // source window rows [wr0, wr1], columns [wc0, wc1]
   int window_cols;  // the window's width (its row stride in shared memory: window_stride())
   bool staged_window;      // the window of one channel fits the shared memory window
@@ -344,33 +348,62 @@ struct Patch {
   int64_t origin;          // Window::origin
 };
 
-// The per-patch choices every thread needs, computed once (thread 0, taps phase) and read after the barrier.
+// The per-patch choices every thread needs, computed once (thread 0, header phase) and read after the barrier.
 struct Window {
   int wr0, wr1, wc0, wc1;
   int staged_window, dense;
   FastDiv by_quads, by_d;
   int64_t origin;  // byte offset of channel 0's window corner in the packed buffer (64-bit arithmetic, once)
+  int64_t unused;  // to a whole number of 16-byte words (load_entry)
 };
 
-static_assert(sizeof(Window) <= 64, "the Window header");
 
-RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n) {
-  Patch s = {};
-  s.n = n;
+// The patch's plan row (checked: the placeholder row if it was out of range) and its image's size, as thread 0
+// reads them in the header phase (and every thread of the per-pixel path).
+struct PlanRow {
+  int32_t row[kPlanColumns];
+  int32_t out_of_range;
+  int32_t rows, cols;  // of the source image
+  int32_t unused[2];   // to a whole number of 16-byte words (load_entry)
+};
+
+static_assert(sizeof(PlanRow) == 48, "three 16-byte words");
+
+// What thread 0 writes in the header phase and every thread reads after it (at Layout::header), so that the
+// others neither load and check the plan row nor compute the window themselves.
+struct Header {
+  PlanRow plan;
+  Window window;
+};
+
+static_assert(sizeof(Header) <= kHeaderBytes, "the patch's Header");
+
+RELPOS_HD PlanRow read_plan_row(const ExtractParams& p, int64_t n) {
+  PlanRow r;
   // One read of the row into registers, then checked and used: a plan rewritten meanwhile (another stream) cannot
   // pass the check with one value and be used with another.
-  int32_t row[kPlanColumns];
-  for (int k = 0; k < kPlanColumns; ++k) row[k] = p.plan[n * kPlanColumns + k];
-  s.out_of_range = !plan_row_in_range(row, p.num_images, p.patch);
-  if (s.out_of_range) plan_placeholder_row(p.patch, row);
-  s.meta_row = p.meta + int64_t{row[kImage]} * kMetaColumns;
+  for (int k = 0; k < kPlanColumns; ++k) r.row[k] = p.plan[n * kPlanColumns + k];
+  r.out_of_range = !plan_row_in_range(r.row, p.num_images, p.patch);
+  if (r.out_of_range) plan_placeholder_row(p.patch, r.row);
+  const int64_t* meta_row = p.meta + int64_t{r.row[kImage]} * kMetaColumns;
+  r.rows = static_cast<int>(meta_row[kRows]);
+  r.cols = static_cast<int>(meta_row[kCols]);
+  r.unused[0] = r.unused[1] = 0;
+  return r;
+}
+
+RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n, const PlanRow& r) {
+  Patch s = {};
+  s.n = n;
+  s.out_of_range = r.out_of_range != 0;
+  s.meta_row = p.meta + int64_t{r.row[kImage]} * kMetaColumns;
   s.data = p.data;
-  s.rows = static_cast<int>(s.meta_row[kRows]);
-  s.cols = static_cast<int>(s.meta_row[kCols]);
-  const ImageView image{p.data + s.meta_row[kOffset], s.meta_row[kRows], s.meta_row[kCols],
-                        s.meta_row[kStrideC], s.meta_row[kStrideY], s.meta_row[kStrideX]};
-  s.g = make_geometry(image, row, p.patch);
-  s.kept = row[kChannel];
+  s.rows = r.rows;
+  s.cols = r.cols;
+  const ImageView image{p.data + s.meta_row[kOffset], r.rows, r.cols, s.meta_row[kStrideC], s.meta_row[kStrideY],
+                        s.meta_row[kStrideX]};
+  s.g = make_geometry(image, r.row, p.patch);
+  s.kept = r.row[kChannel];
   s.color = p.color;
   s.P = p.patch;
   s.Q = p.patch * p.patch;
@@ -378,9 +411,11 @@ RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n) {
   return s;
 }
 
+RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n) { return make_patch(p, n, read_plan_row(p, n)); }
+
 // Thread 0 of a patch whose row was out of range raises the caller's flag (atomically on the device: many blocks).
-RELPOS_HD void report_out_of_range(int t, const Patch& s, int* flag) {
-  if (t != 0 || !s.out_of_range || flag == nullptr) return;
+RELPOS_HD void report_out_of_range(int t, bool out_of_range, int* flag) {
+  if (t != 0 || !out_of_range || flag == nullptr) return;
 #if defined(__CUDA_ARCH__)
   atomicOr(flag, 1);
 #else
@@ -393,20 +428,22 @@ RELPOS_HD T* at(unsigned char* smem, int64_t offset) {
   return reinterpret_cast<T*>(smem + offset);
 }
 
-// The window and the h pass mode (thread 0 of the taps phase): the rows and columns the crop's taps reach.
-RELPOS_HD Window make_window(const Patch& s, const Layout& L) {
-  const Taps top = linear_taps(s.g.top, s.rows, s.g.resized_rows);
-  const Taps bottom = linear_taps(s.g.top + s.P - 1, s.rows, s.g.resized_rows);
-  const Taps left = linear_taps(s.g.left, s.cols, s.g.resized_cols);
-  const Taps right = linear_taps(s.g.left + s.P - 1, s.cols, s.g.resized_cols);
+// The window and the h pass mode (thread 0 of the header phase): the rows and columns the crop's taps reach.
+RELPOS_HD Window make_window(const ExtractParams& p, const PlanRow& r, const Layout& L) {
+  const int* row = r.row;
+  const Taps top = linear_taps(row[kTop], r.rows, row[kHeight]);
+  const Taps bottom = linear_taps(row[kTop] + p.patch - 1, r.rows, row[kHeight]);
+  const Taps left = linear_taps(row[kLeft], r.cols, row[kWidth]);
+  const Taps right = linear_taps(row[kLeft] + p.patch - 1, r.cols, row[kWidth]);
   Window w;
   w.wr0 = top.i0, w.wr1 = bottom.i1, w.wc0 = left.i0, w.wc1 = right.i1;
   const int quads = (w.wc1 - w.wc0 + 4) / 4;  // 4-byte words per window row
   w.staged_window = int64_t{w.wr1 - w.wr0 + 1} * quads * 4 <= L.window_bytes;
   w.dense = w.wr1 - w.wr0 + 1 <= L.buffer_rows;
   w.by_quads = make_fastdiv(static_cast<uint32_t>(quads));
-  w.by_d = make_fastdiv(static_cast<uint32_t>(s.g.down > 0 ? s.g.down : 1));
-  w.origin = source_offset(s.meta_row, 0, w.wr0, w.wc0);
+  w.by_d = make_fastdiv(static_cast<uint32_t>(row[kDown] > 0 ? row[kDown] : 1));
+  w.origin = source_offset(p.meta + int64_t{row[kImage]} * kMetaColumns, 0, w.wr0, w.wc0);
+  w.unused = 0;
   return w;
 }
 
@@ -415,7 +452,7 @@ RELPOS_HD Window make_window(const Patch& s, const Layout& L) {
 RELPOS_HD int window_stride(const Patch& s) { return (s.window_cols + 3) & ~3; }
 
 RELPOS_HD void read_window(Patch& s, unsigned char* smem, const Layout& L) {
-  const Window w = *at<Window>(smem, L.header);
+  const Window w = load_entry(&at<Header>(smem, L.header)->window);
   s.wr0 = w.wr0, s.wr1 = w.wr1, s.wc0 = w.wc0, s.wc1 = w.wc1;
   s.window_cols = w.wc1 - w.wc0 + 1;
   s.staged_window = w.staged_window != 0;
@@ -425,37 +462,48 @@ RELPOS_HD void read_window(Patch& s, unsigned char* smem, const Layout& L) {
   s.origin = w.origin;
 }
 
-// Phase: the tap tables (one output row and column per thread) and, merged into it, the noise of the dropped
-// channels into their buffers (noise_buffer[c] >= 0 for those).
-RELPOS_HD void phase_taps(int t, int T, unsigned char* smem, const Layout& L, const Patch& s) {
+// Phase (thread 0): the patch's Header, from the plan row and the image table; the others read it after the barrier.
+RELPOS_HD void phase_header(int t, int /*block_threads*/, unsigned char* smem, const Layout& L, const ExtractParams& p, int64_t n) {
+  if (t != 0) return;
+  const PlanRow r = read_plan_row(p, n);
+  Header* header = at<Header>(smem, L.header);
+  header->plan = r;
+  header->window = make_window(p, r, L);
+  report_out_of_range(t, r.out_of_range != 0, p.plan_error);
+}
+
+// Phase (the work threads): the tap tables, one entry per thread: output row i of the crop (its v pass row and h
+// pass slots), column i of the crop, and for down-sampled patches up-sampling tap i and down-sampling tap i.
+RELPOS_HD void phase_taps(int t, int block_threads, unsigned char* smem, const Layout& L, const Patch& s) {
+  const int T = work_threads(block_threads);
+  if (t >= T) return;
   const int P = s.P, D = s.g.down;
-  if (t == 0) *at<Window>(smem, L.header) = make_window(s, L);
-  // The h pass slots and the v pass rows as tables, so that neither pass branches on the mode. Dense: slot k is
-  // source row wr0 + k (one band). Otherwise slots 2i and 2i + 1 hold the two source rows of output row i, in
-  // bands of buffer_rows / 2 output rows whose slots count from the band's first row.
-  if (t < 2 * P) {
-    const int wr0 = linear_taps(s.g.top, s.rows, s.g.resized_rows).i0;
-    const int wr1 = linear_taps(s.g.top + P - 1, s.rows, s.g.resized_rows).i1;
-    const bool dense = wr1 - wr0 + 1 <= L.buffer_rows;
-    const int band_rows = L.buffer_rows / 2;
-    RELPOS_ROLLED
-    for (int i = t; i < 2 * P; i += T) {
-      const Taps pair_taps = linear_taps(s.g.top + (i >> 1), s.rows, s.g.resized_rows);
-      at<int>(smem, L.h_rows)[i] = dense ? i : (i & 1 ? pair_taps.i1 : pair_taps.i0) - wr0;
-      if (i < P) {
-        const Taps ty = linear_taps(s.g.top + i, s.rows, s.g.resized_rows);
-        const int pair = 2 * (i - i / band_rows * band_rows);
-        at<VRow>(smem, L.v_rows)[i] = VRow{(dense ? ty.i0 - wr0 : pair) * P, (dense ? ty.i1 - wr0 : pair + 1) * P,
-                                           ty.w0, ty.w1};
-      }
-    }
-  }
   RELPOS_ROLLED
-  for (int i = t; i < P; i += T) {
-    at<Tap>(smem, L.crop_x)[i] = pack_tap(linear_taps(s.g.left + i, s.cols, s.g.resized_cols));
-    if (D > 0) {
-      at<Taps>(smem, L.up)[i] = linear_taps(i, D, P);
-      if (i < D) at<Taps>(smem, L.down)[i] = linear_taps(i, P, D);
+  for (int k = t; k < 4 * P; k += T) {
+    const int table = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(k))), i = k - table * P;
+    if (table == 0) {
+      // The h pass slots and the v pass rows as tables, so that neither pass branches on the mode. Dense: slot k is
+      // source row wr0 + k (one band). Otherwise slots 2i and 2i + 1 hold the two source rows of output row i, in
+      // bands of buffer_rows / 2 output rows whose slots count from the band's first row.
+      const Window& w = at<Header>(smem, L.header)->window;
+      const int wr0 = w.wr0;
+      const bool dense = w.dense != 0;
+      const int band_rows = L.buffer_rows / 2;
+      const Taps ty = linear_taps(s.g.top + i, s.rows, s.g.resized_rows);
+      int* slots = at<int>(smem, L.h_rows) + 2 * i;
+      slots[0] = dense ? 2 * i : ty.i0 - wr0;
+      slots[1] = dense ? 2 * i + 1 : ty.i1 - wr0;
+      const int pair = 2 * (i - i / band_rows * band_rows);
+      at<VRow>(smem, L.v_rows)[i] = VRow{(dense ? ty.i0 - wr0 : pair) * P, (dense ? ty.i1 - wr0 : pair + 1) * P,
+                                         ty.w0, ty.w1};
+    } else if (table == 1) {
+      at<Tap>(smem, L.crop_x)[i] = pack_tap(linear_taps(s.g.left + i, s.cols, s.g.resized_cols));
+    } else if (D > 0) {
+      if (table == 2) {
+        at<Taps>(smem, L.up)[i] = linear_taps(i, D, P);
+      } else if (i < D) {
+        at<Taps>(smem, L.down)[i] = linear_taps(i, P, D);
+      }
     }
   }
 }
@@ -838,17 +886,33 @@ RELPOS_HD void phase_store(int t, int block_threads, const ExtractParams& p, con
     // SASS instruction by its source line's count, so each line must belong to one path.
     if (nchw && Q % 8 == 0 && reinterpret_cast<uintptr_t>(base) % 16 == 0) {
       for (int c = 0; c < 3; ++c) {
-        const float* v = plane(c);
         const float m = mean(c);
-        storage* out = base + c * Q;
-        RELPOS_ROLLED
-        for (int i = 8 * t; i < Q; i += 8 * T) {
-          float x[8];
-          load4(v + i, x[0], x[1], x[2], x[3]);  // 16-byte aligned: the buffers are, and Q % 8 == 0
-          load4(v + i + 4, x[4], x[5], x[6], x[7]);
-          storage y[8];
-          for (int k = 0; k < 8; ++k) y[k] = Out::convert((x[k] - m) * scale);
-          store8(out + i, y);
+        // Each branch starts with a line of its own (once per entry: the count benchmarks/cuda_line_counts.py gives
+        // its loop's set-up, from the nearest counted line above the loop).
+        if (float_bits(m) != 0u) {
+          const float* v = plane(c);
+          storage* out = base + c * Q;
+          RELPOS_ROLLED
+          for (int i = 8 * t; i < Q; i += 8 * T) {
+            float x[8];
+            load4(v + i, x[0], x[1], x[2], x[3]);  // 16-byte aligned: the buffers are, and Q % 8 == 0
+            load4(v + i + 4, x[4], x[5], x[6], x[7]);
+            storage y[8];
+            for (int k = 0; k < 8; ++k) y[k] = Out::convert((x[k] - m) * scale);
+            store8(out + i, y);
+          }
+        } else {  // a mean of +0 (every noise channel: finish_stats): x - 0 is x, so no subtraction
+          const float* v = plane(c);
+          storage* out = base + c * Q;
+          RELPOS_ROLLED
+          for (int i = 8 * t; i < Q; i += 8 * T) {
+            float x[8];
+            load4(v + i, x[0], x[1], x[2], x[3]);
+            load4(v + i + 4, x[4], x[5], x[6], x[7]);
+            storage y[8];
+            for (int k = 0; k < 8; ++k) y[k] = Out::convert(x[k] * scale);
+            store8(out + i, y);
+          }
         }
       }
       return;
@@ -856,15 +920,27 @@ RELPOS_HD void phase_store(int t, int block_threads, const ExtractParams& p, con
   }
   if (nchw && wide) {  // plane by plane, four elements per store (P^2 is a multiple of 4)
     for (int c = 0; c < 3; ++c) {
-      const float* v = plane(c);
       const float m = mean(c);
-      storage* out = base + c * Q;
-      RELPOS_ROLLED
-      for (int i = 4 * t; i < Q; i += 4 * T) {
-        float v0, v1, v2, v3;
-        load4(v + i, v0, v1, v2, v3);  // 16-byte aligned: the buffers are, and Q % 4 == 0
-        store4(out + i, Out::convert((v0 - m) * scale), Out::convert((v1 - m) * scale),
-               Out::convert((v2 - m) * scale), Out::convert((v3 - m) * scale));
+      if (float_bits(m) != 0u) {  // each branch starts with a line of its own (as above)
+        const float* v = plane(c);
+        storage* out = base + c * Q;
+        RELPOS_ROLLED
+        for (int i = 4 * t; i < Q; i += 4 * T) {
+          float v0, v1, v2, v3;
+          load4(v + i, v0, v1, v2, v3);  // 16-byte aligned: the buffers are, and Q % 4 == 0
+          store4(out + i, Out::convert((v0 - m) * scale), Out::convert((v1 - m) * scale),
+                 Out::convert((v2 - m) * scale), Out::convert((v3 - m) * scale));
+        }
+      } else {  // a mean of +0: no subtraction (as above)
+        const float* v = plane(c);
+        storage* out = base + c * Q;
+        RELPOS_ROLLED
+        for (int i = 4 * t; i < Q; i += 4 * T) {
+          float v0, v1, v2, v3;
+          load4(v + i, v0, v1, v2, v3);
+          store4(out + i, Out::convert(v0 * scale), Out::convert(v1 * scale), Out::convert(v2 * scale),
+                 Out::convert(v3 * scale));
+        }
       }
     }
     return;
@@ -941,8 +1017,8 @@ RELPOS_HD void phase_pixel_store(int t, int T, const ExtractParams& p, const Pat
 // Which buffer holds channel c at the end, and which two it works in (x: h rows, then the small image; y: the
 // crop, then the wide image). A plain crop ends in y, a down-sampled one in x. Fixed by colour and down-sampling
 // alone, so every thread knows it without shared state: rendered channels take (0, c + 1) or (c, c + 1);
-// colour dropping renders one channel in (0, 1) and puts the noise channels in 2 and 3, which the taps phase
-// fills before the kept channel is rendered.
+// colour dropping renders one channel in (0, 1) and puts the noise channels in 2 and 3, which the threads beyond
+// the work threads fill meanwhile (phase_noise_channels).
 RELPOS_HD int work_x(const Patch& s, int c) {
   return s.color != kColorDrop && s.g.down > 0 ? c : 0;
 }
@@ -974,6 +1050,7 @@ RELPOS_HD void finish_patch(Exec& exec, unsigned char* smem, const Layout& L, co
 #endif
 template <typename Out, typename Exec>
 RELPOS_HD void render_channels(Exec& exec, unsigned char* smem, const Layout& L, const ExtractParams& p, Patch& s) {
+  exec.phase([&](int t, int T) { phase_taps(t, T, smem, L, s); });
   read_window(s, smem, L);
   const int band_rows = s.dense ? s.P : L.buffer_rows / 2;
 #if defined(__CUDACC__)
@@ -1033,11 +1110,8 @@ RELPOS_HD void phase_noise_channels(int t, int T, unsigned char* smem, const Lay
 #endif
 template <typename Out, typename Exec>
 RELPOS_HD void render_patch(Exec& exec, unsigned char* smem, const Layout& L, const ExtractParams& p, int64_t n) {
-  Patch s = make_patch(p, n);
-  exec.phase([&](int t, int T) {
-    report_out_of_range(t, s, p.plan_error);
-    phase_taps(t, T, smem, L, s);
-  });
+  exec.phase([&](int t, int T) { phase_header(t, T, smem, L, p, n); });
+  Patch s = make_patch(p, n, load_entry(&at<Header>(smem, L.header)->plan));
   // The last statement (the side threads leave the kernel after it); the lambdas' bodies on their own lines.
   exec.split(work_threads(exec.block_threads()),
              [&](int t, int T) {
@@ -1058,7 +1132,7 @@ RELPOS_HD void render_patch_per_pixel(Exec& exec, unsigned char* smem, const Lay
   const Patch s = make_patch(p, n);
   const FastDiv& by_p = L.by_p;
   const Norm norm = exec.reduce([&](int t, int T) {
-    report_out_of_range(t, s, p.plan_error);
+    report_out_of_range(t, s.out_of_range, p.plan_error);
     return phase_pixel_sums(t, T, s, by_p); },
                                  [&](const Sums& total) { return make_norm(total, s); }, at<double>(smem, 0));
   exec.phase([&](int t, int T) { phase_pixel_store<Out>(t, T, p, s, norm, by_p); });
