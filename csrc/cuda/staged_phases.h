@@ -550,12 +550,28 @@ RELPOS_HD void phase_stage(int t, int block_threads, unsigned char* smem, const 
     const int first = static_cast<int>(fast_div(s.by_quads, static_cast<uint32_t>(t)));
     const int step = static_cast<int>(fast_div(s.by_quads, static_cast<uint32_t>(T)));
     const int x = 4 * (t - first * quads);
-    int64_t o[4];
-    offsets(x, o);
     const uint8_t* src = origin + first * sy;
     uint8_t* dst = window + first * stride + x;
     const int64_t src_step = step * sy;
     const int dst_step = step * stride;
+    // A word inside the window (no clamped column) of an interleaved (HWC) or a planar image: its four bytes at
+    // constant offsets from one pointer (immediates of the loads) instead of four 64-bit addresses per row.
+    if (x + 3 < cols && sx == 3) {
+      const uint8_t* pixels = src + 3 * x;
+      RELPOS_ROLLED
+      for (int r = first; r < rows; r += step, pixels += src_step, dst += dst_step)
+        store_bytes4(dst, pixels[0], pixels[3], pixels[6], pixels[9]);
+      return;
+    }
+    if (x + 3 < cols && sx == 1) {
+      const uint8_t* pixels = src + x;
+      RELPOS_ROLLED
+      for (int r = first; r < rows; r += step, pixels += src_step, dst += dst_step)
+        store_bytes4(dst, pixels[0], pixels[1], pixels[2], pixels[3]);
+      return;
+    }
+    int64_t o[4];
+    offsets(x, o);
     RELPOS_ROLLED
     for (int r = first; r < rows; r += step, src += src_step, dst += dst_step)
       store_bytes4(dst, src[o[0]], src[o[1]], src[o[2]], src[o[3]]);
