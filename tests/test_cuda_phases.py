@@ -176,8 +176,9 @@ def test_16_bit_outputs_eight_or_four_elements_per_store(harness, tmp_path, gene
     check(harness, tmp_path, random_images(generator, SIZES), rows, patch, "drop", dtype, "nchw", out_offset=out_offset)
 
 
-@pytest.mark.parametrize("down,corner", [(10, "top-left"), (95, "bottom-right")])
+@pytest.mark.parametrize("down,corner", [(10, "top-left"), (95, "bottom-right"), (96, "bottom-right")])
 def test_down_sizes_at_both_ends_flush_with_the_edges(harness, tmp_path, generator, down, corner):
+    """Down sizes 10 and 95 (P = 96), and 96: the identity, whose last down-sampling tap is clamped (i1 == i0)."""
     images = random_images(generator, [(130, 150), (90, 70)])
     rh, rw = 140, 160
     top, left = (0, 0) if corner == "top-left" else (rh - 96, rw - 96)

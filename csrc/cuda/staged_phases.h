@@ -690,11 +690,18 @@ RELPOS_HD void phase_small(int t, int block_threads, unsigned char* smem, const 
   const int sx = t - first * D;
   const Taps* down = at<Taps>(smem, L.down);
   const Taps tx = down[sx];
+  // The column's two taps as a pointer and a distance (1, or 0 where a tap is clamped: d = P), so that each row
+  // costs one address per tap row; the output by a pointer stepped along the column.
+  const unsigned char* column = reinterpret_cast<const unsigned char*>(crop + tx.i0);
+  const int dx = tx.i1 - tx.i0, row_bytes = P * 4;
+  float* out = small + first * D + sx;
+  const int out_step = step * D;
   RELPOS_ROLLED
-  for (int sy = first; sy < D; sy += step) {
+  for (int sy = first; sy < D; sy += step, out += out_step) {
     const Taps ty = load_entry(down + sy);
-    small[sy * D + sx] = blend(ty, tx, crop[ty.i0 * P + tx.i0], crop[ty.i0 * P + tx.i1], crop[ty.i1 * P + tx.i0],
-                               crop[ty.i1 * P + tx.i1]);
+    const float* top = reinterpret_cast<const float*>(column + ty.i0 * row_bytes);
+    const float* bottom = reinterpret_cast<const float*>(column + ty.i1 * row_bytes);
+    *out = blend(ty, tx, top[0], top[dx], bottom[0], bottom[dx]);
   }
 }
 
