@@ -308,9 +308,9 @@ int main(int argc, char** argv) {
   if (argc == 2 && std::strcmp(argv[1], "selftest") == 0) return selftest();
   if (argc == 5 && std::strcmp(argv[1], "layout") == 0) {
     const staged::Layout L = staged::make_layout(std::atoi(argv[2]), std::atoi(argv[3]), std::atoll(argv[4]));
-    std::printf("{\"staged\": %s, \"total\": %lld, \"window_bytes\": %lld, \"buffer_bytes\": %lld}\n",
-                L.staged ? "true" : "false", static_cast<long long>(L.total), static_cast<long long>(L.window_bytes),
-                static_cast<long long>(L.buffer_bytes));
+    std::printf("{\"staged\": %s, \"total\": %lld, \"window\": %lld, \"window_bytes\": %lld, \"buffer_bytes\": %lld}\n",
+                L.staged ? "true" : "false", static_cast<long long>(L.total), static_cast<long long>(L.window),
+                static_cast<long long>(L.window_bytes), static_cast<long long>(L.buffer_bytes));
     return 0;
   }
   std::fprintf(stderr, "usage: %s run INPUT OUTPUT | selftest | layout P THREADS BUDGET\n", argv[0]);

@@ -8,6 +8,7 @@ global memory) and one too small for the staged buffers (the per-pixel path)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -28,10 +29,18 @@ THREADS, PIXEL_THREADS = 1024, 256  # kThreads and kPixelThreads of extract_patc
 ALL_ORDERS = 7
 
 
-def no_window_budget(patch: int) -> int:
-    """A budget with the buffers and tap tables but only the minimal window (staged_phases.h's make_layout)."""
-    align = lambda x: (x + 15) // 16 * 16  # noqa: E731
-    return 4 * align((patch + 2) * patch * 4) + 4 * align(patch * 8) + 2048
+def layout(harness: Path, patch: int, budget: int) -> dict:
+    """staged_phases.h's make_layout for a 1024-thread block (staged, total, window offset and bytes)."""
+    out = subprocess.run([str(harness), "layout", str(patch), str(THREADS), str(budget)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def no_window_budget(harness: Path, patch: int) -> int:
+    """A budget with the buffers and tap tables but only the minimal window (2 KB: the reduction's scratch)."""
+    budget = layout(harness, patch, SM90)["window"] + 2048
+    assert layout(harness, patch, budget)["staged"]
+    return budget
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +155,7 @@ SIZES = [(120, 150), (37, 50), (300, 260), (96, 97), (700, 90), (5, 400)]
 def test_random_plans_bit_for_bit(harness, tmp_path, generator, color, budget):
     patch = 96
     rows = random_rows(generator, SIZES, patch, 6)
-    budget_bytes = {"sm90": SM90, "sm80": SM80, "no_window": no_window_budget(patch)}[budget]
+    budget_bytes = {"sm90": SM90, "sm80": SM80, "no_window": no_window_budget(harness, patch)}[budget]
     dtype = {"none": torch.float32, "drop": torch.bfloat16, "project": torch.float16}[color]
     layout = "nhwc" if budget == "sm80" else "nchw"
     check(harness, tmp_path, random_images(generator, SIZES), rows, patch, color, dtype, layout,
@@ -185,6 +194,29 @@ def test_down_sizes_at_both_ends_flush_with_the_edges(harness, tmp_path, generat
     rows = [[0, rh, rw, top, left, 1, down], [1, 96, 96, 0, 0, 2, down], [1, 400, 97, 304, 1, 0, down]]
     for color in ("none", "drop"):
         check(harness, tmp_path, images, rows, 96, color)
+
+
+def _taps(dst: int, in_size: int, out_size: int) -> tuple[int, int]:
+    """relpos_math.h's linear_taps, indices only."""
+    i0 = max(0, in_size * (2 * dst + 1) - out_size) // (2 * out_size)
+    return (in_size - 1, in_size - 1) if i0 >= in_size - 1 else (i0, i0 + 1)
+
+
+def test_a_window_that_fills_its_budget_exactly(harness, tmp_path, generator):
+    """The h pass reads the byte after each tap's first, which for a tap clamped at the image's right edge (weight
+    0) lies past the window's rows: make_window asks for a spare word. A crop flush with the bottom-right corner of
+    an upscaled square image (its last taps clamped), whose square window has rows of whole words, with a budget
+    whose window holds it exactly (the h pass then reads global memory) and one 16 bytes larger (the window)."""
+    patch = 64  # the window (at most P + 1 columns when upscaled) must exceed the minimal 2 KB
+    side, resized = next((side, resized) for side in range(48, 65) for resized in range(side + 1, 3 * side)
+                         if resized >= patch and (side - _taps(resized - patch, side, resized)[0]) % 4 == 0
+                         and (side - _taps(resized - patch, side, resized)[0]) ** 2 >= 2048)
+    window = (side - _taps(resized - patch, side, resized)[0]) ** 2  # rows x columns, a multiple of 16
+    rows = [[0, resized, resized, resized - patch, resized - patch, k, 0] for k in range(3)]
+    exact = layout(harness, patch, SM90)["window"] + window
+    assert layout(harness, patch, exact)["window_bytes"] == window
+    for budget in (exact, exact + 16):
+        check(harness, tmp_path, random_images(generator, [(side, side)]), rows, patch, "none", budget=budget)
 
 
 def test_images_smaller_than_the_window(harness, tmp_path, generator):

@@ -438,7 +438,8 @@ RELPOS_HD Window make_window(const ExtractParams& p, const PlanRow& r, const Lay
   Window w;
   w.wr0 = top.i0, w.wr1 = bottom.i1, w.wc0 = left.i0, w.wc1 = right.i1;
   const int quads = (w.wc1 - w.wc0 + 4) / 4;  // 4-byte words per window row
-  w.staged_window = int64_t{w.wr1 - w.wr0 + 1} * quads * 4 <= L.window_bytes;
+  // with a spare word after the rows: the h pass reads the byte after a clamped tap's (phase_h)
+  w.staged_window = int64_t{w.wr1 - w.wr0 + 1} * quads * 4 + 4 <= L.window_bytes;
   w.dense = w.wr1 - w.wr0 + 1 <= L.buffer_rows;
   w.by_quads = make_fastdiv(static_cast<uint32_t>(quads));
   w.by_d = make_fastdiv(static_cast<uint32_t>(row[kDown] > 0 ? row[kDown] : 1));
@@ -604,14 +605,19 @@ RELPOS_HD void phase_h(int t, int block_threads, unsigned char* smem, const Layo
     const Tap* crop_x = at<Tap>(smem, L.crop_x);
     const Taps a = unpack_tap(crop_x[px], s.cols), b = unpack_tap(crop_x[px + 1], s.cols);
     const Taps c4 = unpack_tap(crop_x[px + 2], s.cols), d = unpack_tap(crop_x[px + 3], s.cols);
-    const uint8_t* window = at<uint8_t>(smem, L.window);
+    const uint8_t* window = at<uint8_t>(smem, L.window) - s.wc0;  // plus a source column: its byte in a row
+    // A tap's second byte is read as the byte after its first (an immediate offset, one address per tap): the
+    // same byte unless the tap is clamped at the image's right edge (i1 == i0), where its weight w1 is 0 and
+    // 0 times any byte (finite) adds +0 to w0 times the first (not negative): the same float. The window keeps
+    // a spare word after its rows for that read (make_window).
     RELPOS_ROLLED
     for (int slot = first; slot < slots; slot += step) {
-      const int row = rows[slot] * window_stride(s) - s.wc0;  // plus a source column: its byte in the window
-      store4(h + slot * P + px, a.w0 * byte_to_float(window[row + a.i0]) + a.w1 * byte_to_float(window[row + a.i1]),
-             b.w0 * byte_to_float(window[row + b.i0]) + b.w1 * byte_to_float(window[row + b.i1]),
-             c4.w0 * byte_to_float(window[row + c4.i0]) + c4.w1 * byte_to_float(window[row + c4.i1]),
-             d.w0 * byte_to_float(window[row + d.i0]) + d.w1 * byte_to_float(window[row + d.i1]));
+      const uint8_t* row = window + rows[slot] * window_stride(s);
+      const uint8_t *pa = row + a.i0, *pb = row + b.i0, *pc = row + c4.i0, *pd = row + d.i0;
+      store4(h + slot * P + px, a.w0 * byte_to_float(pa[0]) + a.w1 * byte_to_float(pa[1]),
+             b.w0 * byte_to_float(pb[0]) + b.w1 * byte_to_float(pb[1]),
+             c4.w0 * byte_to_float(pc[0]) + c4.w1 * byte_to_float(pc[1]),
+             d.w0 * byte_to_float(pd[0]) + d.w1 * byte_to_float(pd[1]));
     }
     return;
   }
@@ -622,12 +628,11 @@ RELPOS_HD void phase_h(int t, int block_threads, unsigned char* smem, const Layo
   const Taps tx = unpack_tap(at<Tap>(smem, L.crop_x)[px], s.cols);
   const float wx0 = tx.w0, wx1 = tx.w1;
   if (kFromWindow) {
-    const uint8_t* window = at<uint8_t>(smem, L.window);
-    const int x0 = tx.i0 - s.wc0, x1 = tx.i1 - s.wc0;
+    const uint8_t* column = at<uint8_t>(smem, L.window) + (tx.i0 - s.wc0);
     RELPOS_ROLLED
     for (int slot = first; slot < slots; slot += step) {
-      const int row = rows[slot] * window_stride(s);
-      const float v0 = byte_to_float(window[row + x0]), v1 = byte_to_float(window[row + x1]);
+      const uint8_t* pixel = column + rows[slot] * window_stride(s);
+      const float v0 = byte_to_float(pixel[0]), v1 = byte_to_float(pixel[1]);  // the byte after: as above
       h[slot * P + px] = wx0 * v0 + wx1 * v1;
     }
   } else {
