@@ -918,28 +918,28 @@ RELPOS_HD void phase_store(int t, int block_threads, const ExtractParams& p, con
         // Each branch starts with a line of its own (once per entry: the count benchmarks/cuda_line_counts.py gives
         // its loop's set-up, from the nearest counted line above the loop).
         if (float_bits(m) != 0u) {
-          const float* v = plane(c);
-          storage* out = base + c * Q;
+          const float *v = plane(c) + 8 * t, *end = plane(c) + Q;  // pointers stepped: no index arithmetic
+          storage* out = base + c * Q + 8 * t;
           RELPOS_ROLLED
-          for (int i = 8 * t; i < Q; i += 8 * T) {
+          for (; v < end; v += 8 * T, out += 8 * T) {
             float x[8];
-            load4(v + i, x[0], x[1], x[2], x[3]);  // 16-byte aligned: the buffers are, and Q % 8 == 0
-            load4(v + i + 4, x[4], x[5], x[6], x[7]);
+            load4(v, x[0], x[1], x[2], x[3]);  // 16-byte aligned: the buffers are, and Q % 8 == 0
+            load4(v + 4, x[4], x[5], x[6], x[7]);
             storage y[8];
             for (int k = 0; k < 8; ++k) y[k] = Out::convert((x[k] - m) * scale);
-            store8(out + i, y);
+            store8(out, y);
           }
         } else {  // a mean of +0 (every noise channel: finish_stats): x - 0 is x, so no subtraction
-          const float* v = plane(c);
-          storage* out = base + c * Q;
+          const float *v = plane(c) + 8 * t, *end = plane(c) + Q;  // pointers stepped: no index arithmetic
+          storage* out = base + c * Q + 8 * t;
           RELPOS_ROLLED
-          for (int i = 8 * t; i < Q; i += 8 * T) {
+          for (; v < end; v += 8 * T, out += 8 * T) {
             float x[8];
-            load4(v + i, x[0], x[1], x[2], x[3]);
-            load4(v + i + 4, x[4], x[5], x[6], x[7]);
+            load4(v, x[0], x[1], x[2], x[3]);
+            load4(v + 4, x[4], x[5], x[6], x[7]);
             storage y[8];
             for (int k = 0; k < 8; ++k) y[k] = Out::convert(x[k] * scale);
-            store8(out + i, y);
+            store8(out, y);
           }
         }
       }
@@ -950,23 +950,23 @@ RELPOS_HD void phase_store(int t, int block_threads, const ExtractParams& p, con
     for (int c = 0; c < 3; ++c) {
       const float m = mean(c);
       if (float_bits(m) != 0u) {  // each branch starts with a line of its own (as above)
-        const float* v = plane(c);
-        storage* out = base + c * Q;
+        const float *v = plane(c) + 4 * t, *end = plane(c) + Q;  // pointers stepped: no index arithmetic
+        storage* out = base + c * Q + 4 * t;
         RELPOS_ROLLED
-        for (int i = 4 * t; i < Q; i += 4 * T) {
+        for (; v < end; v += 4 * T, out += 4 * T) {
           float v0, v1, v2, v3;
-          load4(v + i, v0, v1, v2, v3);  // 16-byte aligned: the buffers are, and Q % 4 == 0
-          store4(out + i, Out::convert((v0 - m) * scale), Out::convert((v1 - m) * scale),
+          load4(v, v0, v1, v2, v3);  // 16-byte aligned: the buffers are, and Q % 4 == 0
+          store4(out, Out::convert((v0 - m) * scale), Out::convert((v1 - m) * scale),
                  Out::convert((v2 - m) * scale), Out::convert((v3 - m) * scale));
         }
       } else {  // a mean of +0: no subtraction (as above)
-        const float* v = plane(c);
-        storage* out = base + c * Q;
+        const float *v = plane(c) + 4 * t, *end = plane(c) + Q;  // pointers stepped: no index arithmetic
+        storage* out = base + c * Q + 4 * t;
         RELPOS_ROLLED
-        for (int i = 4 * t; i < Q; i += 4 * T) {
+        for (; v < end; v += 4 * T, out += 4 * T) {
           float v0, v1, v2, v3;
-          load4(v + i, v0, v1, v2, v3);
-          store4(out + i, Out::convert(v0 * scale), Out::convert(v1 * scale), Out::convert(v2 * scale),
+          load4(v, v0, v1, v2, v3);
+          store4(out, Out::convert(v0 * scale), Out::convert(v1 * scale), Out::convert(v2 * scale),
                  Out::convert(v3 * scale));
         }
       }
