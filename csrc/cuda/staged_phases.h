@@ -89,7 +89,7 @@ RELPOS_HD Taps unpack_tap(Tap t, int in_size) {
   return r;
 }
 
-// An output row of the crop in the v pass: element offsets of its two h rows, and their weights.
+// An output row of the crop in the v pass: byte offsets of its two h rows (from the h buffer), and their weights.
 struct VRow {
   int o0, o1;
   float w0, w1;
@@ -495,7 +495,7 @@ RELPOS_HD void phase_taps(int t, int block_threads, unsigned char* smem, const L
       slots[0] = dense ? 2 * i : ty.i0 - wr0;
       slots[1] = dense ? 2 * i + 1 : ty.i1 - wr0;
       const int pair = 2 * (i - i / band_rows * band_rows);
-      at<VRow>(smem, L.v_rows)[i] = VRow{(dense ? ty.i0 - wr0 : pair) * P, (dense ? ty.i1 - wr0 : pair + 1) * P,
+      at<VRow>(smem, L.v_rows)[i] = VRow{(dense ? ty.i0 - wr0 : pair) * P * 4, (dense ? ty.i1 - wr0 : pair + 1) * P * 4,
                                          ty.w0, ty.w1};
     } else if (table == 1) {
       at<Tap>(smem, L.crop_x)[i] = pack_tap(linear_taps(s.g.left + i, s.cols, s.g.resized_cols));
@@ -660,14 +660,17 @@ RELPOS_HD void phase_v(int t, int block_threads, unsigned char* smem, const Layo
     const int step = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(T)));
     if (first >= step) return;
     const int px = 4 * (t - first * (P / 4));
+    // The h rows by byte offsets from the thread's column, the output by a stepped pointer: one add per address.
+    const unsigned char* column = reinterpret_cast<const unsigned char*>(h + px);
+    float* out = dst + (band_begin + first) * P + px;
+    const int out_step = step * P;
     RELPOS_ROLLED
-    for (int py = band_begin + first; py < band_end; py += step) {
+    for (int py = band_begin + first; py < band_end; py += step, out += out_step) {
       const VRow r = load_entry(rows + py);
       float a0, a1, a2, a3, b0, b1, b2, b3;
-      load4(h + r.o0 + px, a0, a1, a2, a3);
-      load4(h + r.o1 + px, b0, b1, b2, b3);
-      store4(dst + py * P + px, r.w0 * a0 + r.w1 * b0, r.w0 * a1 + r.w1 * b1, r.w0 * a2 + r.w1 * b2,
-             r.w0 * a3 + r.w1 * b3);
+      load4(reinterpret_cast<const float*>(column + r.o0), a0, a1, a2, a3);
+      load4(reinterpret_cast<const float*>(column + r.o1), b0, b1, b2, b3);
+      store4(out, r.w0 * a0 + r.w1 * b0, r.w0 * a1 + r.w1 * b1, r.w0 * a2 + r.w1 * b2, r.w0 * a3 + r.w1 * b3);
     }
     return;
   }
@@ -675,11 +678,12 @@ RELPOS_HD void phase_v(int t, int block_threads, unsigned char* smem, const Layo
   const int step = static_cast<int>(fast_div(L.by_p, static_cast<uint32_t>(T)));
   if (first >= step) return;
   const int px = t - first * P;
-  const float* column = h + px;
+  const unsigned char* column = reinterpret_cast<const unsigned char*>(h + px);
   RELPOS_ROLLED
   for (int py = band_begin + first; py < band_end; py += step) {
     const VRow r = load_entry(rows + py);
-    dst[py * P + px] = r.w0 * column[r.o0] + r.w1 * column[r.o1];
+    dst[py * P + px] = r.w0 * *reinterpret_cast<const float*>(column + r.o0) +
+                       r.w1 * *reinterpret_cast<const float*>(column + r.o1);
   }
 }
 
@@ -723,10 +727,12 @@ RELPOS_HD void phase_wide(int t, int block_threads, unsigned char* smem, const L
     const int px = 4 * (t - first * (P / 4));
     const Taps* up = at<Taps>(smem, L.up);
     const Taps a = up[px], b = up[px + 1], c = up[px + 2], d = up[px + 3];
+    const float* row = small + first * D;  // small rows and wide rows by stepped pointers
+    float* out = wide + first * P + px;
+    const int row_step = step * D, out_step = step * P;
     RELPOS_ROLLED
-    for (int sy = first; sy < D; sy += step) {
-      const float* row = small + sy * D;
-      store4(wide + sy * P + px, a.w0 * row[a.i0] + a.w1 * row[a.i1], b.w0 * row[b.i0] + b.w1 * row[b.i1],
+    for (int sy = first; sy < D; sy += step, row += row_step, out += out_step) {
+      store4(out, a.w0 * row[a.i0] + a.w1 * row[a.i1], b.w0 * row[b.i0] + b.w1 * row[b.i1],
              c.w0 * row[c.i0] + c.w1 * row[c.i1], d.w0 * row[d.i0] + d.w1 * row[d.i1]);
     }
     return;
@@ -753,14 +759,18 @@ RELPOS_HD void phase_up(int t, int block_threads, unsigned char* smem, const Lay
     const int step = static_cast<int>(fast_div(L.by_quads, static_cast<uint32_t>(T)));
     if (first >= step) return;
     const int px = 4 * (t - first * (P / 4));
+    // The wide rows by byte offsets from the thread's column (one multiply-add per address), the output by a
+    // stepped pointer.
+    const unsigned char* column = reinterpret_cast<const unsigned char*>(wide + px);
+    const int row_bytes = P * 4, out_step = step * P;
+    float* out = dst + first * P + px;
     RELPOS_ROLLED
-    for (int py = first; py < P; py += step) {
+    for (int py = first; py < P; py += step, out += out_step) {
       const Taps ty = load_entry(up + py);
       float a0, a1, a2, a3, b0, b1, b2, b3;
-      load4(wide + ty.i0 * P + px, a0, a1, a2, a3);
-      load4(wide + ty.i1 * P + px, b0, b1, b2, b3);
-      store4(dst + py * P + px, ty.w0 * a0 + ty.w1 * b0, ty.w0 * a1 + ty.w1 * b1, ty.w0 * a2 + ty.w1 * b2,
-             ty.w0 * a3 + ty.w1 * b3);
+      load4(reinterpret_cast<const float*>(column + ty.i0 * row_bytes), a0, a1, a2, a3);
+      load4(reinterpret_cast<const float*>(column + ty.i1 * row_bytes), b0, b1, b2, b3);
+      store4(out, ty.w0 * a0 + ty.w1 * b0, ty.w0 * a1 + ty.w1 * b1, ty.w0 * a2 + ty.w1 * b2, ty.w0 * a3 + ty.w1 * b3);
     }
     return;
   }
