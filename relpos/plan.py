@@ -34,6 +34,7 @@ class Plan:
     patch_size: int  # side of every patch, in pixels
     image_sizes: torch.Tensor  # int64 [B, 2]: (height, width) of the batch the plan was drawn for
     skipped: list[int] = dataclasses.field(default_factory=list)  # images too small to give a pair
+    skip_reasons: list[str] = dataclasses.field(default_factory=list)  # why, for each of `skipped` (the size)
     grid_ids: torch.Tensor | None = None  # int64 [N]: which grid of its image each patch belongs to
 
     @property

@@ -95,7 +95,7 @@ def sample_plan(
     elif seed is not None:
         raise ValueError("pass either generator or seed to sample_plan, not both")
     sizes = _check_sizes(image_sizes)
-    rows_out, pairs_out, labels_out, grid_ids, skipped = [], [], [], [], []
+    rows_out, pairs_out, labels_out, grid_ids, skipped, reasons = [], [], [], [], [], []
     num_patches = 0
     grid_counter = 0
     for index, (height, width) in enumerate(sizes.tolist()):
@@ -106,6 +106,7 @@ def sample_plan(
             if on_small == "raise":
                 raise ValueError(f"image {index} ({height}x{width}) at {target:.0f} pixels {reason}")
             skipped.append(index)
+            reasons.append(f"{height}x{width} {reason}")
             continue
         for _ in range(config.grids_per_image):
             start_y, start_x = _randint(generator, 0, config.stride - 1, (2,)).tolist()
@@ -156,5 +157,6 @@ def sample_plan(
         patch_size=config.patch,
         image_sizes=sizes,
         skipped=skipped,
+        skip_reasons=reasons,
         grid_ids=torch.zeros((0,), dtype=torch.int64) if empty else torch.cat(grid_ids),
     )

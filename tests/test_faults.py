@@ -187,8 +187,8 @@ def test_odd_files_are_converted_or_skipped_with_reasons(photos, tmp_path):
                for line in (out / "skipped.jsonl").read_text().splitlines()}
     should_skip = {name for name, outcome in expected.items() if outcome == "skip"}
     assert set(skipped) == should_skip, skipped
-    assert "too large" in skipped["bomb.png"] and "too small" in skipped["thin.png"]
-    assert "enlarged more than 4x" in skipped["pixel.png"] and "enlarged more than 4x" in skipped["icon.png"]
+    assert "too large" in skipped["bomb.png"] and "not larger than the pair footprint" in skipped["thin.png"]
+    assert "(at most 4x)" in skipped["pixel.png"] and "(at most 4x)" in skipped["icon.png"]
     assert summary["skipped_files"] == len(should_skip)
 
 

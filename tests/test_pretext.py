@@ -49,6 +49,8 @@ def test_jigsaw_plan_is_a_shuffled_grid_of_jittered_tiles(generator):
     again = task.draw(sizes, seed=seed)
     assert torch.equal(plan.patches, again.patches) and torch.equal(plan.pairs, again.pairs)
     assert 6 in plan.skipped  # 30 px high: no 3x3 grid fits
+    reason = plan.skip_reasons[plan.skipped.index(6)]  # for the skipped-file log: the size and the rule it fails
+    assert reason.startswith("30x400 ") and "puzzle footprint" in reason
     puzzles = plan.num_pairs
     assert puzzles == 3 * (len(sizes) - len(plan.skipped)) and plan.pairs.shape == (puzzles, 9)
     assert plan.labels.min() >= 0 and plan.labels.max() < 24

@@ -67,7 +67,8 @@ def test_bad_files_are_skipped_and_reported(photos, tmp_path):
     reasons = {os.path.basename(json.loads(line)["path"]): json.loads(line)["reason"]
                for line in (out / "skipped.jsonl").read_text().splitlines()}
     assert {"corrupt.jpg", "empty.png", "notes.png", "truncated.png", "tiny.png"} <= set(reasons)
-    assert "too small" in reasons["tiny.png"]
+    assert reasons["tiny.png"].split(": ", 1)[1].startswith("12x400 resizes to ")  # the size and the rule it fails
+    assert "not larger than the pair footprint" in reasons["tiny.png"]
     assert summary["skipped_files"] == len(reasons)
     assert not any(name.startswith("photo") for name in reasons)
 

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from ..config import PatchConfig
 from ..models import ClassifierHead, PretextNet, build_tower, head_input  # noqa: F401 - head_input: interface
 from ..plan import Plan
-from ..sampler import MAX_UPSCALE
 
 
 def compute_loss(model, patches, index, labels, autocast_dtype):
@@ -85,12 +84,6 @@ class Pretext:
         """Patches per image of a typical photograph (480x640), to size a step's batch of images."""
         plan = self.draw([[480, 640]] * 32, seed=12345)
         return max(1.0, plan.num_patches / 32)
-
-    def too_small(self) -> str:
-        """Why an image gave no item, for the skipped-file log."""
-        return (f"too small for one {self.item_name} of {self.config.patch}-px patches at "
-                f"{self.config.min_pixels}-{self.config.max_pixels} pixels, or would be enlarged more than "
-                f"{MAX_UPSCALE:g}x")
 
     def draw_examples(self, patches: torch.Tensor, plan: Plan, path: str, count: int, seed: int) -> None:
         """A PNG sheet of rendered items with their classes, for `relpos show` and `relpos eval`."""

@@ -113,7 +113,7 @@ class Jigsaw(Pretext):
         sizes = _check_sizes(image_sizes)
         stride, jitter = config.patch + config.gap, config.jitter
         cell = torch.arange(TILES)
-        rows_out, index_out, labels_out, grid_ids, skipped = [], [], [], [], []
+        rows_out, index_out, labels_out, grid_ids, skipped, reasons = [], [], [], [], [], []
         for image, (height, width) in enumerate(sizes.tolist()):
             rh, rw = resized_size(height, width, _uniform(generator, config.min_pixels, config.max_pixels))
             reason = too_small(height, width, (rh, rw), self.min_side, "puzzle footprint 3*patch+2*gap+2*jitter-1")
@@ -121,6 +121,7 @@ class Jigsaw(Pretext):
                 if on_small == "raise":
                     raise ValueError(f"image {image} ({height}x{width}) {reason}")
                 skipped.append(image)
+                reasons.append(f"{height}x{width} {reason}")
                 continue
             for _ in range(config.grids_per_image):
                 top0 = int(_randint(generator, jitter, rh - self.span - jitter))
@@ -141,7 +142,7 @@ class Jigsaw(Pretext):
             patches=torch.zeros((0, PLAN_COLUMNS), dtype=torch.int32) if empty else torch.cat(rows_out).to(torch.int32),
             pairs=torch.zeros((0, TILES), dtype=torch.int64) if empty else torch.stack(index_out),
             labels=torch.tensor(labels_out, dtype=torch.int64),
-            seed=noise_seed, patch_size=config.patch, image_sizes=sizes, skipped=skipped,
+            seed=noise_seed, patch_size=config.patch, image_sizes=sizes, skipped=skipped, skip_reasons=reasons,
             grid_ids=torch.zeros((0,), dtype=torch.int64) if empty else torch.cat(grid_ids),
         )
 

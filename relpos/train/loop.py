@@ -395,7 +395,8 @@ def _step_loop(run: _Run) -> dict:
             if batch.images is not None:
                 images = batch.images.to(run.device, non_blocking=True)
                 plan = pretext.draw(images.sizes, generator=_step_generator(config.seed, step, run.rank))
-                run.skipped.note([(batch.paths[i], f"{batch.paths[i]}: {pretext.too_small()}") for i in plan.skipped])
+                run.skipped.note([(batch.paths[i], f"{batch.paths[i]}: {why}")
+                                  for i, why in zip(plan.skipped, plan.skip_reasons)])
             if plan is None or plan.num_pairs == 0:
                 steps_without_items += 1
                 if not items_seen and steps_without_items >= _PAIRLESS_STEPS_BEFORE_GIVING_UP:
