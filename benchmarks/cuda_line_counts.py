@@ -243,7 +243,7 @@ def device_counts(counts: dict, patches: int, threads: int, rolled: frozenset = 
                                                                           "barrier", "thread_index", "phase_threads"])}
 
     # The opening line of a lambda written over several lines (a phase's, or the body given to split or within):
-    # gcov also charges it with blocks of the body or of the lambda's entry (10 per call for the taps phase's, 2
+    # gcov also charges it with blocks of the body or of the lambda's entry (~10 per call for a phase's, 2
     # for within's), so it takes the count of its first body line, once per call.
     opening = r"\[&\](\(int t, int T\))? \{$"
     openings = {(HEADER.name, line) for line in lambda_lines(HEADER, opening)

@@ -55,9 +55,9 @@ def test_line_count_estimate_reads_sass_loops_and_weights_lines(tmp_path):
 
 
 def test_control_flow_counts_only_the_threads_still_in_the_block():
-    """The staged kernel's control flow runs in every thread of the block up to the taps phase (render_patch),
-    then in the work threads only (render_channels: BlockExec::within lets the others leave), then in the
-    threads of the sums and the store (finish_patch)."""
+    """The staged kernel's control flow runs in every thread of the block up to the split after the header phase
+    (render_patch), then in the work threads only (render_channels: BlockExec::split lets the others go), then in
+    the threads of the sums and the store (finish_patch)."""
     clc = gpu_static.line_counts_module()
     header = clc.HEADER.read_text().splitlines()
     name = clc.HEADER.name

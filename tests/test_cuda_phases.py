@@ -219,6 +219,20 @@ def test_a_window_that_fills_its_budget_exactly(harness, tmp_path, generator):
         check(harness, tmp_path, random_images(generator, [(side, side)]), rows, patch, "none", budget=budget)
 
 
+def test_planar_last_image_window_ends_at_the_buffer_end(harness, tmp_path, generator):
+    """The staging's fast loops read a window word at four constant offsets only when all four columns lie in the
+    window: a planar (CHW) image, last in the packed buffer, whose window ends at its bottom-right corner with a
+    partial last word (ASan reports a read past the buffer if the boundary is off by one)."""
+    patch = 32
+    h, w, rh, rw = next((h, w, rh, rw) for h in range(33, 60) for w in range(33, 60) for rh in range(patch, 2 * h)
+                        for rw in range(patch, 2 * w)
+                        if (w - _taps(rw - patch, w, rw)[0]) % 4 == 3 and (h - _taps(rh - patch, h, rh)[0]) > 1)
+    images = random_images(generator, [(20, 20), (h, w)])  # the second (last) one is CHW
+    rows = [[1, rh, rw, rh - patch, rw - patch, 2, 0]]
+    for color in ("none", "drop"):
+        check(harness, tmp_path, images, rows, patch, color)
+
+
 def test_images_smaller_than_the_window(harness, tmp_path, generator):
     """Sources narrower and shorter than the patch (the window is the whole image), single rows and columns."""
     sizes = [(1, 1), (1, 200), (200, 1), (7, 3), (40, 95)]

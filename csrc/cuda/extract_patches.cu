@@ -21,7 +21,7 @@ static_assert(kThreads > staged::kWorkThreads, "the staged kernel draws the nois
 // warps that summed: staged::sum_threads), then the same tree over those warps in warp 0 (staged::tree_sum32
 // is this order on the CPU).
 //
-// Barriers: 0 (__syncthreads) while the whole block takes part (the taps phase); 1 among the first `active`
+// Barriers: 0 (__syncthreads) while the whole block takes part (the header phase); 1 among the first `active`
 // threads after split/within have let the others go (they leave the kernel: split and within end their callers);
 // 2 where split's side threads arrive and main's join() waits. Whole warps run each barrier instruction
 // (bar.sync / bar.arrive with a thread count, the named barriers of CUTLASS and flash-attention); the

@@ -329,7 +329,7 @@ RELPOS_HD float byte_to_float(uint32_t v) { return bits_float(0x4B000000u | v) -
 
 // ------------------------------------------------------------------------------------------ per patch
 // What every thread knows about the patch it renders: read from the plan row and the image table, plus the
-// window and pass mode chosen from the tap tables once they are in shared memory.
+// window and pass mode (the Header's, from the header phase).
 struct Patch {
   int64_t n;
   bool out_of_range;  // the plan row was out of range: the placeholder row is rendered instead
@@ -605,7 +605,8 @@ RELPOS_HD void phase_h(int t, int block_threads, unsigned char* smem, const Layo
     const Tap* crop_x = at<Tap>(smem, L.crop_x);
     const Taps a = unpack_tap(crop_x[px], s.cols), b = unpack_tap(crop_x[px + 1], s.cols);
     const Taps c4 = unpack_tap(crop_x[px + 2], s.cols), d = unpack_tap(crop_x[px + 3], s.cols);
-    const uint8_t* window = at<uint8_t>(smem, L.window) - s.wc0;  // plus a source column: its byte in a row
+    const int xa = a.i0 - s.wc0, xb = b.i0 - s.wc0, xc = c4.i0 - s.wc0, xd = d.i0 - s.wc0;  // window columns
+    const uint8_t* window = at<uint8_t>(smem, L.window);
     // A tap's second byte is read as the byte after its first (an immediate offset, one address per tap): the
     // same byte unless the tap is clamped at the image's right edge (i1 == i0), where its weight w1 is 0 and
     // 0 times any byte (finite) adds +0 to w0 times the first (not negative): the same float. The window keeps
@@ -613,7 +614,7 @@ RELPOS_HD void phase_h(int t, int block_threads, unsigned char* smem, const Layo
     RELPOS_ROLLED
     for (int slot = first; slot < slots; slot += step) {
       const uint8_t* row = window + rows[slot] * window_stride(s);
-      const uint8_t *pa = row + a.i0, *pb = row + b.i0, *pc = row + c4.i0, *pd = row + d.i0;
+      const uint8_t *pa = row + xa, *pb = row + xb, *pc = row + xc, *pd = row + xd;
       store4(h + slot * P + px, a.w0 * byte_to_float(pa[0]) + a.w1 * byte_to_float(pa[1]),
              b.w0 * byte_to_float(pb[0]) + b.w1 * byte_to_float(pb[1]),
              c4.w0 * byte_to_float(pc[0]) + c4.w1 * byte_to_float(pc[1]),
@@ -956,6 +957,8 @@ RELPOS_HD void phase_store(int t, int block_threads, const ExtractParams& p, con
       return;
     }
   }
+  // (The stepped pointers of the wide loops may run past the plane's or the output's end before the test that
+  // ends the loop; they are compared there, never dereferenced.)
   if (nchw && wide) {  // plane by plane, four elements per store (P^2 is a multiple of 4)
     for (int c = 0; c < 3; ++c) {
       const float m = mean(c);
