@@ -13,17 +13,28 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 import torch
 
 
+def cuda_headers_found() -> bool:
+    """torch takes CUDA_HOME from the nvcc on PATH when the variable is unset; a wrapper script (/usr/local/bin/nvcc)
+    then gives a folder without the toolkit's headers, and the build would fail halfway."""
+    return CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h"))
+
+
 def want_cuda() -> bool:
     flag = os.environ.get("RELPOS_USE_CUDA", "auto").lower()
     available = CUDA_HOME is not None and torch.version.cuda is not None
     if flag in ("1", "true", "yes", "on"):
-        if not available:
+        if not available or not cuda_headers_found():
             raise RuntimeError(
-                "RELPOS_USE_CUDA=1 but no CUDA build of torch or no CUDA toolchain was found "
-                f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME})"
+                "RELPOS_USE_CUDA=1 but no CUDA build of torch or no CUDA toolchain with its headers was found "
+                f"(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}; set CUDA_HOME to the toolkit's "
+                "folder, the one holding include/cuda_runtime.h)"
             )
         return True
     if flag in ("0", "false", "no", "off"):
+        return False
+    if available and not cuda_headers_found():
+        print(f"relpos: building the CPU op only: CUDA_HOME={CUDA_HOME} has no include/cuda_runtime.h (set CUDA_HOME "
+              "to the CUDA toolkit's folder, or RELPOS_USE_CUDA=1 to require the CUDA op)", file=sys.stderr)
         return False
     return available
 
