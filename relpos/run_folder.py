@@ -8,9 +8,12 @@ the files (and folders) that command writes are removed. Every command that writ
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".relpos.lock"
 RUN_FILES = ("checkpoint.pt", "metrics.jsonl", "skipped.jsonl", "summary.json", "curves.png", "permutations.json")
@@ -75,6 +78,11 @@ def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite
                 shutil.rmtree(target)
             else:
                 target.unlink(missing_ok=True)
+        # Another command's output inside (relpos eval --out RUN/eval) is not this command's to delete, but it
+        # describes the run being replaced: say so rather than leave it to pass for the new run's.
+        for inner in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and is_output_folder(p)):
+            log.warning("%s is kept: it holds the output of another relpos command on the run this one replaces "
+                        "(delete it, or run that command again)", inner)
     if not os.access(path, os.W_OK):
         folder.release()
         raise RunFolderError(f"{option} {path} is not writable")

@@ -99,6 +99,20 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(photos, tmp_path):
     assert not (out / "permutations.json").exists()
 
 
+def test_overwrite_names_an_evaluation_of_the_replaced_run(photos, tmp_path, caplog):
+    """relpos eval --out RUN/eval is another command's output: --overwrite keeps it, but warns that it describes
+    the run being replaced."""
+    out = tmp_path / "run"
+    train(tiny_config(photos, out, steps=1))
+    evaluation = out / "eval"
+    claim_run_folder(evaluation).release()
+    (evaluation / "eval.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="relpos.run_folder"):
+        train(tiny_config(photos, out, steps=1, overwrite=True))
+    assert (evaluation / "eval.json").exists()
+    assert any(str(evaluation) in record.getMessage() and "replaces" in record.getMessage() for record in caplog.records)
+
+
 def test_any_folder_with_files_is_refused_too(photos, tmp_path):
     out = tmp_path / "papers"
     out.mkdir()
