@@ -464,7 +464,8 @@ RELPOS_HD void read_window(Patch& s, unsigned char* smem, const Layout& L) {
 }
 
 // Phase (thread 0): the patch's Header, from the plan row and the image table; the others read it after the barrier.
-RELPOS_HD void phase_header(int t, int /*block_threads*/, unsigned char* smem, const Layout& L, const ExtractParams& p, int64_t n) {
+RELPOS_HD void phase_header(int t, int /*block_threads*/, unsigned char* smem, const Layout& L, const ExtractParams& p,
+                            int64_t n) {
   if (t != 0) return;
   const PlanRow r = read_plan_row(p, n);
   Header* header = at<Header>(smem, L.header);
