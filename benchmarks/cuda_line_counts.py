@@ -41,7 +41,8 @@ COLOR_CODES = {"none": 0, "drop": 1, "project": 2}
 HELPERS = {HEADER.name: ["make_fastdiv", "fast_div", "pack_tap", "unpack_tap", "align16", "source_offset",
                          "output_offset", "float_bits", "bits_float", "convert", "store4", "store8", "load4", "load_entry",
                          "store_bytes4", "byte_to_float", "at", "by_channel",
-                         "work_x", "work_y", "home_buffer", "buffer_at", "tree_sum32", "read_plan_row"],
+                         "work_x", "work_y", "home_buffer", "buffer_at", "tree_sum32", "read_plan_row",
+                         "image_meta"],
            MATH.name: ["mul_wide32", "philox4x32_10", "word_to_noise", "add_square", "centered_noise", "linear_taps",
                        "blend", "at", "make_geometry", "crop_pixel", "small_pixel", "patch_pixel",
                        "project_green_magenta", "pixel_values", "keeps_channel", "finish_stats"]}

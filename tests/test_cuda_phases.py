@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import relpos  # noqa: F401  (loads the C++ op)
+from relpos.reference import linear_taps
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = Path(__file__).with_name("cuda_phases_harness.cpp")
@@ -196,10 +197,9 @@ def test_down_sizes_at_both_ends_flush_with_the_edges(harness, tmp_path, generat
         check(harness, tmp_path, images, rows, 96, color)
 
 
-def _taps(dst: int, in_size: int, out_size: int) -> tuple[int, int]:
-    """relpos_math.h's linear_taps, indices only."""
-    i0 = max(0, in_size * (2 * dst + 1) - out_size) // (2 * out_size)
-    return (in_size - 1, in_size - 1) if i0 >= in_size - 1 else (i0, i0 + 1)
+def _first_tap(dst: int, in_size: int, out_size: int) -> int:
+    """The first source index output `dst` of a resize reads (the spec's linear_taps)."""
+    return int(linear_taps(in_size, out_size)[0][dst])
 
 
 def test_a_window_that_fills_its_budget_exactly(harness, tmp_path, generator):
@@ -209,9 +209,9 @@ def test_a_window_that_fills_its_budget_exactly(harness, tmp_path, generator):
     whose window holds it exactly (the h pass then reads global memory) and one 16 bytes larger (the window)."""
     patch = 64  # the window (at most P + 1 columns when upscaled) must exceed the minimal 2 KB
     side, resized = next((side, resized) for side in range(48, 65) for resized in range(side + 1, 3 * side)
-                         if resized >= patch and (side - _taps(resized - patch, side, resized)[0]) % 4 == 0
-                         and (side - _taps(resized - patch, side, resized)[0]) ** 2 >= 2048)
-    window = (side - _taps(resized - patch, side, resized)[0]) ** 2  # rows x columns, a multiple of 16
+                         if resized >= patch and (side - _first_tap(resized - patch, side, resized)) % 4 == 0
+                         and (side - _first_tap(resized - patch, side, resized)) ** 2 >= 2048)
+    window = (side - _first_tap(resized - patch, side, resized)) ** 2  # rows x columns, a multiple of 16
     rows = [[0, resized, resized, resized - patch, resized - patch, k, 0] for k in range(3)]
     exact = layout(harness, patch, SM90)["window"] + window
     assert layout(harness, patch, exact)["window_bytes"] == window
@@ -226,7 +226,7 @@ def test_planar_last_image_window_ends_at_the_buffer_end(harness, tmp_path, gene
     patch = 32
     h, w, rh, rw = next((h, w, rh, rw) for h in range(33, 60) for w in range(33, 60) for rh in range(patch, 2 * h)
                         for rw in range(patch, 2 * w)
-                        if (w - _taps(rw - patch, w, rw)[0]) % 4 == 3 and (h - _taps(rh - patch, h, rh)[0]) > 1)
+                        if (w - _first_tap(rw - patch, w, rw)) % 4 == 3 and (h - _first_tap(rh - patch, h, rh)) > 1)
     images = random_images(generator, [(20, 20), (h, w)])  # the second (last) one is CHW
     rows = [[1, rh, rw, rh - patch, rw - patch, 2, 0]]
     for color in ("none", "drop"):

@@ -378,6 +378,11 @@ struct Header {
 
 static_assert(sizeof(Header) <= kHeaderBytes, "the patch's Header");
 
+// The image table's row of the image a plan row reads.
+RELPOS_HD const int64_t* image_meta(const ExtractParams& p, const int32_t* row) {
+  return p.meta + int64_t{row[kImage]} * kMetaColumns;
+}
+
 RELPOS_HD PlanRow read_plan_row(const ExtractParams& p, int64_t n) {
   PlanRow r;
   // One read of the row into registers, then checked and used: a plan rewritten meanwhile (another stream) cannot
@@ -385,7 +390,7 @@ RELPOS_HD PlanRow read_plan_row(const ExtractParams& p, int64_t n) {
   for (int k = 0; k < kPlanColumns; ++k) r.row[k] = p.plan[n * kPlanColumns + k];
   r.out_of_range = !plan_row_in_range(r.row, p.num_images, p.patch);
   if (r.out_of_range) plan_placeholder_row(p.patch, r.row);
-  const int64_t* meta_row = p.meta + int64_t{r.row[kImage]} * kMetaColumns;
+  const int64_t* meta_row = image_meta(p, r.row);
   r.rows = static_cast<int>(meta_row[kRows]);
   r.cols = static_cast<int>(meta_row[kCols]);
   r.unused[0] = r.unused[1] = 0;
@@ -396,7 +401,7 @@ RELPOS_HD Patch make_patch(const ExtractParams& p, int64_t n, const PlanRow& r) 
   Patch s = {};
   s.n = n;
   s.out_of_range = r.out_of_range != 0;
-  s.meta_row = p.meta + int64_t{r.row[kImage]} * kMetaColumns;
+  s.meta_row = image_meta(p, r.row);
   s.data = p.data;
   s.rows = r.rows;
   s.cols = r.cols;
@@ -443,7 +448,7 @@ RELPOS_HD Window make_window(const ExtractParams& p, const PlanRow& r, const Lay
   w.dense = w.wr1 - w.wr0 + 1 <= L.buffer_rows;
   w.by_quads = make_fastdiv(static_cast<uint32_t>(quads));
   w.by_d = make_fastdiv(static_cast<uint32_t>(row[kDown] > 0 ? row[kDown] : 1));
-  w.origin = source_offset(p.meta + int64_t{row[kImage]} * kMetaColumns, 0, w.wr0, w.wc0);
+  w.origin = source_offset(image_meta(p, row), 0, w.wr0, w.wc0);
   w.unused = 0;
   return w;
 }
