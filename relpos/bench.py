@@ -21,7 +21,7 @@ import torch
 
 from . import backends, extract_patches, pack_images, sample_plan
 from .baselines import batched_torch, has_opencv, numpy_pil_pipeline, opencv_pipeline, per_sample_torch
-from .cli_types import bounded_float, bounded_int, device_text
+from .cli_types import HelpFormatter, bounded_float, bounded_int, device_text
 from .bench_cpu import DTYPES, cpu_op_detail, instructions_per_element
 from .checkpoint import atomic_write_bytes
 from .config import PatchConfig
@@ -350,7 +350,7 @@ def add_parser(commands) -> None:
         "baselines (numpy/PIL per patch as the authors did it, per-sample eager torch, batched unfused torch) "
         "in one run, on the same inputs; on a GPU also bandwidth against a device-to-device copy. Prints a "
         "table and writes JSON and a PNG chart.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
     parser.add_argument("--device", type=device_text, default=_DEFAULTS["device"], help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--images", type=bounded_int(1, 4096), default=_DEFAULTS["images"], help="images per batch")

@@ -6,6 +6,16 @@ import argparse
 import math
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default to its help, except where there is nothing to show: no default (None) or a flag
+    that is off (False); "(default: None)" after "default: the bundled photographs" only confuses."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def bounded_int(low: int, high: int):
     def parse(text: str) -> int:
         try:

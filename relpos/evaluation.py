@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
-from .cli_types import bounded_int, device_text
+from .cli_types import HelpFormatter, bounded_int, device_text
 from .data import bundled_photos, load_rgb
 from .metrics import format_pretext, pretext_summary, strict_json
 from .models import build_tower
@@ -321,7 +321,7 @@ def add_parser(commands) -> None:
         description="Freeze the tower of CHECKPOINT and measure it (linear probe, k-NN) on "
         "labelled sets that ship with scikit-image, beside a randomly initialised tower of the same "
         "architecture; also held-out pretext accuracy with its confusion matrix, and pictures.",
-        formatter_class=__import__("argparse").ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("checkpoint", help="training checkpoint (OUT/checkpoint.pt)")
     parser.add_argument("--out", default="eval", help="output folder (eval.json and PNGs)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")

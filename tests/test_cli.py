@@ -48,3 +48,13 @@ def test_show_rejects_a_corrupt_file(tmp_path, capsys):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "relpos.cli", "show", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--color" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["train"], ["eval"], ["bench"], ["data", "photos"]])
+def test_help_shows_a_default_only_where_there_is_one(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: " in text  # the options that have one still show it

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
+from ..cli_types import HelpFormatter
 from ..metrics import format_pretext
 from .config import TrainConfig
 
@@ -16,7 +16,7 @@ def add_parser(commands) -> None:
         description="Pretrain a siamese network on a pretext task: relative patch positions (--task relpos) or "
         "jigsaw puzzles (--task jigsaw). Without --data it trains on the bundled photographs. Multi-GPU / "
         "multi-node: launch with torchrun (DDP; NCCL on GPU, gloo on CPU).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     for field in dataclasses.fields(TrainConfig):
         if field.metadata["hidden"]:
