@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from .config import PatchConfig
+from .images import MAX_SIDE
 from .plan import OFFSET_TO_LABEL, PLAN_COLUMNS, Plan
 
 # The neighbours each grid cell pairs with (both orders are emitted): up-left, up, up-right, left.
@@ -30,12 +31,14 @@ def resized_size(height: int, width: int, target_pixels: float) -> tuple[int, in
 
 def too_small(height: int, width: int, resized: tuple[int, int], min_side: int, footprint: str) -> str | None:
     """Why an image of this size, resized to `resized`, cannot give an item whose `footprint` (named in the message)
-    is `min_side` pixels; None if it can."""
+    is `min_side` pixels, or would have a side over MAX_SIDE; None if it can."""
     rh, rw = resized
     if rh <= min_side or rw <= min_side:
         return f"resizes to {rh}x{rw}, not larger than the {footprint} = {min_side} in both dimensions"
     if rh > MAX_UPSCALE * height or rw > MAX_UPSCALE * width:
         return f"would be enlarged {max(rh / height, rw / width):.1f}x to {rh}x{rw} (at most {MAX_UPSCALE:g}x)"
+    if rh > MAX_SIDE or rw > MAX_SIDE:  # a long thin picture at a large --max-pixels: the kernels' int32 limit
+        return f"resizes to {rh}x{rw}, over the {MAX_SIDE}-pixel limit of a side"
     return None
 
 

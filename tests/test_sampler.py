@@ -127,6 +127,24 @@ def test_sizes_are_checked():
     assert math.isqrt(9025) == 95
 
 
+def test_images_whose_resized_side_would_pass_max_side_are_skipped():
+    """A long thin picture at a large pixel count (hostile-input battery: 400x30000 at --max-pixels 1e8 resized to
+    1155x86603) passed the sampler and the plan guard then ended the whole run; it is skipped like a small one."""
+    from relpos.images import MAX_SIDE
+
+    config = PatchConfig(min_pixels=100_000_000, max_pixels=100_000_000)
+    plan = sample_plan([[400, 30000], [4000, 3000]], config, seed=0)
+    assert plan.skipped == [0]
+    assert set(plan.patches[:, IMAGE].tolist()) == {1}
+    assert int(plan.patches[:, 1:3].max()) <= MAX_SIDE  # resized sides of the kept image
+    with pytest.raises(ValueError, match=rf"image 0 \(400x30000\) .*over the {MAX_SIDE}-pixel limit"):
+        sample_plan([[400, 30000]], config, seed=0, on_small="raise")
+    from relpos.pretext import build_pretext
+
+    jigsaw = build_pretext("jigsaw", PatchConfig(min_pixels=100_000_000, max_pixels=100_000_000), permutations=10)
+    assert jigsaw.draw([[400, 30000], [4000, 3000]], seed=0).skipped == [0]
+
+
 def test_images_that_would_be_enlarged_more_than_max_upscale_are_skipped():
     """A 1x1 pixel or an icon used to be blown up to 150 000+ pixels and trained on (reviewer finding 9); now an image
     is too small when reaching the drawn pixel count would enlarge it more than MAX_UPSCALE per side."""
