@@ -26,7 +26,7 @@ from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint
 from .cli_types import HelpFormatter, bounded_int, device_text
 from .data import bundled_photos, load_rgb
 from .metrics import format_pretext, pretext_summary, strict_json
-from .models import build_tower
+from .models import build_tower, check_fits
 from .ops import extract_patches
 from .plan import Plan
 from .pretext import evaluate
@@ -100,7 +100,9 @@ def load_towers(checkpoint: str | os.PathLike, device, random_seed: int = 12345)
     state = load_checkpoint(checkpoint)
     args = state["args"]
     try:
-        model = pretext_from_checkpoint(state).build_model(args["arch"], args["width"])
+        pretext = pretext_from_checkpoint(state)
+        check_fits(lambda: pretext.build_model(args["arch"], args["width"]), state["model"])  # before allocating
+        model = pretext.build_model(args["arch"], args["width"])
         model.load_state_dict(state["model"])
         torch.manual_seed(random_seed)
         random_tower = build_tower(args["arch"], args["width"], args["patch"])

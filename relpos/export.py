@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, atomic_write_bytes, check_weights, load_checkpoint
-from .models import build_tower
+from .models import build_tower, check_fits
 
 
 EXPORT_SUFFIXES = (".safetensors", ".pt")
@@ -37,6 +37,10 @@ def export_tower(checkpoint: str | os.PathLike, out: str | os.PathLike, overwrit
                 "step": str(state["step"]), "patch": str(int(state["args"]["patch"]))}
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{checkpoint}: its options lack the tower's architecture ({error})") from error
+    try:  # an export that load_tower would refuse is not written
+        check_fits(lambda: build_tower(meta["arch"], float(meta["width"]), int(meta["patch"])), tower)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{checkpoint}: its tower weights do not fit its own options: {error}") from error
     if out.suffix == ".safetensors":
         from safetensors.torch import save
 

@@ -40,12 +40,16 @@ def strict_json(value, **kwargs) -> str:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl; a line cut by a kill, or one that is not a record with an integer step (an
+    edited or foreign file: `[1]`, a step of "x"), is skipped rather than failing a resume or a plot."""
     records = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut by a kill
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
+            records.append(record)
     return records
 
 
@@ -95,11 +99,11 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike, ta
     gap = lambda value: math.nan if value is None else value  # noqa: E731 - a null (a step with no pairs) is a gap
     if train:
         steps = [r["step"] for r in train]
-        loss_axis.plot(steps, [gap(r["loss"]) for r in train], lw=0.8, label="train loss")
-        accuracy_axis.plot(steps, [gap(r["accuracy"]) for r in train], lw=0.8, alpha=0.6,
+        loss_axis.plot(steps, [gap(r.get("loss")) for r in train], lw=0.8, label="train loss")
+        accuracy_axis.plot(steps, [gap(r.get("accuracy")) for r in train], lw=0.8, alpha=0.6,
                            label="train pretext accuracy")
     if held:
-        accuracy_axis.plot([r["step"] for r in held], [gap(r["accuracy"]) for r in held], "o-",
+        accuracy_axis.plot([r["step"] for r in held], [gap(r.get("accuracy")) for r in held], "o-",
                            label="held-out accuracy")
         # the baseline is always answering the commonest label of the same held-out items (not 1/8: edge
         # neighbours outnumber diagonals); the items are fixed, so any record's confusion gives it

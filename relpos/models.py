@@ -145,3 +145,12 @@ def build_model(arch: str = "caffenet", width: float = 1.0, patch: int = 96) -> 
     """The relative-position network (other tasks: relpos.pretext.build_pretext(...).build_model)."""
     tower = build_tower(arch, width, patch)
     return PretextNet(tower, PairHead(tower.out_dim, width))
+
+
+def check_fits(build, weights: dict) -> None:
+    """Raise RuntimeError (load_state_dict's, naming each mismatch) unless `weights` fit the module `build()` makes.
+    The module is made on the meta device: options that claim an enormous model (a crafted checkpoint's width)
+    cost nothing to check, where building it for real would take the machine's memory before any check."""
+    with torch.device("meta"):
+        module = build()
+    module.load_state_dict(weights, assign=True)  # assign: no copy into meta tensors; shapes are checked first

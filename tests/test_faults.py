@@ -227,6 +227,23 @@ def test_float_images_with_nan_and_the_pixel_limit(tmp_path):
         load_rgb(tmp_path / "large.png", max_pixels=90_000_000)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
+    """`relpos show FIFO` hung in open() until killed (hostile-input battery), a link to /dev/zero would be read
+    forever; both are refused from their stat before anything is opened (the alarm turns a hang into a failure)."""
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("load_rgb blocked"))
+    signal.alarm(20)
+    try:
+        for name in ("fifo.jpg", "zero.jpg"):
+            with pytest.raises(ImageError, match=f"{name}: not a regular file"):
+                load_rgb(tmp_path / name)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_python_dash_m_relpos_is_the_command():
     result = subprocess.run([sys.executable, "-m", "relpos", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage: relpos" in result.stdout
@@ -382,3 +399,48 @@ def test_a_checkpoint_without_run_state_or_a_tower_export_mixup_gives_a_clear_er
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="rng"):
         train(dataclasses.replace(config, steps=4, resume=True))
+
+
+def test_weights_that_do_not_fit_the_checkpoints_own_options_are_refused_by_eval_and_export(photos, tmp_path, capsys):
+    """Hostile-input battery: a checkpoint whose options claim another width (width 10 would have eval allocate
+    25 GB before load_state_dict noticed) or whose weight has another shape; eval refuses it from a meta-device
+    skeleton, and export no longer writes a tower that load_tower cannot rebuild."""
+    from relpos.cli import main
+    from relpos.export import export_tower
+
+    out = tmp_path / "run"
+    train(tiny_config(photos, out, steps=2))
+    path = out / "checkpoint.pt"
+    state = load_checkpoint(path)
+    for damage in ("width", "shape"):
+        broken = dict(state, args=dict(state["args"]), model=dict(state["model"]))
+        if damage == "width":
+            broken["args"]["width"] = 1.0  # the run's is 0.125 (1.0 is a real model: a regression costs little memory)
+        else:
+            name = next(k for k, v in broken["model"].items() if k.startswith("tower.") and v.ndim == 4)
+            broken["model"][name] = torch.zeros(3, 3)
+        torch.save(broken, tmp_path / f"{damage}.pt")
+        assert main(["eval", str(tmp_path / f"{damage}.pt"), "--out", str(tmp_path / f"eval-{damage}")]) == 1
+        assert "size mismatch" in capsys.readouterr().err
+        with pytest.raises(CheckpointError, match="do not fit its own options"):
+            export_tower(tmp_path / f"{damage}.pt", tmp_path / f"{damage}.safetensors")
+        assert not (tmp_path / f"{damage}.safetensors").exists()
+
+
+def test_foreign_lines_in_metrics_jsonl_are_skipped_not_fatal(tmp_path):
+    """Hostile-input battery: a metrics.jsonl line that is JSON but not a record (`[1]`) made --resume, the summary
+    and the curves call .get on a list (a traceback); such lines are skipped like a line cut by a kill."""
+    from relpos.metrics import MetricsLog, plot_curves, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    good = [{"kind": "train", "step": 1, "loss": 2.0, "accuracy": 0.2},
+            {"kind": "eval", "step": 2, "accuracy": 0.3, "confusion": [[3, 1], [1, 3]]}]
+    junk = ["[1]", '"text"', "null", '{"kind": "train", "step": "x"}', '{"kind": "train", "step": true}',
+            '{"kind": "train"}', '{"kind": "train", "step": 3}', '{"kind": "eval", "step": 4, "accu']
+    path.write_text("\n".join([json.dumps(good[0]), *junk[:4], json.dumps(good[1]), *junk[4:]]) + "\n")
+    records = read_metrics(path)
+    assert [r["step"] for r in records] == [1, 2, 3]  # the step-3 record lacks loss: kept, drawn as a gap
+    plot_curves(path, tmp_path / "curves.png", "relpos")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    MetricsLog(path, truncate_after_step=2)  # what --resume does
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]

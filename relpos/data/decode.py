@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -62,9 +63,12 @@ def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_P
     label = name or str(path)  # how errors name the file (bytes in memory have no path of their own)
     if not isinstance(path, io.BytesIO):
         try:
-            size = os.path.getsize(path)
+            info = os.stat(path)
         except OSError as error:
             raise ImageError(f"{label}: cannot read ({error.strerror or error})") from error
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the open, a device never end
+            raise ImageError(f"{label}: not a regular file")
+        size = info.st_size
         if size > MAX_FILE_BYTES:
             raise ImageError(f"{label}: {size} bytes is too large a file (limit {MAX_FILE_BYTES})")
     try:
