@@ -244,6 +244,22 @@ def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
         signal.signal(signal.SIGALRM, previous)
 
 
+def test_a_picture_in_a_format_that_runs_an_interpreter_is_never_opened(tmp_path, monkeypatch):
+    """A user's "photo.jpg" holding EPS: PIL, left to guess the format, identifies EPS and hands it to Ghostscript,
+    an interpreter (and a history of exploits). load_rgb asks PIL for raster photo formats only."""
+    from PIL import EpsImagePlugin
+
+    called = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: called.append(a))
+    eps = tmp_path / "photo.jpg"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n0 0 moveto 32 32 lineto stroke\n%%EOF\n")
+    with Image.open(eps) as image:  # what PIL alone makes of it
+        assert image.format == "EPS"
+    with pytest.raises(ImageError, match="photo.jpg"):
+        load_rgb(eps)
+    assert not called
+
+
 def test_python_dash_m_relpos_is_the_command():
     result = subprocess.run([sys.executable, "-m", "relpos", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage: relpos" in result.stdout

@@ -17,6 +17,10 @@ MAX_IMAGE_PIXELS = 120_000_000
 MAX_SIDE = 32767
 # No photograph needs more bytes than this; a larger file is refused before it is read (both decode paths).
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# The raster formats a photograph comes in (PPM covers PGM; JPEG's opener also gives cameras' MPO files). PIL is
+# never asked to guess among all its plugins: a user's "x.jpg" holding EPS would be handed to Ghostscript, an
+# interpreter of a programming language (files given by users are data, never code).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 
 
 class ImageError(ValueError):
@@ -74,7 +78,7 @@ def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_P
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(path, formats=IMAGE_FORMATS) as image:
                 check_size(*image.size, label, max_pixels)
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
                 image.load()

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..images import pack_images
 from .batch import ImageBatch
-from .decode import MAX_FILE_BYTES, ImageError, check_size, load_rgb
+from .decode import IMAGE_FORMATS, MAX_FILE_BYTES, ImageError, check_size, load_rgb
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -64,7 +64,7 @@ def jpeg_header(data: torch.Tensor, label: str) -> int | None:
     None when the header is not readable (the host decoder then reports why). Raises ImageError for an image
     over the size limits that host decoding applies, before nvJPEG allocates it."""
     try:
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        with Image.open(io.BytesIO(data.numpy().tobytes()), formats=IMAGE_FORMATS) as image:
             size, orientation = image.size, int(image.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # noqa: BLE001 - any header PIL cannot parse
         return None

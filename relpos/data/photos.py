@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .decode import MAX_FILE_BYTES, check_size
+from .decode import IMAGE_FORMATS, MAX_FILE_BYTES, check_size
 
 MANIFEST = "manifest.csv"
 FIELDS = ("file", "label", "source", "version", "licence", "original", "sha256", "width", "height")
@@ -463,7 +463,7 @@ def _plasma(root: Path, report: Report) -> list[Photo]:
 def _capped(data: bytes, max_side: int = _MAX_SIDE) -> bytes:
     """`data` as it is when its longer side is at most `max_side`, else scaled down to that (EXIF orientation
     applied first, as the decoder would) and re-encoded in its own format."""
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
         check_size(*image.size, "the picture")  # from the header, before decoding any pixel
         if max(image.size) <= max_side:
             return data
@@ -727,7 +727,7 @@ def assemble(out: str | Path, root: str | Path = "/", sources: tuple[str, ...] =
     for source in sources:
         for photo in SOURCES[source](root, report):
             try:
-                with Image.open(io.BytesIO(photo.data)) as image:
+                with Image.open(io.BytesIO(photo.data), formats=IMAGE_FORMATS) as image:
                     check_size(*image.size, "the picture")  # from the header, before decoding any pixel
                     image.load()
                     width, height = image.size
