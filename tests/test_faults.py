@@ -460,3 +460,20 @@ def test_foreign_lines_in_metrics_jsonl_are_skipped_not_fatal(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
     MetricsLog(path, truncate_after_step=2)  # what --resume does
     assert [r["step"] for r in read_metrics(path)] == [1, 2]
+
+
+def test_resume_refuses_a_checkpoint_past_steps_or_with_a_damaged_task(photos, tmp_path):
+    """Hostile-input review: --resume took a checkpoint at step 10**12 with --steps 3 (logging "steps
+    1000000000000->3", then a summary saying step 3), and a pretext entry ["a"] gave "list indices must be integers"
+    without naming the file."""
+    out = tmp_path / "run"
+    config = tiny_config(photos, out, steps=2)
+    train(config)
+    path = out / "checkpoint.pt"
+    state = load_checkpoint(path)
+    torch.save(dict(state, step=10**12), path)  # --steps cannot change on resume; the step in the file can
+    with pytest.raises(CheckpointError, match=r"at step 1000000000000, past --steps 2: pass --steps 1000000000000"):
+        train(dataclasses.replace(config, resume=True))
+    torch.save(dict(state, pretext=["a"]), path)
+    with pytest.raises(CheckpointError, match=f"{path.name} has a damaged pretext task"):
+        train(dataclasses.replace(config, resume=True))

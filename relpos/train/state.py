@@ -68,5 +68,13 @@ def restore_run_state(path: Path, config: TrainConfig, model, optimizer, schedul
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
         raise CheckpointError(f"--resume: the random-number states in {path} are damaged: {error}") from error
     step = int(state["step"])
+    if step > config.steps:  # it would print "steps 1000->3" and write a summary that says step 3
+        raise CheckpointError(f"--resume: {path} is at step {step}, past --steps {config.steps}: pass --steps "
+                              f"{step} or more to continue it")
+    try:
+        pretext = pretext_from_checkpoint(state)  # the classes the run was trained with (jigsaw's permutations)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f"--resume: {path} has a damaged pretext task: {type(error).__name__}: {error}") \
+            from error
     log.info("resumed from %s at step %d", path, step)
-    return step, pretext_from_checkpoint(state)  # the classes the run was trained with (jigsaw's permutations)
+    return step, pretext
