@@ -35,7 +35,10 @@ def _show(args: argparse.Namespace) -> int:
                          "--overwrite to replace them, or choose another --out")
     path = Path(args.image) if args.image else bundled_photos()[0]
     image = load_rgb(path)
-    plan = pretext.draw([image.shape[:2]], seed=args.seed, on_small="raise")
+    try:
+        plan = pretext.draw([image.shape[:2]], seed=args.seed, on_small="raise")
+    except ValueError as error:  # the sampler knows the batch, not the file: "image 0 (10x10) ..."
+        raise ValueError(f"{path}: {error}") from error
     patches = extract_patches([image], plan, color=args.color, backend=args.backend)
     draw_grids(image, plan, 0, str(grids))
     pretext.draw_examples(patches, plan, str(out), count=args.pairs, seed=args.seed)

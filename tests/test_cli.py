@@ -58,3 +58,9 @@ def test_help_shows_a_default_only_where_there_is_one(command, capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default: None)" not in text and "(default: False)" not in text
     assert "(default: " in text  # the options that have one still show it
+
+
+def test_show_names_the_file_of_an_image_too_small_for_a_pair(tmp_path, capsys):
+    Image.new("RGB", (10, 10)).save(tmp_path / "tiny.png")
+    assert main(["show", str(tmp_path / "tiny.png"), "--out", str(tmp_path / "x.png")]) == 1
+    assert "tiny.png: image 0 (10x10)" in capsys.readouterr().err
