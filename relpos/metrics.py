@@ -39,18 +39,24 @@ def strict_json(value, **kwargs) -> str:
     return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics.jsonl; a line cut by a kill, or one that is not a record with an integer step (an
-    edited or foreign file: `[1]`, a step of "x"), is skipped rather than failing a resume or a plot."""
+def read_json_lines(path: str | os.PathLike) -> list[dict]:
+    """The JSON objects of a .jsonl file (metrics.jsonl, skipped.jsonl); a line cut by a kill, or one that is JSON
+    but not an object (an edited or foreign file: `[1]`), is skipped rather than failing a resume or a plot."""
     records = []
     for line in Path(path).read_text(errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
+        if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl: its objects with an integer step (a step of "x" is skipped too)."""
+    return [record for record in read_json_lines(path)
+            if isinstance(record.get("step"), int) and not isinstance(record["step"], bool)]
 
 
 def pretext_summary(confusion) -> dict:

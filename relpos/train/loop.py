@@ -42,7 +42,8 @@ from ..data import (
 from ..data.dataset import images_per_step
 from ..sampler import MAX_UPSCALE
 from ..checkpoint import atomic_write_bytes
-from ..metrics import MetricsLog, format_pretext, plot_curves, pretext_summary, read_metrics, strict_json
+from ..metrics import (MetricsLog, format_pretext, plot_curves, pretext_summary, read_json_lines, read_metrics,
+                       strict_json)
 from ..ops import empty_patches, extract_patches
 from ..plan_guard import raise_on_plan_errors
 from ..pretext import Pretext, build_pretext, compute_loss
@@ -182,8 +183,8 @@ class _SkippedLog:
     def __init__(self, path: Path, write: bool, resume: bool):
         self.path, self.write, self.files = path, write, {}
         if resume and path.exists():
-            for record in read_metrics(path):  # JSON lines; a line cut by a kill is skipped, not fatal
-                if isinstance(record, dict) and isinstance(record.get("path"), str):
+            for record in read_json_lines(path):  # a line cut by a kill is skipped, not fatal
+                if isinstance(record.get("path"), str):
                     self.files[record["path"]] = str(record.get("reason", record["path"]))
 
     def note(self, failures) -> None:
