@@ -230,15 +230,21 @@ def test_float_images_with_nan_and_the_pixel_limit(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
     """`relpos show FIFO` hung in open() until killed (hostile-input battery), a link to /dev/zero would be read
-    forever; both are refused from their stat before anything is opened (the alarm turns a hang into a failure)."""
+    forever; both are refused, as is a folder named like a picture, by the PIL path and by the raw reader of
+    `--decode gpu` (whose worker's open() still blocked on a FIFO). The alarm turns a hang into a failure."""
+    from relpos.data.gpu_decode import RawFiles
+
     os.mkfifo(tmp_path / "fifo.jpg")
     (tmp_path / "zero.jpg").symlink_to("/dev/zero")
-    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("load_rgb blocked"))
+    (tmp_path / "folder.jpg").mkdir()
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("a reader blocked"))
     signal.alarm(20)
     try:
-        for name in ("fifo.jpg", "zero.jpg"):
+        for name in ("fifo.jpg", "zero.jpg", "folder.jpg"):
             with pytest.raises(ImageError, match=f"{name}: not a regular file"):
                 load_rgb(tmp_path / name)
+            _, reason = RawFiles([tmp_path / name])[0]
+            assert reason == f"{tmp_path / name}: not a regular file"
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -21,10 +23,43 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 # never asked to guess among all its plugins: a user's "x.jpg" holding EPS would be handed to Ghostscript, an
 # interpreter of a programming language (files given by users are data, never code).
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+# What PIL raises for truncated or corrupt data (every decode path catches these, one file at a time).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
 
 class ImageError(ValueError):
     """An image file that cannot be used: corrupt, truncated, not an image, or absurdly large."""
+
+
+class FileRefused(ValueError):
+    """A path that is not read: not a regular file (a FIFO would block the reader, a device never end, a folder is no
+    picture) or larger than its limit. The message is the reason alone; the caller names the file."""
+
+
+def open_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> BinaryIO:
+    """`path` opened for reading if it is a regular file of at most `limit` bytes, else FileRefused (OSError when it
+    cannot be opened). Opened without blocking and checked on the open descriptor: a FIFO does not hang the open,
+    and nothing can be swapped in between the check and the read."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileRefused("not a regular file")
+        if info.st_size > limit:
+            raise FileRefused(f"{info.st_size} bytes is too large a file (limit {limit})")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return os.fdopen(descriptor, "rb")
+
+
+def read_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of `path`, checked as open_regular does and read no further than `limit` (a file may grow)."""
+    with open_regular(path, limit) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FileRefused(f"more than {limit} bytes is too large a file (limit {limit}; it grew while read)")
+    return data
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -65,20 +100,19 @@ def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_P
     """
     path = path if isinstance(path, io.BytesIO) else os.fspath(path)
     label = name or str(path)  # how errors name the file (bytes in memory have no path of their own)
-    if not isinstance(path, io.BytesIO):
+    if isinstance(path, io.BytesIO):
+        source = contextlib.nullcontext(path)  # the caller's buffer: not closed here
+    else:
         try:
-            info = os.stat(path)
+            source = open_regular(path)
         except OSError as error:
             raise ImageError(f"{label}: cannot read ({error.strerror or error})") from error
-        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the open, a device never end
-            raise ImageError(f"{label}: not a regular file")
-        size = info.st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(f"{label}: {size} bytes is too large a file (limit {MAX_FILE_BYTES})")
+        except FileRefused as error:
+            raise ImageError(f"{label}: {error}") from error
     try:
-        with warnings.catch_warnings():
+        with source as handle, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=IMAGE_FORMATS) as image:
+            with Image.open(handle, formats=IMAGE_FORMATS) as image:
                 check_size(*image.size, label, max_pixels)
                 ImageFile.LOAD_TRUNCATED_IMAGES = False
                 image.load()
@@ -88,9 +122,9 @@ def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_P
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"{label}: too large, refused as a decompression bomb ({error})") from error
-    except UnidentifiedImageError as error:
-        raise ImageError(f"{label}: {error}") from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
+    except UnidentifiedImageError as error:  # PIL's message would name the descriptor, not the file
+        raise ImageError(f"{label}: cannot identify image file (not {', '.join(IMAGE_FORMATS)})") from error
+    except DECODE_ERRORS as error:
         raise ImageError(f"{label}: cannot decode ({error})") from error
     if array.ndim != 3 or array.shape[2] != 3 or array.size == 0:
         raise ImageError(f"{label}: decoded to an unexpected shape {array.shape}")

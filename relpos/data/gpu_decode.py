@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..images import pack_images
 from .batch import ImageBatch
-from .decode import IMAGE_FORMATS, MAX_FILE_BYTES, ImageError, check_size, load_rgb
+from .decode import IMAGE_FORMATS, MAX_FILE_BYTES, FileRefused, ImageError, check_size, load_rgb, read_regular
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -43,13 +43,12 @@ class RawFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         path = self.paths[index]
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_FILE_BYTES + 1)  # bounded: a huge file costs no more than the limit
+        try:  # the checks of PIL decoding: a FIFO had hung this worker's open, a huge file costs no more than the limit
+            data = read_regular(path, MAX_FILE_BYTES)
         except OSError as error:
-            return path, f"{path}: cannot read ({error})"
-        if len(data) > MAX_FILE_BYTES:
-            return path, f"{path}: too large a file (limit {MAX_FILE_BYTES} bytes, as for PIL decoding)"
+            return path, f"{path}: cannot read ({error.strerror or error})"
+        except FileRefused as error:
+            return path, f"{path}: {error}"
         if not data:
             return path, f"{path}: empty file"
         return path, torch.frombuffer(bytearray(data), dtype=torch.uint8)

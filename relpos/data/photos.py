@@ -36,9 +36,7 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
-import stat
 import struct
 import zipfile
 import zlib
@@ -48,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .decode import IMAGE_FORMATS, MAX_FILE_BYTES, check_size
+from .decode import DECODE_ERRORS, IMAGE_FORMATS, MAX_FILE_BYTES, FileRefused, check_size, read_regular
 
 MANIFEST = "manifest.csv"
 FIELDS = ("file", "label", "source", "version", "licence", "original", "sha256", "width", "height")
@@ -148,10 +146,6 @@ class RccError(ValueError):
     """A file that is not a Qt resource (.rcc) file or is damaged."""
 
 
-class SourceError(ValueError):
-    """A file of a package root that is not read: not a regular file, or larger than any picture needs."""
-
-
 # What one package file may cost: a Qt resource file holds one activity's pictures (gcompris's largest is 4.7 MB),
 # a picture inside one is a few hundred KB, a text file (copyright, metadata) a few KB; a root is the user's
 # folder, so a crafted file must not take the machine's memory (a zlib bomb, a tree whose entries share children).
@@ -161,33 +155,16 @@ _MAX_RCC_TOTAL_BYTES = 512 * 1024 * 1024
 _MAX_TEXT_BYTES = 16 * 1024 * 1024
 
 
-def read_limited(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of `path`, which must be a regular file of at most `limit` bytes. Opened without blocking and
-    checked on the open file, so a FIFO, a device (a link to /dev/zero) or a folder named like a picture raises
-    SourceError instead of hanging or reading forever."""
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    info = os.fstat(descriptor)
-    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-        os.close(descriptor)
-        raise SourceError("not a regular file" if not stat.S_ISREG(info.st_mode) else
-                          f"{info.st_size} bytes, over the limit of {limit}")
-    with os.fdopen(descriptor, "rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise SourceError(f"more than {limit} bytes")
-    return data
-
-
 def _read_text(path: Path) -> str:
     """A package's text file (copyright, metadata, .desktop), bounded like every other read."""
-    return read_limited(path, _MAX_TEXT_BYTES).decode("utf-8", errors="replace")
+    return read_regular(path, _MAX_TEXT_BYTES).decode("utf-8", errors="replace")
 
 
 def _read(report: "Report", path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
     """The bytes of the picture `path`, or None with the reason in the report (one bad file skips only itself)."""
     try:
-        return read_limited(path, limit)
-    except (OSError, SourceError) as error:
+        return read_regular(path, limit)
+    except (OSError, FileRefused) as error:
         report.skipped.append((str(path), f"cannot read ({_why(error)})"))
         return None
 
@@ -368,7 +345,7 @@ def licence_of(stanzas, path: str, any_suffix: bool = False) -> tuple[str, str]:
 def _copyright_stanzas(root: Path, package: str):
     try:
         return parse_copyright(_read_text(root / "usr/share/doc" / package / "copyright"))
-    except (OSError, SourceError):
+    except (OSError, FileRefused):
         return []
 
 
@@ -381,8 +358,8 @@ def _gcompris(root: Path, report: Report) -> list[Photo]:
         if not (rcc.stem in _GCOMPRIS_ACTIVITIES or rcc.stem.startswith("explore_")):
             continue
         try:
-            files = read_rcc(read_limited(rcc, _MAX_RCC_BYTES), str(rcc))
-        except (RccError, SourceError, OSError) as error:
+            files = read_rcc(read_regular(rcc, _MAX_RCC_BYTES), str(rcc))
+        except (RccError, FileRefused, OSError) as error:
             why = str(error) if isinstance(error, RccError) else f"cannot read ({_why(error)})"
             report.skipped.append((str(rcc), why))
             continue
@@ -481,7 +458,7 @@ def _capped(data: bytes, max_side: int = _MAX_SIDE) -> bytes:
 
 # What decoding a picture can raise besides OSError: PIL's bomb error is not an OSError; a PNG chunk error is a
 # SyntaxError; check_size raises an ImageError (a ValueError)
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+_DECODE_ERRORS = (*DECODE_ERRORS, Image.DecompressionBombError)
 
 
 def _read_capped(report: Report, path: Path) -> bytes | None:
@@ -520,7 +497,7 @@ def _lxqt(root: Path, report: Report) -> list[Photo]:
     # Debian copyright file only has its Files: * stanza for them
     try:
         stated = re.search(r"Licensed under (\S+)", _read_text(package.folder / "License"))
-    except (OSError, SourceError):
+    except (OSError, FileRefused):
         stated = None
     stated = stated.group(1) if stated else "not stated"
     photos = []
@@ -545,7 +522,7 @@ def _palapeli(root: Path, report: Report) -> list[Photo]:
         try:
             entries = dict(line.split("=", 1) for line in _read_text(desktop).splitlines()
                            if "=" in line and not line.startswith("#"))
-        except (OSError, SourceError):
+        except (OSError, FileRefused):
             report.skipped.append((str(desktop), "not in this version of the package"))
             continue
         image = entries.get("Image", f"{name}.jpg")
@@ -572,7 +549,7 @@ def _wheel_photos(root: Path, report: Report, package: str, prefix: str, select)
         return []
     try:
         return _read_wheel(wheels[-1], report, package, prefix, select)
-    except (OSError, zipfile.BadZipFile, SourceError) as error:  # BadZipFile is not an OSError
+    except (OSError, zipfile.BadZipFile, FileRefused) as error:  # BadZipFile is not an OSError
         report.missing.append((package, f"{wheels[-1]}: not a readable wheel ({_why(error)})"))
         return []
 
@@ -587,11 +564,11 @@ def _wheel_member(wheel: zipfile.ZipFile, name: str, limit: int) -> bytes:
     """One member's bytes, refused past `limit` by its declared size and again by what it inflates to."""
     info = wheel.getinfo(name)
     if info.file_size > limit:
-        raise SourceError(f"{info.file_size} bytes, over the limit of {limit}")
+        raise FileRefused(f"{info.file_size} bytes is too large a file (limit {limit})")
     with wheel.open(info) as member:
         data = member.read(limit + 1)
     if len(data) > limit:
-        raise SourceError(f"more than {limit} bytes")
+        raise FileRefused(f"more than {limit} bytes is too large a file (limit {limit})")
     return data
 
 
@@ -614,7 +591,7 @@ def _read_wheel(path: Path, report: Report, package: str, prefix: str, select) -
                 label, note = chosen
                 try:
                     data = _wheel_member(wheel, name, MAX_FILE_BYTES)
-                except (OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, SourceError) as error:
+                except (OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, FileRefused) as error:
                     report.skipped.append((f"{path.name}:{name}", f"cannot read ({_why(error)})"))
                     continue
                 photos.append(Photo(data, label, package, version, f"package: {licence}; {note}",
