@@ -7,6 +7,7 @@ import os
 import hashlib
 import io
 import json
+import re
 import zipfile
 import struct
 import zlib
@@ -458,3 +459,29 @@ def test_the_newest_wheel_is_chosen_by_version_not_by_name(tmp_path):
                                                         _encode(_picture(seed), "JPEG")})
     report = assemble(tmp_path / "out", root, sources=("foolbox",), min_side=150)
     assert [row["version"] for row in report.kept] == ["3.3.10"]
+
+
+BAD_MANIFESTS = [
+    ("file,label\na.jpg,cat\n", "no column sha256"),
+    ("file,label,sha256\n/etc/passwd,cat,00\n", "line 2: 'file' must be a path inside"),
+    ("file,label,sha256\na.jpg,cat,00\n../b.jpg,cat,00\n", "line 3: 'file' must be a path inside"),
+    ("file,label,sha256\n,cat,00\n", "line 2: 'file' must be a path inside"),
+    ("file,label,sha256\n\"" + "x" * 200_000 + "\",cat,00\n", "not a readable CSV manifest"),
+    ("\xff\xfe\x00garbage", "no column file, label, sha256"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_MANIFESTS, ids=["column", "absolute", "dotdot", "empty", "huge", "binary"])
+def test_a_foreign_manifest_is_refused_with_its_line_not_a_traceback(tmp_path, text, message):
+    """`relpos eval --labelled DIR` reads DIR/manifest.csv, the user's file: a missing column had ended in KeyError,
+    a row naming a file outside DIR would have been evaluated, an oversized field raised csv.Error."""
+    (tmp_path / "manifest.csv").write_bytes(text.encode("utf-8", errors="surrogateescape")
+                                            if text.isascii() else text.encode("latin-1"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        read_manifest(tmp_path)
+
+
+def test_a_short_manifest_row_reads_as_empty_fields(tmp_path):
+    (tmp_path / "manifest.csv").write_text("file,label,sha256\na.jpg\n")
+    (row,) = read_manifest(tmp_path)
+    assert row["label"] == "" and row["sha256"] == "" and row["path"] == str(tmp_path / "a.jpg")

@@ -50,6 +50,7 @@ from .decode import DECODE_ERRORS, IMAGE_FORMATS, MAX_FILE_BYTES, FileRefused, c
 
 MANIFEST = "manifest.csv"
 FIELDS = ("file", "label", "source", "version", "licence", "original", "sha256", "width", "height")
+_MANIFEST_NEEDS = ("file", "label", "sha256")  # what the labelled evaluation reads of each row
 DUPLICATE_BITS = 6  # dHash Hamming distance at or below which two pictures may be the same photograph ...
 # ... and are, if their 16x16 grayscale thumbnails also correlate this well (or differ by at most SAME_GREY grey
 # levels on average, for flat pictures). Measured on the packages' pictures: the same photograph at two sizes or a
@@ -745,10 +746,22 @@ def read_manifest(folder: str | Path) -> list[dict]:
     manifest = folder / MANIFEST
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found: make the folder with `relpos data photos {folder}`")
-    with open(manifest, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        row["path"] = str(folder / row["file"])
+    try:
+        with open(manifest, newline="", encoding="utf-8", errors="replace") as handle:
+            reader = csv.DictReader(handle)
+            missing = [name for name in _MANIFEST_NEEDS if name not in (reader.fieldnames or ())]
+            if missing:
+                raise ValueError(f"{manifest}: no column {', '.join(missing)} (a `relpos data photos` manifest has "
+                                 f"{', '.join(FIELDS)})")
+            rows = list(reader)
+    except csv.Error as error:  # a field past csv's size limit, a NUL byte: not a manifest this tool wrote
+        raise ValueError(f"{manifest}: not a readable CSV manifest ({error})") from error
+    for line, row in enumerate(rows, start=2):
+        name = row.get("file") or ""
+        # a row names a photograph of this folder; one outside it (absolute, "..") is not this folder's data
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"{manifest}, line {line}: 'file' must be a path inside {folder}, got {name!r}")
+        row.update({key: row.get(key) or "" for key in _MANIFEST_NEEDS}, path=str(folder / name))
     return rows
 
 
