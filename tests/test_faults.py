@@ -250,6 +250,12 @@ def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
         signal.signal(signal.SIGALRM, previous)
 
 
+def test_a_name_with_a_nul_byte_is_an_image_error_not_a_bare_value_error(tmp_path):
+    """os.open raises ValueError("embedded null byte"), which callers that catch ImageError let through."""
+    with pytest.raises(ImageError, match="NUL byte"):
+        load_rgb(str(tmp_path / "a\0b.jpg"))
+
+
 def test_a_picture_in_a_format_that_runs_an_interpreter_is_never_opened(tmp_path, monkeypatch):
     """A user's "photo.jpg" holding EPS: PIL, left to guess the format, identifies EPS and hands it to Ghostscript,
     an interpreter (and a history of exploits). load_rgb asks PIL for raster photo formats only."""

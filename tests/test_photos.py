@@ -466,12 +466,15 @@ BAD_MANIFESTS = [
     ("file,label,sha256\n/etc/passwd,cat,00\n", "line 2: 'file' must be a path inside"),
     ("file,label,sha256\na.jpg,cat,00\n../b.jpg,cat,00\n", "line 3: 'file' must be a path inside"),
     ("file,label,sha256\n,cat,00\n", "line 2: 'file' must be a path inside"),
+    ("file,label,sha256\n\na.jpg,c,0\n\"b\nc.jpg\",c,0\n/etc/x,c,0\n", "line 6: 'file' must be a path inside"),
+    ("file,label,sha256\na\x00b.jpg,cat,00\n", "line 2: 'file' must be a path inside"),
     ("file,label,sha256\n\"" + "x" * 200_000 + "\",cat,00\n", "not a readable CSV manifest"),
     ("\xff\xfe\x00garbage", "no column file, label, sha256"),
 ]
 
 
-@pytest.mark.parametrize("text,message", BAD_MANIFESTS, ids=["column", "absolute", "dotdot", "empty", "huge", "binary"])
+@pytest.mark.parametrize("text,message", BAD_MANIFESTS,
+                         ids=["column", "absolute", "dotdot", "empty", "line", "nul", "huge", "binary"])
 def test_a_foreign_manifest_is_refused_with_its_line_not_a_traceback(tmp_path, text, message):
     """`relpos eval --labelled DIR` reads DIR/manifest.csv, the user's file: a missing column had ended in KeyError,
     a row naming a file outside DIR would have been evaluated, an oversized field raised csv.Error."""
@@ -481,7 +484,10 @@ def test_a_foreign_manifest_is_refused_with_its_line_not_a_traceback(tmp_path, t
         read_manifest(tmp_path)
 
 
-def test_a_short_manifest_row_reads_as_empty_fields(tmp_path):
+def test_a_short_manifest_row_reads_as_empty_fields_and_a_spreadsheet_bom_is_no_column_name(tmp_path):
     (tmp_path / "manifest.csv").write_text("file,label,sha256\na.jpg\n")
     (row,) = read_manifest(tmp_path)
     assert row["label"] == "" and row["sha256"] == "" and row["path"] == str(tmp_path / "a.jpg")
+    (tmp_path / "manifest.csv").write_bytes("\ufefffile,label,sha256\nb.jpg,caf\u00e9,00\n".encode())
+    (row,) = read_manifest(tmp_path)
+    assert row["file"] == "b.jpg" and row["label"] == "caf\u00e9"

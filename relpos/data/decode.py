@@ -36,10 +36,13 @@ class FileRefused(ValueError):
     picture) or larger than its limit. The message is the reason alone; the caller names the file."""
 
 
-def open_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> BinaryIO:
-    """`path` opened for reading if it is a regular file of at most `limit` bytes, else FileRefused (OSError when it
-    cannot be opened). Opened without blocking and checked on the open descriptor: a FIFO does not hang the open,
-    and nothing can be swapped in between the check and the read."""
+def open_regular(path: str | os.PathLike, limit: int | None = None) -> BinaryIO:
+    """`path` opened for reading if it is a regular file of at most `limit` bytes (MAX_FILE_BYTES), else FileRefused
+    (OSError when it cannot be opened). Opened without blocking and checked on the open descriptor: a FIFO does not
+    hang the open, and nothing can be swapped in between the check and the read."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    if "\0" in os.fsdecode(path):  # os.open would raise a bare ValueError
+        raise FileRefused("a name with a NUL byte is no file name")
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         info = os.fstat(descriptor)
@@ -53,10 +56,14 @@ def open_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> Binary
     return os.fdopen(descriptor, "rb")
 
 
-def read_regular(path: str | os.PathLike, limit: int = MAX_FILE_BYTES) -> bytes:
+def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
     """The bytes of `path`, checked as open_regular does and read no further than `limit` (a file may grow)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     with open_regular(path, limit) as handle:
-        data = handle.read(limit + 1)
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(size + 1)  # not read(limit + 1): that reserves the limit's bytes for a small file
+        if len(data) > size:  # it grew while read: on, no further than the limit
+            data += handle.read(limit + 1 - len(data))
     if len(data) > limit:
         raise FileRefused(f"more than {limit} bytes is too large a file (limit {limit}; it grew while read)")
     return data

@@ -732,7 +732,7 @@ def assemble(out: str | Path, root: str | Path = "/", sources: tuple[str, ...] =
                                 "version": photo.version, "licence": photo.licence, "original": photo.original,
                                 "sha256": hashlib.sha256(photo.data).hexdigest(), "width": width, "height": height})
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / MANIFEST, "w", newline="") as handle:
+    with open(out / MANIFEST, "w", newline="", encoding="utf-8") as handle:  # read back as UTF-8 in any locale
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(report.kept)
@@ -747,22 +747,25 @@ def read_manifest(folder: str | Path) -> list[dict]:
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest} not found: make the folder with `relpos data photos {folder}`")
     try:
-        with open(manifest, newline="", encoding="utf-8", errors="replace") as handle:
-            reader = csv.DictReader(handle)
-            missing = [name for name in _MANIFEST_NEEDS if name not in (reader.fieldnames or ())]
-            if missing:
-                raise ValueError(f"{manifest}: no column {', '.join(missing)} (a `relpos data photos` manifest has "
-                                 f"{', '.join(FIELDS)})")
-            rows = list(reader)
-    except csv.Error as error:  # a field past csv's size limit, a NUL byte: not a manifest this tool wrote
+        # utf-8-sig: a manifest edited and saved by a spreadsheet starts with a byte-order mark
+        text = read_regular(manifest).decode("utf-8-sig", errors="replace")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [name for name in _MANIFEST_NEEDS if name not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{manifest}: no column {', '.join(missing)} (a `relpos data photos` manifest has "
+                             f"{', '.join(FIELDS)})")
+        rows = [(reader.line_num, row) for row in reader]  # the line a row ends on (blank lines are skipped)
+    except csv.Error as error:  # a field past csv's size limit: not a manifest this tool wrote
         raise ValueError(f"{manifest}: not a readable CSV manifest ({error})") from error
-    for line, row in enumerate(rows, start=2):
+    except FileRefused as error:
+        raise ValueError(f"{manifest}: {error}") from error
+    for line, row in rows:
         name = row.get("file") or ""
         # a row names a photograph of this folder; one outside it (absolute, "..") is not this folder's data
-        if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        if not name or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
             raise ValueError(f"{manifest}, line {line}: 'file' must be a path inside {folder}, got {name!r}")
         row.update({key: row.get(key) or "" for key in _MANIFEST_NEEDS}, path=str(folder / name))
-    return rows
+    return [row for _, row in rows]
 
 
 def summary(report: Report) -> str:
