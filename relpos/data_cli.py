@@ -52,7 +52,7 @@ def _photos(args) -> int:
         raise ValueError(f"--root {args.root} is not a folder")
     # locked, and an earlier assembly (or any other files) is never mixed into or replaced without --overwrite
     folder = claim_run_folder(args.out, overwrite=args.overwrite, can_resume=False, option="DIR",
-                              run_files=(MANIFEST, "skipped.json", *SOURCES))
+                              run_files=(MANIFEST, "skipped.json", *SOURCES), kind="data photos")
     try:
         report = assemble(args.out, args.root, sources, args.min_side, args.keep)
     finally:

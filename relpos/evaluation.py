@@ -356,7 +356,8 @@ def _run(args) -> int:
     if not Path(args.checkpoint).is_file():
         raise ValueError(f"checkpoint {args.checkpoint} is not a file")
     # checked before the long probes, and locked while they run: no evaluation overwrites another
-    folder = claim_run_folder(args.out, overwrite=args.overwrite, can_resume=False, run_files=EVAL_FILES)
+    folder = claim_run_folder(args.out, overwrite=args.overwrite, can_resume=False, run_files=EVAL_FILES,
+                              kind="eval")
     try:
         results = run_eval(args.checkpoint, args.out, args.layer, args.draws, args.per_class, args.k, args.device,
                            args.data, args.queries, args.labelled, args.random_seeds, args.folds,

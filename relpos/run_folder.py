@@ -2,7 +2,9 @@
 
 `claim_run_folder` takes an exclusive lock (held until the process exits or `release()`), then refuses a
 folder that already holds files unless the run resumes it or the user said --overwrite, in which case only
-the files (and folders) that command writes are removed. Every command that writes a folder uses it.
+the files (and folders) that command writes are removed, and only where the same kind of command wrote them
+(the lock file names it): a user's own curves.png beside their photographs is never taken for a run's.
+Every command that writes a folder uses it.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ class RunFolder:
 
 def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
                      run_files: tuple[str, ...] = RUN_FILES, can_resume: bool = True,
-                     option: str = "--out") -> RunFolder:
-    """Lock `path` for this process and check it may be written; `run_files` are what --overwrite removes, and
-    `option` is how the messages name the folder."""
+                     option: str = "--out", kind: str = "train") -> RunFolder:
+    """Lock `path` for this process and check it may be written; `run_files` are what --overwrite removes (the
+    first is the command's main output), `kind` names the command (written into the lock file), and `option` is
+    how the messages name the folder."""
     path = Path(path)
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other: choose one")
@@ -54,6 +57,7 @@ def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite
         raise RunFolderError(f"{option} {path} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
+        lock_existed = (path / LOCK_NAME).exists()
         lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
         raise RunFolderError(f"{option} {path} cannot be used: {error.strerror or error}") from error
@@ -64,6 +68,9 @@ def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite
         raise RunFolderError(f"{option} {path} is in use by another relpos run (it holds {path / LOCK_NAME}); "
                              f"wait for it to finish or choose another {option}") from error
     folder = RunFolder(path, lock_fd)
+    previous_kind = os.pread(lock_fd, 64, 0).decode("utf-8", "replace").strip()
+    if not previous_kind and lock_existed and os.path.lexists(path / run_files[0]):
+        previous_kind = kind  # a lock from before locks named their command, beside this command's main output
     existing = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
     if existing and not resume:
         if not overwrite:
@@ -72,6 +79,13 @@ def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite
             advice = "pass --resume to continue that run, " if can_resume else "pass "
             raise RunFolderError(f"{option} {path} already holds files ({shown}): {advice}--overwrite to replace "
                                  f"them, or choose another {option}")
+        ours = [name for name in run_files if os.path.lexists(path / name)]
+        if ours and previous_kind != kind:
+            folder.release()
+            who = f"it was written by `relpos {previous_kind}`" if previous_kind else "no relpos command wrote it"
+            raise RunFolderError(f"{option} {path} holds {', '.join(ours)}, not from an earlier `relpos {kind}` ({who}): "
+                                 f"--overwrite replaces only that command's own files; move them away or choose "
+                                 f"another {option}")
         for name in run_files:
             target = path / name
             if target.is_dir() and not target.is_symlink():
@@ -86,4 +100,10 @@ def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite
     if not os.access(path, os.W_OK):
         folder.release()
         raise RunFolderError(f"{option} {path} is not writable")
+    try:
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, kind.encode(), 0)
+    except OSError as error:
+        folder.release()
+        raise RunFolderError(f"{option} {path} cannot be used: {error.strerror or error}") from error
     return folder

@@ -122,6 +122,27 @@ def test_any_folder_with_files_is_refused_too(photos, tmp_path):
     assert (out / "metrics.jsonl").read_text() == "my own file\n"
 
 
+def test_overwrite_never_takes_a_users_file_for_a_runs(photos, tmp_path):
+    """--overwrite removes a run's files only where the same command wrote them: a curves.png the user keeps beside
+    their photographs (a folder no relpos command wrote, or one `relpos data photos` assembled) stays."""
+    for folder, assembled in ((tmp_path / "mine", False), (tmp_path / "assembled", True)):
+        folder.mkdir()
+        if assembled:
+            claim_run_folder(folder, option="DIR", kind="data photos").release()
+        (folder / "curves.png").write_bytes(b"the user's own figure")
+        with pytest.raises(RunFolderError, match=r"curves\.png, not from an earlier `relpos train`"):
+            train(tiny_config(photos, folder, steps=1, overwrite=True))
+        assert (folder / "curves.png").read_bytes() == b"the user's own figure"
+        assert not (folder / "checkpoint.pt").exists()
+    # an earlier train run's files, under a lock written before locks named their command, are replaced as before
+    run = tmp_path / "run"
+    train(tiny_config(photos, run, steps=1))
+    (run / ".relpos.lock").write_bytes(b"")
+    train(tiny_config(photos, run, steps=1, seed=3, overwrite=True))
+    assert load_checkpoint(run / "checkpoint.pt")["args"]["seed"] == 3
+    assert (run / ".relpos.lock").read_text() == "train"
+
+
 def test_a_second_run_on_the_same_folder_fails_at_once(tmp_path):
     code = ("import sys, time; from relpos.run_folder import claim_run_folder; "
             "claim_run_folder(sys.argv[1], resume=False, overwrite=False); print('locked', flush=True); time.sleep(60)")
