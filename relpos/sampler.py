@@ -29,6 +29,14 @@ def resized_size(height: int, width: int, target_pixels: float) -> tuple[int, in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def fits_at_some_scale(height: int, width: int, min_side: int, min_pixels: int, max_pixels: int,
+                       samples: int = 33) -> bool:
+    """Whether an image of this size gives an item at some of the pixel counts a plan draws (`too_small` passes at
+    one of `samples` counts spread over [min_pixels, max_pixels]): one that fails only at some is not a bad file."""
+    targets = torch.linspace(min_pixels, max_pixels, samples, dtype=torch.float64).tolist()
+    return any(too_small(height, width, resized_size(height, width, t), min_side, "") is None for t in targets)
+
+
 def too_small(height: int, width: int, resized: tuple[int, int], min_side: int, footprint: str) -> str | None:
     """Why an image of this size, resized to `resized`, cannot give an item whose `footprint` (named in the message)
     is `min_side` pixels, or would have a side over MAX_SIDE; None if it can."""

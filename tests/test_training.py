@@ -73,6 +73,27 @@ def test_bad_files_are_skipped_and_reported(photos, tmp_path):
     assert not any(name.startswith("photo") for name in reasons)
 
 
+def test_an_image_too_small_at_some_scales_only_is_used_not_skipped(tmp_path, caplog):
+    """A wide photograph that holds a pair above ~38k pixels but not at 30k is skipped only in the steps that draw
+    it small: it is not a bad file (not in skipped.jsonl) and counts among the training images."""
+    from PIL import Image
+
+    from relpos.pretext import build_pretext
+
+    data = small_photo_folder(tmp_path / "data", count=4)
+    wide = Image.open(next(data.rglob("photo0.*"))).convert("RGB").resize((300, 120))
+    wide.save(data / "wide.png")
+    config = tiny_config(data, tmp_path / "out", steps=8, holdout=0.0, batch=200)
+    pretext = build_pretext("relpos", config.patch_config())
+    assert pretext.fits_at_some_scale(120, 300) and not pretext.fits_at_some_scale(12, 400)
+    with caplog.at_level("INFO", logger="relpos.train"):
+        summary = train(config)
+    assert any("wide.png" in r.getMessage() and "at this step's scale" in r.getMessage() for r in caplog.records)
+    skipped = tmp_path / "out" / "skipped.jsonl"
+    assert not skipped.exists() or "wide.png" not in skipped.read_text()
+    assert summary["skipped_files"] == 0 and summary["train_images"] == 5
+
+
 def test_compiled_and_eager_give_the_same_loss(photos):
     import relpos
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..config import PatchConfig
 from ..models import ClassifierHead, PretextNet, build_tower, head_input  # noqa: F401 - head_input: interface
 from ..plan import Plan
+from ..sampler import fits_at_some_scale
 
 
 def compute_loss(model, patches, index, labels, autocast_dtype):
@@ -54,6 +55,10 @@ class Pretext:
     def min_side(self) -> int:
         """An image whose resized size is not larger than this in both sides gives no item."""
         raise NotImplementedError
+
+    def fits_at_some_scale(self, height: int, width: int) -> bool:
+        """Whether an image of this size gives an item at some of the scales `draw` picks from."""
+        return fits_at_some_scale(height, width, self.min_side, self.config.min_pixels, self.config.max_pixels)
 
     def with_config(self, **changes) -> "Pretext":
         """The same task (classes, permutations, model) drawing with these PatchConfig fields changed."""

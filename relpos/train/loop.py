@@ -197,6 +197,19 @@ class _SkippedLog:
                         handle.write(json.dumps({"path": path, "reason": reason}) + "\n")
 
 
+def _note_plan_skips(run: "_Run", paths, plan) -> None:
+    """An image the plan skipped at this step's random scale: a bad file (skipped.jsonl, left out of the summary's
+    images) only when it is too small at every scale the plan draws from; otherwise it is used at the others."""
+    for index, why in zip(plan.skipped, plan.skip_reasons):
+        path = paths[index]
+        if run.train_pretext.fits_at_some_scale(*plan.image_sizes[index].tolist()):
+            if path not in run.scale_skipped:
+                run.scale_skipped.add(path)
+                log.info("%s: %s at this step's scale; it is used at the scales where it fits", path, why)
+        else:
+            run.skipped.note([(path, f"{path}: {why}")])
+
+
 @dataclasses.dataclass
 class _Run:
     """What the step loop works with, built once by _set_up."""
@@ -224,6 +237,7 @@ class _Run:
     skipped: _SkippedLog
     metrics: MetricsLog | None
     nonfinite_streak: int = 0
+    scale_skipped: set = dataclasses.field(default_factory=set)  # too small at some steps' scales only (logged once)
     patch_buffer: torch.Tensor | None = None  # reused across steps (out=): no step pays for freshly faulted-in pages
 
     @property
@@ -396,8 +410,7 @@ def _step_loop(run: _Run) -> dict:
             if batch.images is not None:
                 images = batch.images.to(run.device, non_blocking=True)
                 plan = pretext.draw(images.sizes, generator=_step_generator(config.seed, step, run.rank))
-                run.skipped.note([(batch.paths[i], f"{batch.paths[i]}: {why}")
-                                  for i, why in zip(plan.skipped, plan.skip_reasons)])
+                _note_plan_skips(run, batch.paths, plan)
             if plan is None or plan.num_pairs == 0:
                 steps_without_items += 1
                 if not items_seen and steps_without_items >= _PAIRLESS_STEPS_BEFORE_GIVING_UP:
