@@ -68,9 +68,10 @@ def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite
         raise RunFolderError(f"{option} {path} is in use by another relpos run (it holds {path / LOCK_NAME}); "
                              f"wait for it to finish or choose another {option}") from error
     folder = RunFolder(path, lock_fd)
-    previous_kind = os.pread(lock_fd, 64, 0).decode("utf-8", "replace").strip()
-    if not previous_kind and lock_existed and os.path.lexists(path / run_files[0]):
-        previous_kind = kind  # a lock from before locks named their command, beside this command's main output
+    writers = {line.strip() for line in os.pread(lock_fd, 4096, 0).decode("utf-8", "replace").splitlines()} - {""}
+    if lock_existed and not writers and any(os.path.lexists(path / name) for name in run_files
+                                            if not name.endswith(".png")):
+        writers.add(kind)  # a lock from before locks named their commands, beside this command's own files
     existing = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
     if existing and not resume:
         if not overwrite:
@@ -80,9 +81,14 @@ def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite
             raise RunFolderError(f"{option} {path} already holds files ({shown}): {advice}--overwrite to replace "
                                  f"them, or choose another {option}")
         ours = [name for name in run_files if os.path.lexists(path / name)]
-        if ours and previous_kind != kind:
+        if ours and kind not in writers:
             folder.release()
-            who = f"it was written by `relpos {previous_kind}`" if previous_kind else "no relpos command wrote it"
+            if writers:
+                who = "the folder was written by " + " and ".join(f"`relpos {name}`" for name in sorted(writers))
+            elif lock_existed:
+                who = "an older relpos wrote the folder without recording which command"
+            else:
+                who = "no relpos command wrote the folder"
             raise RunFolderError(f"{option} {path} holds {', '.join(ours)}, not from an earlier `relpos {kind}` ({who}): "
                                  f"--overwrite replaces only that command's own files; move them away or choose "
                                  f"another {option}")
@@ -100,9 +106,9 @@ def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite
     if not os.access(path, os.W_OK):
         folder.release()
         raise RunFolderError(f"{option} {path} is not writable")
-    try:
+    try:  # every command that wrote here, one name per line
         os.ftruncate(lock_fd, 0)
-        os.pwrite(lock_fd, kind.encode(), 0)
+        os.pwrite(lock_fd, "".join(f"{name}\n" for name in sorted(writers | {kind})).encode(), 0)
     except OSError as error:
         folder.release()
         raise RunFolderError(f"{option} {path} cannot be used: {error.strerror or error}") from error

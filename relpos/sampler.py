@@ -29,12 +29,24 @@ def resized_size(height: int, width: int, target_pixels: float) -> tuple[int, in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def fits_at_some_scale(height: int, width: int, min_side: int, min_pixels: int, max_pixels: int,
-                       samples: int = 33) -> bool:
-    """Whether an image of this size gives an item at some of the pixel counts a plan draws (`too_small` passes at
-    one of `samples` counts spread over [min_pixels, max_pixels]): one that fails only at some is not a bad file."""
-    targets = torch.linspace(min_pixels, max_pixels, samples, dtype=torch.float64).tolist()
-    return any(too_small(height, width, resized_size(height, width, t), min_side, "") is None for t in targets)
+def fits_at_some_scale(height: int, width: int, min_side: int, min_pixels: float, max_pixels: float) -> bool:
+    """Whether an image of this size gives an item at some pixel count in [min_pixels, max_pixels] (one that fails
+    only at some is not a bad file). The counts that work are one interval: the sides grow with the count (the
+    footprint needs it large), enlargement and side limits need it small; so the smallest count whose sides are
+    large enough decides, found by bisection."""
+
+    def large_enough(target: float) -> bool:
+        return min(resized_size(height, width, target)) > min_side
+
+    if not large_enough(max_pixels):
+        return False
+    low, high = float(min_pixels), float(max_pixels)
+    if not large_enough(low):
+        for _ in range(64):  # far past float precision on a range of pixel counts
+            middle = (low + high) / 2
+            low, high = (low, middle) if large_enough(middle) else (middle, high)
+        low = high
+    return too_small(height, width, resized_size(height, width, low), min_side, "") is None
 
 
 def too_small(height: int, width: int, resized: tuple[int, int], min_side: int, footprint: str) -> str | None:

@@ -140,7 +140,21 @@ def test_overwrite_never_takes_a_users_file_for_a_runs(photos, tmp_path):
     (run / ".relpos.lock").write_bytes(b"")
     train(tiny_config(photos, run, steps=1, seed=3, overwrite=True))
     assert load_checkpoint(run / "checkpoint.pt")["args"]["seed"] == 3
-    assert (run / ".relpos.lock").read_text() == "train"
+    assert (run / ".relpos.lock").read_text() == "train\n"
+    # another command's --overwrite on the run folder (nothing of its own there) keeps it the run's: the lock
+    # lists every command that wrote the folder
+    claim_run_folder(run, overwrite=True, run_files=("eval.json",), kind="eval").release()
+    assert (run / ".relpos.lock").read_text().splitlines() == ["eval", "train"]
+    train(tiny_config(photos, run, steps=1, seed=4, overwrite=True))
+    assert load_checkpoint(run / "checkpoint.pt")["args"]["seed"] == 4
+    # a legacy lock with only a picture of this command beside it proves nothing: refused, and said so
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / ".relpos.lock").write_bytes(b"")
+    (legacy / "curves.png").write_bytes(b"a figure")
+    with pytest.raises(RunFolderError, match="older relpos wrote the folder without recording"):
+        claim_run_folder(legacy, overwrite=True)
+    assert (legacy / "curves.png").exists()
 
 
 def test_a_second_run_on_the_same_folder_fails_at_once(tmp_path):

@@ -167,3 +167,23 @@ def test_images_that_would_be_enlarged_more_than_max_upscale_are_skipped():
     assert jigsaw.draw([[1, 1], [64, 64], [600, 600]], seed=0).skipped == [0, 1]
     with pytest.raises(ValueError, match="enlarged"):
         jigsaw.draw([[64, 64]], seed=0, on_small="raise")
+
+
+@pytest.mark.parametrize("task", ["relpos", "jigsaw"])
+def test_fits_at_some_scale_agrees_with_a_dense_scan_of_the_range(task):
+    """Training reports an image as a bad file only when no pixel count of the range gives it an item; the counts
+    that do can be a narrow interval (62x400 fits only near 396k of 150k-450k), which sparse sampling misses."""
+    from relpos.pretext import build_pretext
+    from relpos.sampler import too_small
+
+    pretext = build_pretext(task, PatchConfig())
+    low, high = pretext.config.min_pixels, pretext.config.max_pixels
+    generator = torch.Generator().manual_seed(5)
+    sizes = [(62, 400), (61, 400), (100, 150), (99, 150), (40, 2000), (300, 300), (60, 60), (5000, 40)]
+    sizes += [tuple(s) for s in torch.randint(30, 700, (16, 2), generator=generator).tolist()]
+    targets = [low + (high - low) * k / 19_999 for k in range(20_000)]
+    for height, width in sizes:
+        scanned = any(too_small(height, width, resized_size(height, width, t), pretext.min_side, "") is None
+                      for t in targets)
+        assert pretext.fits_at_some_scale(height, width) == scanned, (height, width)
+    assert pretext.fits_at_some_scale(*((62, 400) if task == "relpos" else (100, 150)))

@@ -205,7 +205,8 @@ def _note_plan_skips(run: "_Run", paths, plan) -> None:
         if run.train_pretext.fits_at_some_scale(*plan.image_sizes[index].tolist()):
             if path not in run.scale_skipped:
                 run.scale_skipped.add(path)
-                log.info("%s: %s at this step's scale; it is used at the scales where it fits", path, why)
+                if run.is_main:
+                    log.info("%s: %s at this step's scale; it is used at the scales where it fits", path, why)
         else:
             run.skipped.note([(path, f"{path}: {why}")])
 
@@ -420,7 +421,7 @@ def _step_loop(run: _Run) -> dict:
                         f"pixels, enlarged at most {MAX_UPSCALE:g}x per side) are too small for one "
                         f"{pretext.item_name} with {config.gap}-px gaps. Lower --patch/--gap/--jitter or raise "
                         "--min-pixels/--max-pixels (thin images); lower --min-pixels/--max-pixels (small images; "
-                        "the reasons are in skipped.jsonl).")
+                        "the reasons are in the log and skipped.jsonl).")
             else:
                 steps_without_items, items_seen = 0, True
                 loss_value, accuracy = _update(run, step, images, plan)
