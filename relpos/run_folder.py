@@ -2,8 +2,9 @@
 
 `claim_run_folder` takes an exclusive lock (held until the process exits or `release()`), then refuses a
 folder that already holds files unless the run resumes it or the user said --overwrite, in which case only
-the files (and folders) that command writes are removed, and only where the same kind of command wrote them
-(the lock file names it): a user's own curves.png beside their photographs is never taken for a run's.
+the files (and folders) that command writes are removed, and only where the same command wrote before (the
+lock file lists every command that wrote the folder): a user's own curves.png beside their photographs is never
+taken for a run's.
 Every command that writes a folder uses it.
 """
 
@@ -47,9 +48,8 @@ class RunFolder:
 def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
                      run_files: tuple[str, ...] = RUN_FILES, can_resume: bool = True,
                      option: str = "--out", kind: str = "train") -> RunFolder:
-    """Lock `path` for this process and check it may be written; `run_files` are what --overwrite removes (the
-    first is the command's main output), `kind` names the command (written into the lock file), and `option` is
-    how the messages name the folder."""
+    """Lock `path` for this process and check it may be written; `run_files` are what --overwrite removes, `kind`
+    names the command (added to the lock file's list), and `option` is how the messages name the folder."""
     path = Path(path)
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite contradict each other: choose one")
