@@ -98,6 +98,11 @@ def check_size(width: int, height: int, label: str, max_pixels: int = MAX_IMAGE_
         raise ImageError(f"{label}: {width}x{height} is too large (limit {max_pixels} pixels, {MAX_SIDE} a side)")
 
 
+def os_reason(error: Exception) -> str:
+    """An error's reason without the path (the message names the file beside it): an OSError's strerror."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
 def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None
              ) -> torch.Tensor:
     """Decode `path` into a contiguous uint8 [H, W, 3] tensor.
@@ -113,7 +118,7 @@ def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_P
         try:
             source = open_regular(path)
         except OSError as error:
-            raise ImageError(f"{label}: cannot read ({error.strerror or error})") from error
+            raise ImageError(f"{label}: cannot read ({os_reason(error)})") from error
         except FileRefused as error:
             raise ImageError(f"{label}: {error}") from error
     try:

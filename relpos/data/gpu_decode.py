@@ -16,7 +16,16 @@ from PIL import Image
 
 from ..images import pack_images
 from .batch import ImageBatch
-from .decode import IMAGE_FORMATS, MAX_FILE_BYTES, FileRefused, ImageError, check_size, load_rgb, read_regular
+from .decode import (
+    IMAGE_FORMATS,
+    MAX_FILE_BYTES,
+    FileRefused,
+    ImageError,
+    check_size,
+    load_rgb,
+    os_reason,
+    read_regular,
+)
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -46,7 +55,7 @@ class RawFiles(torch.utils.data.Dataset):
         try:  # the checks of PIL decoding: a FIFO had hung this worker's open, a huge file costs no more than the limit
             data = read_regular(path, MAX_FILE_BYTES)
         except OSError as error:
-            return path, f"{path}: cannot read ({error.strerror or error})"
+            return path, f"{path}: cannot read ({os_reason(error)})"
         except FileRefused as error:
             return path, f"{path}: {error}"
         if not data:

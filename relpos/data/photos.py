@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .decode import DECODE_ERRORS, IMAGE_FORMATS, MAX_FILE_BYTES, FileRefused, check_size, read_regular
+from .decode import DECODE_ERRORS, IMAGE_FORMATS, MAX_FILE_BYTES, FileRefused, check_size, os_reason, read_regular
 
 MANIFEST = "manifest.csv"
 FIELDS = ("file", "label", "source", "version", "licence", "original", "sha256", "width", "height")
@@ -166,13 +166,8 @@ def _read(report: "Report", path: Path, limit: int = MAX_FILE_BYTES) -> bytes | 
     try:
         return read_regular(path, limit)
     except (OSError, FileRefused) as error:
-        report.skipped.append((str(path), f"cannot read ({_why(error)})"))
+        report.skipped.append((str(path), f"cannot read ({os_reason(error)})"))
         return None
-
-
-def _why(error: Exception) -> str:
-    """An error's reason without the path (the report names the file beside it)."""
-    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
 def read_rcc(data: bytes, name: str = "rcc") -> dict[str, bytes]:
@@ -361,7 +356,7 @@ def _gcompris(root: Path, report: Report) -> list[Photo]:
         try:
             files = read_rcc(read_regular(rcc, _MAX_RCC_BYTES), str(rcc))
         except (RccError, FileRefused, OSError) as error:
-            why = str(error) if isinstance(error, RccError) else f"cannot read ({_why(error)})"
+            why = str(error) if isinstance(error, RccError) else f"cannot read ({os_reason(error)})"
             report.skipped.append((str(rcc), why))
             continue
         for inner, blob in sorted(files.items()):
@@ -551,7 +546,7 @@ def _wheel_photos(root: Path, report: Report, package: str, prefix: str, select)
     try:
         return _read_wheel(wheels[-1], report, package, prefix, select)
     except (OSError, zipfile.BadZipFile, FileRefused) as error:  # BadZipFile is not an OSError
-        report.missing.append((package, f"{wheels[-1]}: not a readable wheel ({_why(error)})"))
+        report.missing.append((package, f"{wheels[-1]}: not a readable wheel ({os_reason(error)})"))
         return []
 
 
@@ -593,7 +588,7 @@ def _read_wheel(path: Path, report: Report, package: str, prefix: str, select) -
                 try:
                     data = _wheel_member(wheel, name, MAX_FILE_BYTES)
                 except (OSError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, FileRefused) as error:
-                    report.skipped.append((f"{path.name}:{name}", f"cannot read ({_why(error)})"))
+                    report.skipped.append((f"{path.name}:{name}", f"cannot read ({os_reason(error)})"))
                     continue
                 photos.append(Photo(data, label, package, version, f"package: {licence}; {note}",
                                     f"{path.name}:{name}", f"{prefix}_{Path(name).name}"))
