@@ -29,6 +29,11 @@ def resized_size(height: int, width: int, target_pixels: float) -> tuple[int, in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def holds_footprint(resized: tuple[int, int], min_side: int) -> bool:
+    """Whether a resized image is larger than an item's footprint in both sides."""
+    return min(resized) > min_side
+
+
 def fits_at_some_scale(height: int, width: int, min_side: int, min_pixels: float, max_pixels: float) -> bool:
     """Whether an image of this size gives an item at some pixel count in [min_pixels, max_pixels] (one that fails
     only at some is not a bad file). The counts that work are one interval: the sides grow with the count (the
@@ -36,7 +41,7 @@ def fits_at_some_scale(height: int, width: int, min_side: int, min_pixels: float
     large enough decides, found by bisection."""
 
     def large_enough(target: float) -> bool:
-        return min(resized_size(height, width, target)) > min_side
+        return holds_footprint(resized_size(height, width, target), min_side)
 
     if not large_enough(max_pixels):
         return False
@@ -53,7 +58,7 @@ def too_small(height: int, width: int, resized: tuple[int, int], min_side: int, 
     """Why an image of this size, resized to `resized`, cannot give an item whose `footprint` (named in the message)
     is `min_side` pixels, or would have a side over MAX_SIDE; None if it can."""
     rh, rw = resized
-    if rh <= min_side or rw <= min_side:
+    if not holds_footprint(resized, min_side):
         return f"resizes to {rh}x{rw}, not larger than the {footprint} = {min_side} in both dimensions"
     if rh > MAX_UPSCALE * height or rw > MAX_UPSCALE * width:
         return f"would be enlarged {max(rh / height, rw / width):.1f}x to {rh}x{rw} (at most {MAX_UPSCALE:g}x)"

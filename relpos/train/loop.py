@@ -202,11 +202,12 @@ def _note_plan_skips(run: "_Run", paths, plan) -> None:
     images) only when it is too small at every scale the plan draws from; otherwise it is used at the others."""
     for index, why in zip(plan.skipped, plan.skip_reasons):
         path = paths[index]
+        if path in run.scale_skipped or path in run.skipped.files:
+            continue  # decided (and reported) the first time: not searched again every step it is drawn small
         if run.train_pretext.fits_at_some_scale(*plan.image_sizes[index].tolist()):
-            if path not in run.scale_skipped:
-                run.scale_skipped.add(path)
-                if run.is_main:
-                    log.info("%s: %s at this step's scale; it is used at the scales where it fits", path, why)
+            run.scale_skipped.add(path)
+            if run.is_main:
+                log.info("%s: %s at this step's scale; it is used at the scales where it fits", path, why)
         else:
             run.skipped.note([(path, f"{path}: {why}")])
 
