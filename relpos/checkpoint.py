@@ -57,23 +57,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a relpos checkpoint, or raise CheckpointError saying what is wrong with the file."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):  # every torch.save since torch 1.6 is a zip archive
-        raise CheckpointError(f"checkpoint {path} is unreadable: not a torch.save archive (truncated or corrupted?)")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:  # what weights_only raises for anything that is not plain data
-        raise CheckpointError(
-            f"checkpoint {path} holds objects other than tensors and plain data, so relpos will not load it "
-            "(loading it could run code). It is not a relpos checkpoint, or was written by relpos 0.1 before "
-            f"checkpoint version {VERSION}: retrain, or load it yourself only if you trust its origin."
-        ) from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError,
-            ModuleNotFoundError, TypeError) as error:
-        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupted?): {error}") from error
-    except Exception as error:  # noqa: BLE001 - unpickling foreign data can raise anything
-        raise CheckpointError(f"checkpoint {path} is unreadable: {type(error).__name__}: {error}") from error
+    state = load_plain_data(path, "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a relpos checkpoint (no '{FORMAT}' marker)")
     if state.get("version") not in READABLE_VERSIONS:
@@ -90,6 +74,50 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointError(f"checkpoint {path}: 'step' must be a non-negative integer, got {step!r}")
     return state
+
+
+def load_plain_data(path: Path, what: str, map_location="cpu"):
+    """torch.load(weights_only=True) of a user's torch.save archive, every failure a CheckpointError naming `what`.
+
+    torch.save stores every member of its zip archive uncompressed, so a member that is compressed, or says it is
+    larger than the bytes it occupies, is refused before torch.load: torch allocates a member's declared size and
+    inflates a compressed one, so a few kilobytes could otherwise ask for gigabytes of memory.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    if not zipfile.is_zipfile(path):  # every torch.save since torch 1.6 is a zip archive
+        raise CheckpointError(f"{what} {path} is unreadable: not a torch.save archive (truncated or corrupted?)")
+    _check_members_stored(path, what)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:  # what weights_only raises for anything that is not plain data
+        raise CheckpointError(
+            f"{what} {path} holds objects other than tensors and plain data, so relpos will not load it "
+            "(loading it could run code). relpos did not write it, or relpos 0.1 did, before checkpoint version "
+            f"{VERSION}: retrain, or load it yourself only if you trust its origin."
+        ) from error
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError,
+            ModuleNotFoundError, TypeError) as error:
+        raise CheckpointError(f"{what} {path} is unreadable (truncated or corrupted?): {error}") from error
+    except Exception as error:  # noqa: BLE001 - unpickling foreign data can raise anything
+        raise CheckpointError(f"{what} {path} is unreadable: {type(error).__name__}: {error}") from error
+
+
+def _check_members_stored(path: Path, what: str) -> None:
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(f"{what} {path} is unreadable (truncated or corrupted?): {error}") from error
+    for member in members:
+        if member.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{what} {path}: member {member.filename!r} is compressed; torch.save never "
+                                  "compresses, so this file was not written by it (refused: it could inflate to "
+                                  "any size in memory)")
+        if member.file_size != member.compress_size or member.header_offset + member.compress_size > size:
+            raise CheckpointError(f"{what} {path}: member {member.filename!r} declares {member.file_size} bytes "
+                                  f"but the file holds {size} (truncated or crafted)")
 
 
 def check_weights(weights, what: str) -> None:

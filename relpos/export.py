@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_bytes, check_weights, load_checkpoint
+from .checkpoint import CheckpointError, atomic_write_bytes, check_weights, load_checkpoint, load_plain_data
 from .models import build_tower, check_fits
 
 
@@ -64,7 +64,7 @@ def load_tower(path: str | os.PathLike) -> torch.nn.Module:
             meta = handle.metadata()
         weights = load_file(str(path))
     else:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_plain_data(path, "exported tower")
         if not isinstance(blob, dict) or "meta" not in blob or "tower" not in blob:
             hint = " (a training checkpoint: load it with relpos.evaluation.load_towers, or run relpos export)" \
                 if isinstance(blob, dict) and blob.get("format") == "relpos-checkpoint" else ""

@@ -8,11 +8,13 @@ import dataclasses
 import json
 import os
 import random
+import re
 import signal
 import struct
 import subprocess
 import sys
 import time
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -375,6 +377,53 @@ def test_corrupt_or_foreign_checkpoints_give_a_clear_error(photos, tmp_path, dam
 
     assert main(["eval", str(path), "--out", str(tmp_path / "eval")]) == 1
     assert "checkpoint" in capsys.readouterr().err
+
+
+def _rewrite_deflated(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        members = [(member.filename, archive.read(member)) for member in archive.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, payload in members:
+            archive.writestr(name, payload)
+
+
+def _declare_larger(path: Path, suffix: str, size: int) -> None:
+    """Patch the central directory's uncompressed size of the member ending in `suffix` (a stored member)."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        name_length = int.from_bytes(data[at + 28:at + 30], "little")
+        if bytes(data[at + 46:at + 46 + name_length]).endswith(suffix.encode()):
+            data[at + 24:at + 28] = size.to_bytes(4, "little")
+            path.write_bytes(bytes(data))
+            return
+        at = data.find(b"PK\x01\x02", at + 4)
+    raise AssertionError(f"no member ending in {suffix}")
+
+
+@pytest.mark.parametrize("damage,message", [("deflated", "is compressed"), ("declared-larger", "declares")])
+def test_an_archive_that_could_inflate_in_memory_is_refused_before_torch_reads_it(photos, tmp_path, damage, message,
+                                                                                 monkeypatch):
+    """torch.save never compresses; torch.load would inflate a compressed member (or allocate a member's declared
+    size) whatever it costs, so a small crafted checkpoint or exported tower could ask for gigabytes."""
+    from relpos import checkpoint as checkpoint_module
+    from relpos.export import export_tower, load_tower
+
+    out = tmp_path / "run"
+    train(tiny_config(photos, out, steps=2))
+    path = out / "checkpoint.pt"
+    tower = export_tower(path, tmp_path / "tower.pt")
+    load_tower(tower)  # both load before the damage
+    for target in (path, tower):
+        if damage == "deflated":
+            _rewrite_deflated(target)
+        else:
+            _declare_larger(target, "/data/0", 2**31)
+    monkeypatch.setattr(checkpoint_module.torch, "load", lambda *args, **kwargs: pytest.fail("torch.load was called"))
+    with pytest.raises(CheckpointError, match=f"checkpoint {re.escape(str(path))}: member .* {message}"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=f"exported tower {re.escape(str(tower))}: member .* {message}"):
+        load_tower(tower)
 
 
 def test_unsupported_gpu_falls_back_with_a_clear_message(monkeypatch):
