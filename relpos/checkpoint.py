@@ -79,8 +79,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def load_plain_data(path: Path, what: str, map_location="cpu"):
     """torch.load(weights_only=True) of a user's torch.save archive, every failure a CheckpointError naming `what`.
 
-    torch.save stores every member of its zip archive uncompressed, so a member that is compressed, or says it is
-    larger than the bytes it occupies, is refused before torch.load: torch allocates a member's declared size and
+    torch.save stores every member of its zip archive uncompressed, side by side, so a member that is compressed,
+    says it is larger than the bytes it occupies, or members declaring more bytes in all than the file holds (entries
+    sharing one stored payload) are refused before torch.load: torch allocates each member's declared size and
     inflates a compressed one, so a few kilobytes could otherwise ask for gigabytes of memory.
     """
     if not path.is_file():
@@ -118,6 +119,10 @@ def _check_members_stored(path: Path, what: str) -> None:
         if member.file_size != member.compress_size or member.header_offset + member.compress_size > size:
             raise CheckpointError(f"{what} {path}: member {member.filename!r} declares {member.file_size} bytes "
                                   f"but the file holds {size} (truncated or crafted)")
+    declared = sum(member.file_size for member in members)
+    if declared > size:  # members sharing the same stored bytes would each be allocated in full
+        raise CheckpointError(f"{what} {path}: its members declare {declared} bytes in all but the file holds {size} "
+                              "(truncated or crafted)")
 
 
 def check_weights(weights, what: str) -> None:
