@@ -8,6 +8,7 @@ train in minutes on a CPU.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ARCHS = ("caffenet", "resnet18")
@@ -85,11 +86,17 @@ class ResNet18Tower(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """fc7 (BN) -> fc8 -> classifier on the concatenated features of an item's `inputs` patches."""
+    """fc7 (BN) -> fc8 -> classifier on the concatenated features of an item's `inputs` patches; in training,
+    `dropout` drops the fc6 features it is given and fc7's outputs (CaffeNet's drop6 and drop7)."""
 
-    def __init__(self, in_dim: int, inputs: int, classes: int, width: float = 1.0, hidden: int = 4096):
+    def __init__(self, in_dim: int, inputs: int, classes: int, width: float = 1.0, hidden: int = 4096,
+                 dropout: float = 0.0):
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         hidden = _scaled(hidden, width)
+        self.dropout = dropout
+        # dropout is applied in forward, not as modules here, so that the state-dict keys stay those of older checkpoints
         self.layers = nn.Sequential(
             nn.Linear(inputs * in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
@@ -97,7 +104,10 @@ class ClassifierHead(nn.Module):
         )
 
     def forward(self, item_features: torch.Tensor) -> torch.Tensor:
-        return self.layers(item_features)
+        if not (self.training and self.dropout):
+            return self.layers(item_features)
+        fc7 = self.layers[:3](F.dropout(item_features, self.dropout, training=True))
+        return self.layers[3:](F.dropout(fc7, self.dropout, training=True))
 
 
 class PairHead(ClassifierHead):

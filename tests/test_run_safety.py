@@ -215,7 +215,8 @@ def _train_args(photos, out):
 
 BAD_TRAIN_OPTIONS = [
     ("--steps", "0"), ("--steps", "-3"), ("--batch", "0"), ("--lr", "0"), ("--lr", "inf"), ("--lr", "nan"),
-    ("--lr", "-1e-3"), ("--weight-decay", "-1"), ("--width", "0"), ("--width", "1e9"), ("--holdout", "1.5"),
+    ("--lr", "-1e-3"), ("--weight-decay", "-1"), ("--dropout", "1"), ("--dropout", "-0.1"), ("--width", "0"),
+    ("--width", "1e9"), ("--holdout", "1.5"),
     ("--holdout", "-0.1"), ("--eval-every", "0"), ("--checkpoint-every", "0"), ("--log-every", "-1"),
     ("--eval-plans", "0"), ("--patch", "0"), ("--patch", "100000"), ("--gap", "-1"), ("--jitter", "-5"),
     ("--min-pixels", "0"), ("--max-pixels", "1e12"), ("--grids-per-image", "0"), ("--grids-per-image", "257"),

@@ -11,7 +11,7 @@ import torch
 
 from relpos.checkpoint import load_checkpoint
 from relpos.training import compute_loss, train, weights_digest
-from relpos.models import build_model
+from relpos.models import ClassifierHead, build_model
 
 from training_helpers import small_photo_folder, tiny_config
 
@@ -25,10 +25,11 @@ def _weights(out):
     return load_checkpoint(out / "checkpoint.pt")["model"]
 
 
-def test_resume_gives_the_same_weights(photos, tmp_path):
-    straight = tiny_config(photos, tmp_path / "straight")
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_resume_gives_the_same_weights(photos, tmp_path, dropout):
+    straight = tiny_config(photos, tmp_path / "straight", dropout=dropout)
     train(straight)
-    halves = tiny_config(photos, tmp_path / "halves", stop_after=3)
+    halves = tiny_config(photos, tmp_path / "halves", stop_after=3, dropout=dropout)
     assert train(halves)["interrupted"]
     assert load_checkpoint(tmp_path / "halves" / "checkpoint.pt")["step"] == 3
     train(dataclasses.replace(halves, stop_after=-1, resume=True))
@@ -39,6 +40,36 @@ def test_resume_gives_the_same_weights(photos, tmp_path):
     steps = [json.loads(line)["step"] for line in (tmp_path / "halves" / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "train"]
     assert steps == sorted(set(steps)) == list(range(1, 7))  # no step logged twice after the resume
+
+
+def test_dropout_drops_in_training_only_and_keeps_the_checkpoint_keys():
+    torch.manual_seed(0)
+    plain, dropped = build_model("caffenet", 0.125), build_model("caffenet", 0.125)
+    dropped.head.dropout = 0.5
+    assert plain.state_dict().keys() == dropped.state_dict().keys()  # older checkpoints load into either
+    dropped.load_state_dict(plain.state_dict())
+    features = torch.randn(64, plain.head.layers[0].in_features)
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain.head(features), dropped.head(features))
+    plain.train(), dropped.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        fc7 = dropped.head.layers[:3](torch.nn.functional.dropout(features, 0.5, training=True))
+        expected = dropped.head.layers[3:](torch.nn.functional.dropout(fc7, 0.5, training=True))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        got = dropped.head(features)
+    assert torch.equal(got, expected)
+    assert not torch.allclose(got, plain.head(features))
+    with pytest.raises(ValueError, match="dropout"):
+        ClassifierHead(16, 2, 8, dropout=1.0)
+
+
+def test_training_with_dropout_trains_other_weights(photos, tmp_path):
+    train(tiny_config(photos, tmp_path / "plain", steps=2))
+    train(tiny_config(photos, tmp_path / "dropout", steps=2, dropout=0.5))
+    plain, dropped = _weights(tmp_path / "plain"), _weights(tmp_path / "dropout")
+    assert any(not torch.equal(plain[name], dropped[name]) for name in plain)
 
 
 def test_resume_refuses_other_settings(photos, tmp_path):

@@ -79,10 +79,9 @@ class Pretext:
         """The items of these rendered patches as they would be drawn from the left-right mirrored images."""
         raise NotImplementedError(f"--task {self.name} has no mirrored form")
 
-    def build_model(self, arch: str, width: float):
-
+    def build_model(self, arch: str, width: float, dropout: float = 0.0):
         tower = build_tower(arch, width, self.config.patch)
-        head = ClassifierHead(tower.out_dim, self.patches_per_item, self.num_classes, width)
+        head = ClassifierHead(tower.out_dim, self.patches_per_item, self.num_classes, width, dropout=dropout)
         return PretextNet(tower, head)
 
     def expected_patches_per_image(self) -> float:

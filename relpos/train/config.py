@@ -37,6 +37,8 @@ class TrainConfig:
                         bounds=(1, 1_000_000))
     lr: float = option(1e-3, "peak learning rate (AdamW)", bounds=(1e-9, 10.0))
     weight_decay: float = option(1e-4, "AdamW weight decay", bounds=(0.0, 10.0))
+    dropout: float = option(0.0, "dropout probability, in training, on the head's input (each patch's fc6 features) "
+                            "and on fc7, as CaffeNet's drop6 and drop7 (0: none)", bounds=(0.0, 0.9))
     warmup: int = option(100, "linear warm-up steps", bounds=(0, 10**9))
     schedule: str = option("cosine", "learning-rate schedule after warm-up", choices=("cosine", "constant"))
     arch: str = option("caffenet", "tower: caffenet (the paper's) or resnet18", choices=ARCHS)

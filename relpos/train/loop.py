@@ -277,7 +277,7 @@ def _set_up(config: TrainConfig, rank: int, world: int, device: torch.device, ou
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)
     pretext = pretext_of(config)
-    model = pretext.build_model(config.arch, config.width).to(device, memory_format=torch.channels_last)
+    model = pretext.build_model(config.arch, config.width, config.dropout).to(device, memory_format=torch.channels_last)
     fused = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(config, step))
@@ -335,9 +335,14 @@ def _set_up(config: TrainConfig, rank: int, world: int, device: torch.device, ou
                 skipped=skipped, metrics=metrics)
 
 
+def _side_stream(seed: int, step: int, rank: int, salt: int) -> int:
+    """A seed of (seed, step, rank) apart from the plans' stream (_step_generator), one per `salt`."""
+    return (((seed * 1_000_003 + step) * 64 + rank) ^ salt) & (2**63 - 1)
+
+
 def _step_coin(seed: int, step: int, rank: int) -> bool:
     """A fair coin of (seed, step, rank) from its own stream, so --mirror leaves the plans as they were."""
-    stream = (((seed * 1_000_003 + step) * 64 + rank) ^ 0x9E3779B97F4A7C15) & (2**63 - 1)
+    stream = _side_stream(seed, step, rank, 0x9E3779B97F4A7C15)
     return bool(torch.randint(2, (), generator=torch.Generator().manual_seed(stream)))
 
 
@@ -353,6 +358,8 @@ def _update(run: _Run, step: int, images, plan) -> tuple[float, float | None]:
     labels = plan.labels.to(run.device, non_blocking=True)
     if config.mirror and _step_coin(config.seed, step, run.rank):
         patches, labels = run.pretext.mirrored(patches, labels)
+    if config.dropout:  # masks of (seed, step, rank) alone: a resumed run draws those the uninterrupted run drew
+        torch.manual_seed(_side_stream(config.seed, step, run.rank, 0x5DEECE66D))
     try:
         loss, correct, _ = run.loss_fn(run.training_model, patches, index, labels, run.autocast_dtype)
     except torch.OutOfMemoryError as error:
