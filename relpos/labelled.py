@@ -113,13 +113,25 @@ def cross_validate(x: torch.Tensor, y: torch.Tensor, fold: torch.Tensor, k: int 
             "per_fold": {"linear_probe": probe, "knn": knn}}
 
 
-def pretraining_hashes(args: dict) -> set[str]:
-    """sha256 of every photograph the checkpoint trained on (the training part of its data)."""
+def pretraining_hashes(args: dict, unreadable: list | None = None) -> set[str]:
+    """sha256 of every photograph the checkpoint trained on (the training part of its data). A file that cannot be
+    read now (gone, unreadable, no longer a regular file) is logged and appended to `unreadable` when given: it cannot
+    be matched, and one bad file does not stop the evaluation."""
     from .data import bundled_photos, file_sha256, list_images, split_holdout
+    from .data.decode import FileRefused
 
     paths = list_images(args["data"]) if args.get("data") else bundled_photos()
     train, _ = split_holdout(paths, args.get("holdout", 0.0) or 0.0)
-    return {file_sha256(p) for p in train}
+    hashes = set()
+    for path in train:
+        try:
+            hashes.add(file_sha256(path))
+        except (OSError, FileRefused) as error:
+            log.warning("labelled: cannot hash the pretraining photograph %s (%s): it cannot be told apart from the "
+                        "labelled photographs", path, error)
+            if unreadable is not None:
+                unreadable.append(str(path))
+    return hashes
 
 
 def select(rows: list[dict], seen: set[str], min_per_class: int, excluded=EXCLUDED) -> tuple[list[dict], dict]:
@@ -165,7 +177,8 @@ def evaluate_labelled(folder: str, state: dict, device, random_seeds: int = 3, f
     if random_seeds < 1:
         raise ValueError(f"random_seeds must be at least 1, got {random_seeds}")
     args = state["args"]
-    rows, seen = read_manifest(folder), pretraining_hashes(args)
+    unhashed: list[str] = []
+    rows, seen = read_manifest(folder), pretraining_hashes(args, unhashed)
     candidates = select(rows, seen, min_per_class=1)[0]
     files = ImageFiles([row["path"] for row in candidates])  # a bad photograph is left out and named, not fatal
     undecodable, images = {}, {}
@@ -192,6 +205,7 @@ def evaluate_labelled(folder: str, state: dict, device, random_seeds: int = 3, f
     results = evaluate_towers(images, labels, towers, device, folds, k, split_seed, args["patch"])
     results.update({"folder": str(folder), "classes": classes, "counts": torch.bincount(labels).tolist(),
                     "files": [r["file"] for r in chosen], "dropped": dropped, "short_side": SHORT_SIDE,
+                    "unhashed_pretraining_files": unhashed,
                     "protocol": __doc__.split("The protocol")[1].strip()})
     return results
 

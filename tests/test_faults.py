@@ -252,6 +252,41 @@ def test_a_fifo_or_a_device_is_refused_without_blocking(tmp_path):
         signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_hashing_training_files_refuses_a_fifo_swapped_in_after_the_listing(tmp_path, caplog, monkeypatch):
+    """The run summary's contents digest and `relpos eval --labelled`'s list of pretraining photographs hash files
+    listed earlier: a FIFO put in a listed file's place blocked the plain open() for ever, and a listed file that
+    could not be read stopped the evaluation. Both now count it as unreadable, name it, and go on."""
+    import relpos.data
+    from relpos.data import contents_digest, file_sha256
+    from relpos.data.decode import FileRefused
+    from relpos.labelled import pretraining_hashes
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(4):
+        Image.new("RGB", (64, 64), (index * 60, 0, 0)).save(data / f"p{index}.png")
+    listed = sorted(data.iterdir())
+    good = {file_sha256(path) for path in listed[1:]}
+    monkeypatch.setattr(relpos.data, "list_images", lambda root: list(listed))  # the listing from before the swap
+    previous = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("hashing blocked on a FIFO"))
+    signal.alarm(20)
+    try:
+        listed[0].unlink()
+        os.mkfifo(listed[0])
+        with pytest.raises(FileRefused, match="not a regular file"):
+            file_sha256(listed[0])
+        assert contents_digest(listed) == contents_digest(listed[1:] + [tmp_path / "gone" / listed[0].name])
+        unreadable = []
+        with caplog.at_level("WARNING", logger="relpos.labelled"):
+            hashes = pretraining_hashes({"data": str(data), "holdout": 0.0}, unreadable)
+        assert hashes == good and unreadable == [str(listed[0])]
+        assert "cannot hash the pretraining photograph" in caplog.text and listed[0].name in caplog.text
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_a_name_with_a_nul_byte_is_an_image_error_not_a_bare_value_error(tmp_path):
     """os.open raises ValueError("embedded null byte"), which callers that catch ImageError let through."""
     with pytest.raises(ImageError, match="NUL byte"):

@@ -17,7 +17,7 @@ import torch
 from ..images import PackedImages
 from ..run_folder import is_output_folder
 from .batch import ImageBatch, collate_images
-from .decode import ImageError, load_rgb
+from .decode import MAX_FILE_BYTES, FileRefused, ImageError, load_rgb, open_regular
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif"}
 
@@ -82,10 +82,14 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in chunks (a 4-megapixel photograph is not held twice)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    """sha256 of a file's bytes, read in chunks (a 4-megapixel photograph is not held twice). Opened as every
+    image is (open_regular): a FIFO or device swapped in after the listing is refused (FileRefused), not waited on."""
+    digest, size = hashlib.sha256(), 0
+    with open_regular(path) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:  # it grew while read
+                raise FileRefused(f"more than {MAX_FILE_BYTES} bytes is too large a file (it grew while read)")
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -98,7 +102,7 @@ def contents_digest(paths: Sequence[str | os.PathLike]) -> str:
     for path in paths:
         try:
             hashes.append(file_sha256(path))
-        except OSError:
+        except (OSError, FileRefused):
             hashes.append(f"unreadable {Path(path).name}")
     return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
 
