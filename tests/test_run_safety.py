@@ -195,7 +195,7 @@ def test_the_data_path_is_stored_absolute(photos, tmp_path, monkeypatch):
     assert Path(stored).is_absolute() and Path(stored) == photos.resolve()
 
 
-@pytest.mark.parametrize("change", [{"weight_decay": 0.5}, {"data": "OTHER"}, {"precision": "bf16"}])
+@pytest.mark.parametrize("change", [{"weight_decay": 0.5}, {"dropout": 0.5}, {"data": "OTHER"}, {"precision": "bf16"}])
 def test_resume_refuses_any_change_that_alters_the_run(photos, tmp_path, change):
     config = tiny_config(photos, tmp_path / "run", steps=3, stop_after=1)
     train(config)
