@@ -116,8 +116,14 @@ def _lr_factor(config: TrainConfig, step: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _step_stream(seed: int, step: int, rank: int, salt: int = 0) -> int:
+    """The seed of one random stream of (seed, step, rank): salt 0 for the plans, another salt for each side stream
+    (the --mirror coin, the dropout masks), so that none of them moves the plans."""
+    return (((seed * 1_000_003 + step) * 64 + rank) ^ salt) & (2**63 - 1)
+
+
 def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 64 + rank)
+    return torch.Generator().manual_seed(_step_stream(seed, step, rank))
 
 
 def pretext_of(config: TrainConfig) -> Pretext:
@@ -335,14 +341,9 @@ def _set_up(config: TrainConfig, rank: int, world: int, device: torch.device, ou
                 skipped=skipped, metrics=metrics)
 
 
-def _side_stream(seed: int, step: int, rank: int, salt: int) -> int:
-    """A seed of (seed, step, rank) apart from the plans' stream (_step_generator), one per `salt`."""
-    return (((seed * 1_000_003 + step) * 64 + rank) ^ salt) & (2**63 - 1)
-
-
 def _step_coin(seed: int, step: int, rank: int) -> bool:
     """A fair coin of (seed, step, rank) from its own stream, so --mirror leaves the plans as they were."""
-    stream = _side_stream(seed, step, rank, 0x9E3779B97F4A7C15)
+    stream = _step_stream(seed, step, rank, 0x9E3779B97F4A7C15)
     return bool(torch.randint(2, (), generator=torch.Generator().manual_seed(stream)))
 
 
@@ -359,7 +360,7 @@ def _update(run: _Run, step: int, images, plan) -> tuple[float, float | None]:
     if config.mirror and _step_coin(config.seed, step, run.rank):
         patches, labels = run.pretext.mirrored(patches, labels)
     if config.dropout:  # masks of (seed, step, rank) alone: a resumed run draws those the uninterrupted run drew
-        torch.manual_seed(_side_stream(config.seed, step, run.rank, 0x5DEECE66D))
+        torch.manual_seed(_step_stream(config.seed, step, run.rank, 0x5DEECE66D))
     try:
         loss, correct, _ = run.loss_fn(run.training_model, patches, index, labels, run.autocast_dtype)
     except torch.OutOfMemoryError as error:
