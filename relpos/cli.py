@@ -12,6 +12,7 @@ from .cli_types import bounded_int
 from .config import COLOR_MODES
 from .pretext import DEFAULT_PERMUTATIONS, TASKS
 from .pretext.jigsaw import MAX_PERMUTATIONS
+from .regular_files import os_reason
 
 EPILOG = "Run `relpos COMMAND --help` for the options of a command."
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as error:  # disk full, read-only or missing folder, permissions: one line, no traceback
         where = f" ({error.filename})" if error.filename else ""
-        print(f"{command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        print(f"{command}: error: {os_reason(error)}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{command}: interrupted", file=sys.stderr)

@@ -118,7 +118,7 @@ def pretraining_hashes(args: dict, unreadable: list | None = None) -> set[str]:
     read now (gone, unreadable, no longer a regular file) is logged and appended to `unreadable` when given: it cannot
     be matched, and one bad file does not stop the evaluation."""
     from .data import bundled_photos, file_sha256, list_images, split_holdout
-    from .data.decode import FileRefused
+    from .regular_files import FileRefused
 
     paths = list_images(args["data"]) if args.get("data") else bundled_photos()
     train, _ = split_holdout(paths, args.get("holdout", 0.0) or 0.0)

@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from .regular_files import os_reason
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".relpos.lock"
@@ -60,7 +62,7 @@ def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite
         lock_existed = (path / LOCK_NAME).exists()
         lock_fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
-        raise RunFolderError(f"{option} {path} cannot be used: {error.strerror or error}") from error
+        raise RunFolderError(f"{option} {path} cannot be used: {os_reason(error)}") from error
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
@@ -111,5 +113,5 @@ def claim_run_folder(path: str | os.PathLike, *, resume: bool = False, overwrite
         os.pwrite(lock_fd, "".join(f"{name}\n" for name in sorted(writers | {kind})).encode(), 0)
     except OSError as error:
         folder.release()
-        raise RunFolderError(f"{option} {path} cannot be used: {error.strerror or error}") from error
+        raise RunFolderError(f"{option} {path} cannot be used: {os_reason(error)}") from error
     return folder

@@ -259,7 +259,7 @@ def test_hashing_training_files_refuses_a_fifo_swapped_in_after_the_listing(tmp_
     could not be read stopped the evaluation. Both now count it as unreadable, name it, and go on."""
     import relpos.data
     from relpos.data import contents_digest, file_sha256
-    from relpos.data.decode import FileRefused
+    from relpos.regular_files import FileRefused
     from relpos.labelled import pretraining_hashes
 
     data = tmp_path / "data"

@@ -293,13 +293,13 @@ def test_absurd_plan_configurations_are_refused(overrides):
 
 
 def test_both_decode_paths_refuse_huge_files_before_reading(tmp_path, monkeypatch):
-    import relpos.data.decode as decode
     import relpos.data.gpu_decode as gpu_decode
+    from relpos.regular_files import MAX_FILE_BYTES
     from relpos.data import ImageError, load_rgb
 
     huge = tmp_path / "huge.jpg"
     with open(huge, "wb") as handle:  # sparse: the size is real, the disk use is not
-        handle.truncate(decode.MAX_FILE_BYTES + 1)
+        handle.truncate(MAX_FILE_BYTES + 1)
     with pytest.raises(ImageError, match="too large a file"):
         load_rgb(huge)
     monkeypatch.setattr(gpu_decode, "MAX_FILE_BYTES", 1000)  # the raw reader reads up to the limit: keep it small

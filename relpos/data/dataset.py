@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from ..images import PackedImages
+from ..regular_files import FileRefused, iter_regular
 from ..run_folder import is_output_folder
 from .batch import ImageBatch, collate_images
-from .decode import MAX_FILE_BYTES, FileRefused, ImageError, load_rgb, open_regular
+from .decode import ImageError, load_rgb
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".jfif"}
 
@@ -83,14 +84,10 @@ class ImageFiles(torch.utils.data.Dataset):
 
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes, read in chunks (a 4-megapixel photograph is not held twice). Opened as every
-    image is (open_regular): a FIFO or device swapped in after the listing is refused (FileRefused), not waited on."""
-    digest, size = hashlib.sha256(), 0
-    with open_regular(path) as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            size += len(chunk)
-            if size > MAX_FILE_BYTES:  # it grew while read
-                raise FileRefused(f"more than {MAX_FILE_BYTES} bytes is too large a file (it grew while read)")
-            digest.update(chunk)
+    image is (iter_regular): a FIFO or device swapped in after the listing is refused (FileRefused), not waited on."""
+    digest = hashlib.sha256()
+    for chunk in iter_regular(path):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -5,20 +5,18 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import stat
 import warnings
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..regular_files import FileRefused, open_regular, os_reason
+
 # The one pixel limit of every decode path, checked from the header before any pixel is decoded. PIL's own
 # warning (at 89.5M pixels) is silenced so that it does not lower this limit; its error (179M) lies above it.
 MAX_IMAGE_PIXELS = 120_000_000
 MAX_SIDE = 32767
-# No photograph needs more bytes than this; a larger file is refused before it is read (both decode paths).
-MAX_FILE_BYTES = 256 * 1024 * 1024
 # The raster formats a photograph comes in (PPM covers PGM; JPEG's opener also gives cameras' MPO files). PIL is
 # never asked to guess among all its plugins: a user's "x.jpg" holding EPS would be handed to Ghostscript, an
 # interpreter of a programming language (files given by users are data, never code).
@@ -29,44 +27,6 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 
 class ImageError(ValueError):
     """An image file that cannot be used: corrupt, truncated, not an image, or absurdly large."""
-
-
-class FileRefused(ValueError):
-    """A path that is not read: not a regular file (a FIFO would block the reader, a device never end, a folder is no
-    picture) or larger than its limit. The message is the reason alone; the caller names the file."""
-
-
-def open_regular(path: str | os.PathLike, limit: int | None = None) -> BinaryIO:
-    """`path` opened for reading if it is a regular file of at most `limit` bytes (MAX_FILE_BYTES), else FileRefused
-    (OSError when it cannot be opened). Opened without blocking and checked on the open descriptor: a FIFO does not
-    hang the open, and nothing can be swapped in between the check and the read."""
-    limit = MAX_FILE_BYTES if limit is None else limit
-    if "\0" in os.fsdecode(path):  # os.open would raise a bare ValueError
-        raise FileRefused("a name with a NUL byte is no file name")
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise FileRefused("not a regular file")
-        if info.st_size > limit:
-            raise FileRefused(f"{info.st_size} bytes is too large a file (limit {limit})")
-    except BaseException:
-        os.close(descriptor)
-        raise
-    return os.fdopen(descriptor, "rb")
-
-
-def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
-    """The bytes of `path`, checked as open_regular does and read no further than `limit` (a file may grow)."""
-    limit = MAX_FILE_BYTES if limit is None else limit
-    with open_regular(path, limit) as handle:
-        size = os.fstat(handle.fileno()).st_size
-        data = handle.read(size + 1)  # not read(limit + 1): that reserves the limit's bytes for a small file
-        if len(data) > size:  # it grew while read: on, no further than the limit
-            data += handle.read(limit + 1 - len(data))
-    if len(data) > limit:
-        raise FileRefused(f"more than {limit} bytes is too large a file (limit {limit}; it grew while read)")
-    return data
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -96,11 +56,6 @@ def check_size(width: int, height: int, label: str, max_pixels: int = MAX_IMAGE_
     """Refuse, from the header alone, an image too large to decode (every decode path applies the same limits)."""
     if width * height > max_pixels or max(width, height) > MAX_SIDE:
         raise ImageError(f"{label}: {width}x{height} is too large (limit {max_pixels} pixels, {MAX_SIDE} a side)")
-
-
-def os_reason(error: Exception) -> str:
-    """An error's reason without the path (the message names the file beside it): an OSError's strerror."""
-    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
 def load_rgb(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None

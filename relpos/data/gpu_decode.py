@@ -15,17 +15,9 @@ import torch
 from PIL import Image
 
 from ..images import pack_images
+from ..regular_files import MAX_FILE_BYTES, FileRefused, os_reason, read_regular
 from .batch import ImageBatch
-from .decode import (
-    IMAGE_FORMATS,
-    MAX_FILE_BYTES,
-    FileRefused,
-    ImageError,
-    check_size,
-    load_rgb,
-    os_reason,
-    read_regular,
-)
+from .decode import IMAGE_FORMATS, ImageError, check_size, load_rgb
 
 _EXIF_ORIENTATION = 0x0112
 

@@ -46,7 +46,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .decode import DECODE_ERRORS, IMAGE_FORMATS, MAX_FILE_BYTES, FileRefused, check_size, os_reason, read_regular
+from ..regular_files import MAX_FILE_BYTES, FileRefused, os_reason, read_regular
+from .decode import DECODE_ERRORS, IMAGE_FORMATS, check_size
 
 MANIFEST = "manifest.csv"
 FIELDS = ("file", "label", "source", "version", "licence", "original", "sha256", "width", "height")
