@@ -44,19 +44,24 @@ def open_regular(path: str | os.PathLike, limit: int | None = None) -> BinaryIO:
     return os.fdopen(descriptor, "rb")
 
 
-def iter_regular(path: str | os.PathLike, limit: int | None = None, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+def iter_regular(path: str | os.PathLike, limit: int | None = None, chunk_bytes: int | None = 1 << 20
+                 ) -> Iterator[bytes]:
     """The bytes of `path` in chunks of at most `chunk_bytes` (a large file is never held whole by a reader that
-    streams), checked as open_regular does and read no further than `limit`: a file may grow while it is read."""
+    streams), checked as open_regular does and read no further than `limit`: a file may grow while it is read.
+    `chunk_bytes` None: the whole file in one read of its size plus one byte (to see it grow), the rest only if it did;
+    not one read of `limit` bytes, which would reserve the limit's memory for a small file."""
     limit = MAX_FILE_BYTES if limit is None else limit
     with open_regular(path, limit) as handle:
-        total = 0
-        while chunk := handle.read(min(chunk_bytes, limit + 1 - total)):
+        total, want = 0, chunk_bytes or os.fstat(handle.fileno()).st_size + 1
+        while chunk := handle.read(min(want, limit + 1 - total)):
             total += len(chunk)
             if total > limit:
                 raise FileRefused(f"more than {limit} bytes is too large a file (limit {limit}; it grew while read)")
             yield chunk
+            want = chunk_bytes or limit + 1 - total
 
 
 def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
-    """The bytes of `path`, checked and bounded as iter_regular does."""
-    return b"".join(iter_regular(path, limit))
+    """The bytes of `path`, checked and bounded as iter_regular does, in one read unless the file grew (joining a
+    single chunk copies nothing)."""
+    return b"".join(iter_regular(path, limit, chunk_bytes=None))

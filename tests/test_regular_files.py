@@ -10,10 +10,11 @@ CHUNK = 7
 
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 2])
-def test_every_byte_comes_back_whatever_the_size_against_the_chunk(tmp_path, size):
+@pytest.mark.parametrize("chunk_bytes", [CHUNK, None])
+def test_every_byte_comes_back_whatever_the_size_against_the_chunk(tmp_path, size, chunk_bytes):
     data = os.urandom(size)
     (tmp_path / "f").write_bytes(data)
-    assert b"".join(iter_regular(tmp_path / "f", limit=size, chunk_bytes=CHUNK)) == data
+    assert b"".join(iter_regular(tmp_path / "f", limit=size, chunk_bytes=chunk_bytes)) == data
     assert read_regular(tmp_path / "f", limit=size) == data
 
 
@@ -23,11 +24,12 @@ def test_a_file_over_its_limit_is_refused_before_any_byte_is_read(tmp_path):
         next(iter_regular(tmp_path / "f", limit=10))
 
 
-def test_a_file_that_grows_past_its_limit_while_read_is_refused(tmp_path):
+@pytest.mark.parametrize("chunk_bytes,first", [(4, b"x" * 4), (None, b"x" * 10)])
+def test_a_file_that_grows_past_its_limit_while_read_is_refused(tmp_path, chunk_bytes, first):
     path = tmp_path / "f"
     path.write_bytes(b"x" * 10)
-    chunks = iter_regular(path, limit=20, chunk_bytes=4)
-    assert next(chunks) == b"xxxx"  # opened and checked at 10 bytes
+    chunks = iter_regular(path, limit=20, chunk_bytes=chunk_bytes)
+    assert next(chunks) == first  # opened and checked at 10 bytes
     with open(path, "ab") as handle:
         handle.write(b"y" * 20)
     with pytest.raises(FileRefused, match="grew while read"):
