@@ -85,3 +85,56 @@ def test_the_recipe_figures_come_from_the_recipe_line_as_written():
                   and config[k] != line[k]}
         assert not differ, f"{path.name} (run, README line) differ in {differ}"
         assert config["seed"] == seed
+
+
+
+def test_seeds_run_at_once_each_with_its_share_of_the_cores(tmp_path, monkeypatch):
+    """`--only seeds` runs each seed's train line then its eval line; with J jobs, J seeds train at the same time,
+    each with cores // J torch threads and its own log, and each summary says how its run shared the machine."""
+    import json
+    import shutil
+    import threading
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- recipe-commands -->\n```sh\nrelpos data photos photos/pretrain --root ROOT --keep unlabelled\n"
+                      "relpos train --data photos/pretrain --out runs/recipe --steps 5\n"
+                      "relpos eval runs/recipe/checkpoint.pt --out runs/recipe/eval\n```\n")
+    work = tmp_path / "work"
+    (work / "photos" / "pretrain").mkdir(parents=True)  # the data line has run: not run again
+    (tmp_path / "docs").mkdir()
+    monkeypatch.setattr(regenerate, "README", readme)
+    monkeypatch.setattr(regenerate, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(regenerate, "RECIPE_SEEDS", (1, 2))
+    monkeypatch.setattr(regenerate.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    calls, lock = [], threading.Lock()
+    trainers = {"together": threading.Barrier(2, timeout=10)}
+
+    def fake_relpos(*args, cwd, threads=None, log=None):
+        out = cwd / args[args.index("--out") + 1]
+        with lock:
+            calls.append((args[0], args[args.index("--out") + 1], threads, log.name))
+        if args[0] == "train":
+            trainers["together"].wait()  # BrokenBarrierError unless the other seed is training meanwhile
+            out.mkdir(parents=True)
+            (out / "summary.json").write_text(json.dumps({"step": 5}))
+        else:
+            out.mkdir(parents=True)
+            (out / "eval.json").write_text("{}")
+        return 1.0
+
+    monkeypatch.setattr(regenerate, "_relpos", fake_relpos)
+    regenerate._recipe_seeds(work, tmp_path / "pkgs", "abc1234")
+    assert sorted(calls) == [("eval", "runs/recipe-seed1/eval", 2, "recipe-seed1.log"),
+                             ("eval", "runs/recipe-seed2/eval", 2, "recipe-seed2.log"),
+                             ("train", "runs/recipe-seed1", 2, "recipe-seed1.log"),
+                             ("train", "runs/recipe-seed2", 2, "recipe-seed2.log")]
+    for seed in (1, 2):
+        summary = json.loads(regenerate.recipe_seed_files(seed)[0].read_text())
+        assert (summary["seed"], summary["commit"], summary["torch_threads"], summary["concurrent_runs"]) == (
+            seed, "abc1234", 2, 2)
+
+    calls.clear()
+    shutil.rmtree(work / "runs")
+    trainers["together"] = threading.Barrier(1)  # one job: one seed after the other, each with every core
+    regenerate._recipe_seeds(work, tmp_path / "pkgs", "abc1234", jobs=1)
+    assert [call[:3] for call in calls] == [("train", "runs/recipe-seed1", 4), ("eval", "runs/recipe-seed1/eval", 4),
+                                            ("train", "runs/recipe-seed2", 4), ("eval", "runs/recipe-seed2/eval", 4)]
