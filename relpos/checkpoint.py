@@ -10,10 +10,13 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
 import torch
+
+from .regular_files import FileRefused, open_regular, os_reason
 
 FORMAT = "relpos-checkpoint"
 VERSION = 3  # 2: loadable with weights_only=True (no pickled numpy objects); 3: the pretext task ("pretext")
@@ -84,30 +87,36 @@ def load_plain_data(path: Path, what: str, map_location="cpu"):
     sharing one stored payload) are refused before torch.load: torch allocates each member's declared size and
     inflates a compressed one, so a few kilobytes could otherwise ask for gigabytes of memory.
     """
-    if not path.is_file():
-        raise CheckpointError(f"{what} {path} does not exist")
-    if not zipfile.is_zipfile(path):  # every torch.save since torch 1.6 is a zip archive
-        raise CheckpointError(f"{what} {path} is unreadable: not a torch.save archive (truncated or corrupted?)")
-    _check_members_stored(path, what)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:  # what weights_only raises for anything that is not plain data
-        raise CheckpointError(
-            f"{what} {path} holds objects other than tensors and plain data, so relpos will not load it "
-            "(loading it could run code). relpos did not write it, or relpos 0.1 did, before checkpoint version "
-            f"{VERSION}: retrain, or load it yourself only if you trust its origin."
-        ) from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError,
-            ModuleNotFoundError, TypeError) as error:
-        raise CheckpointError(f"{what} {path} is unreadable (truncated or corrupted?): {error}") from error
-    except Exception as error:  # noqa: BLE001 - unpickling foreign data can raise anything
-        raise CheckpointError(f"{what} {path} is unreadable: {type(error).__name__}: {error}") from error
+    try:  # one descriptor for the checks and the load: nothing can be swapped in between
+        handle = open_regular(path, limit=sys.maxsize)  # a checkpoint may be any size; a FIFO never blocks here
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{what} {path} does not exist") from error
+    except (OSError, FileRefused) as error:
+        raise CheckpointError(f"{what} {path} is unreadable: {os_reason(error)}") from error
+    with handle:
+        if not zipfile.is_zipfile(handle):  # every torch.save since torch 1.6 is a zip archive
+            raise CheckpointError(f"{what} {path} is unreadable: not a torch.save archive (truncated or corrupted?)")
+        _check_members_stored(handle, path, what)
+        handle.seek(0)
+        try:
+            return torch.load(handle, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:  # what weights_only raises for anything that is not plain data
+            raise CheckpointError(
+                f"{what} {path} holds objects other than tensors and plain data, so relpos will not load it "
+                "(loading it could run code). relpos did not write it, or relpos 0.1 did, before checkpoint version "
+                f"{VERSION}: retrain, or load it yourself only if you trust its origin."
+            ) from error
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, AttributeError,
+                ModuleNotFoundError, TypeError) as error:
+            raise CheckpointError(f"{what} {path} is unreadable (truncated or corrupted?): {error}") from error
+        except Exception as error:  # noqa: BLE001 - unpickling foreign data can raise anything
+            raise CheckpointError(f"{what} {path} is unreadable: {type(error).__name__}: {error}") from error
 
 
-def _check_members_stored(path: Path, what: str) -> None:
+def _check_members_stored(handle, path: Path, what: str) -> None:
     try:
-        size = path.stat().st_size
-        with zipfile.ZipFile(path) as archive:
+        size = os.fstat(handle.fileno()).st_size
+        with zipfile.ZipFile(handle) as archive:  # closing the archive leaves a handle it was given open
             members = archive.infolist()
     except (OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(f"{what} {path} is unreadable (truncated or corrupted?): {error}") from error

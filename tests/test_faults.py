@@ -414,6 +414,24 @@ def test_corrupt_or_foreign_checkpoints_give_a_clear_error(photos, tmp_path, dam
     assert "checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder", "missing"])
+def test_a_checkpoint_path_that_is_no_file_is_refused_without_blocking(tmp_path, kind):
+    """A FIFO would block a reader that opens it plainly (the test would hang), a folder is no archive: each is a
+    CheckpointError naming the path and why, for a checkpoint and an exported tower alike."""
+    from relpos.export import load_tower
+
+    path = tmp_path / "checkpoint.pt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    reason = "does not exist" if kind == "missing" else "is unreadable: not a regular file"
+    with pytest.raises(CheckpointError, match=f"checkpoint {re.escape(str(path))} {reason}"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=f"exported tower {re.escape(str(path))} {reason}"):
+        load_tower(path)
+
+
 def _rewrite(path: Path, compression: int) -> None:
     """The same members, written by Python's zipfile (no zip64 records: simple to patch)."""
     with zipfile.ZipFile(path) as archive:
