@@ -20,8 +20,10 @@ import json
 import logging
 import math
 import random
+import re
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +183,15 @@ def _ignored_options(config: TrainConfig) -> list[str]:
     if config.holdout == 0 and config.eval_plans != TrainConfig.eval_plans:
         ignored.append("--eval-plans (--holdout 0 holds out no image to evaluate)")
     return ignored
+
+
+def _step_schedule_without_update(scheduler) -> None:
+    """Advance the schedule on a step that drew no pair: the learning rate follows the step count, so that a resumed run
+    and an uninterrupted one agree. PyTorch warns when a run's first scheduler step comes before any optimizer step
+    ("skipping the first value of the schedule"), which is not so here: silenced for this call only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"), UserWarning)
+        scheduler.step()
 
 
 class _SkippedLog:
@@ -436,7 +447,10 @@ def _step_loop(run: _Run) -> dict:
                 loss_value, accuracy = _update(run, step, images, plan)
                 window_patches += plan.num_patches
                 window_items += plan.num_pairs
-            run.scheduler.step()
+            if loss_value is None:
+                _step_schedule_without_update(run.scheduler)
+            else:
+                run.scheduler.step()
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
                 raise_on_plan_errors(run.device)  # the loss was just read, so this read of the flag stalls nothing
