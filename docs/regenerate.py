@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from relpos.cli_types import bounded_int  # relpos must be installed: every step runs it
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
@@ -285,18 +287,12 @@ def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None) 
             future.result()  # a failed run raises here, after the others have finished
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labelled", type=Path, help="folder made by `relpos data photos` (for the labelled table)")
     parser.add_argument("--root", type=Path, help="packages root for the recipe's `relpos data photos` (--root)")
     parser.add_argument("--only", default="demo,labelled", help="comma-separated steps: demo, labelled, recipe, seeds")
-    parser.add_argument("--seed-jobs", type=_positive, default=None, metavar="J",
+    parser.add_argument("--seed-jobs", type=bounded_int(1, len(RECIPE_SEEDS)), default=None, metavar="J",
                         help="seeds step: runs at once, each with cores // J torch threads (default: all seeds)")
     args = parser.parse_args(argv)
     steps = set(args.only.split(","))
