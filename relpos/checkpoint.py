@@ -94,8 +94,6 @@ def load_plain_data(path: Path, what: str, map_location="cpu"):
     except (OSError, FileRefused) as error:
         raise CheckpointError(f"{what} {path} is unreadable: {os_reason(error)}") from error
     with handle:
-        if not zipfile.is_zipfile(handle):  # every torch.save since torch 1.6 is a zip archive
-            raise CheckpointError(f"{what} {path} is unreadable: not a torch.save archive (truncated or corrupted?)")
         _check_members_stored(handle, path, what)
         handle.seek(0)
         try:
@@ -118,7 +116,10 @@ def _check_members_stored(handle, path: Path, what: str) -> None:
         size = os.fstat(handle.fileno()).st_size
         with zipfile.ZipFile(handle) as archive:  # closing the archive leaves a handle it was given open
             members = archive.infolist()
-    except (OSError, zipfile.BadZipFile, ValueError) as error:
+    except zipfile.BadZipFile as error:  # every torch.save since torch 1.6 is a zip archive
+        raise CheckpointError(f"{what} {path} is unreadable: not a torch.save archive (truncated or corrupted?): "
+                              f"{error}") from error
+    except (OSError, ValueError) as error:
         raise CheckpointError(f"{what} {path} is unreadable (truncated or corrupted?): {error}") from error
     for member in members:
         if member.compress_type != zipfile.ZIP_STORED:
