@@ -25,7 +25,7 @@ def _show(args: argparse.Namespace) -> int:
     from .pretext import build_pretext
     from .show import draw_grids
 
-    pretext = build_pretext(args.task, PatchConfig(patch=args.patch, gap=args.gap, jitter=args.jitter),
+    pretext = build_pretext(args.task, PatchConfig.scaled(patch=args.patch, gap=args.gap, jitter=args.jitter),
                             args.permutations)
     items = f"{pretext.item_name}s"
     out = Path(args.out or f"{items}.png")

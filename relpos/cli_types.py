@@ -8,10 +8,11 @@ import math
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends each option's default to its help, except where there is nothing to show: no default (None) or a flag
-    that is off (False); "(default: None)" after "default: the bundled photographs" only confuses."""
+    (an option without a value, such as --mirror or --no-progress, whose "default: False/True" only confuses), as
+    "(default: None)" after "default: the bundled photographs" would."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False:
+        if action.default is None or action.nargs == 0:
             return action.help
         return super()._get_help_string(action)
 

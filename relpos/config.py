@@ -52,7 +52,9 @@ class PatchConfig:
         low, high = self.downsample_area
         if not 1 <= low <= high or math.isqrt(high) > self.patch:
             raise ValueError(
-                f"PatchConfig.downsample_area must satisfy 1 <= low <= high <= patch**2, got {self.downsample_area}"
+                f"PatchConfig.downsample_area must satisfy 1 <= low <= high < (patch + 1)**2 (a down-sampled side of "
+                f"at most the patch), got {self.downsample_area} for patch {self.patch}; PatchConfig.scaled(patch) "
+                "gives the paper's range for any patch size"
             )
 
     @classmethod

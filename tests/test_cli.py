@@ -26,6 +26,14 @@ def test_show_writes_grids_and_pairs(tmp_path):
             assert image.size[0] > 300 and image.size[1] > 200
 
 
+@pytest.mark.parametrize("geometry", [["--patch", "64", "--gap", "32"], ["--patch", "40", "--gap", "20", "--jitter", "3"]])
+def test_show_draws_the_smaller_patches_training_accepts(tmp_path, geometry):
+    # train scales the down-sampling range to the patch (PatchConfig.scaled); show once kept 96-px's and refused these
+    out = tmp_path / "pairs.png"
+    assert main(["show", *geometry, "--out", str(out), "--pairs", "4"]) == 0
+    assert out.exists() and (tmp_path / "pairs_grids.png").exists()
+
+
 def test_show_never_overwrites_an_earlier_run(tmp_path, capsys):
     out = tmp_path / "pairs.png"
     grids = tmp_path / "pairs_grids.png"
@@ -56,7 +64,7 @@ def test_help_shows_a_default_only_where_there_is_one(command, capsys):
         main([*command, "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: None)" not in text and "(default: False)" not in text and "(default: True)" not in text
     assert "(default: " in text  # the options that have one still show it
 
 
