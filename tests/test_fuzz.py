@@ -144,4 +144,13 @@ def test_raw_op_with_random_tables(data):
 
 
 def test_fuzz_counts_are_what_the_readme_reports():
-    assert EXAMPLES >= 150 or os.environ.get("FUZZ_EXAMPLES")
+    """README's reliability section states the default run: properties x examples = inputs."""
+    import re
+    from pathlib import Path
+
+    default = int(re.search(r'"FUZZ_EXAMPLES", "(\d+)"', Path(__file__).read_text()).group(1))
+    properties = sum(1 for value in globals().values() if callable(value) and hasattr(value, "hypothesis"))
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    claim = re.search(r"\*\*(\d+) inputs fuzzed\*\* with hypothesis \((\d+) properties × (\d+) examples", readme)
+    assert claim, "README no longer states the fuzzing counts"
+    assert [int(group) for group in claim.groups()] == [properties * default, properties, default]

@@ -12,6 +12,7 @@ from relpos.checkpoint import load_checkpoint
 from relpos import backends
 from relpos.ops import check_plan
 from relpos.plan import LEFT, TOP
+from relpos.plan_guard import check_plan_rows
 from relpos.pretext import Jigsaw, RelativePosition, build_pretext, hamming_distances, head_input, permutation_set
 from relpos.train.config import pretext_from_checkpoint
 from relpos.train.loop import train
@@ -66,7 +67,8 @@ def test_jigsaw_plan_is_a_shuffled_grid_of_jittered_tiles(generator):
         for step in (steps_down, steps_right):  # grid spacing, moved by at most the jitter at each end
             assert int(step.min()) >= stride - 2 * jitter and int(step.max()) <= stride + 2 * jitter
     images = relpos.pack_images([torch.zeros((h, w, 3), dtype=torch.uint8) for h, w in sizes])
-    check_plan(plan, images)  # every tile inside its resized image
+    check_plan(plan, images)  # the plan's form: dtype, shape, device, patch size, image sizes
+    check_plan_rows(plan.patches, len(sizes), plan.patch_size)  # every tile inside its resized image
     with pytest.raises(ValueError, match="puzzle footprint"):
         task.draw([[30, 400]], seed=0, on_small="raise")
 

@@ -143,10 +143,14 @@ def test_compiled_and_eager_give_the_same_loss(photos):
     backend = "inductor" if torch.cuda.is_available() else "aot_eager"
     compiled = torch.compile(compute_loss, dynamic=True, backend=backend)
     loss, _, _ = compiled(model, patches, plan.pairs, plan.labels, None)
-    torch.testing.assert_close(loss, eager_loss, rtol=1e-2, atol=1e-2)  # within bf16 tolerance
+    # aot_eager runs the same float32 kernels (only the order of a few sums may move); inductor fuses and reorders
+    loose = backend == "inductor"
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-2 if loose else 1e-5, atol=1e-2 if loose else 1e-6)
     loss.backward()
-    for eager_grad, p in zip(eager_grads, model.parameters()):
-        torch.testing.assert_close(p.grad, eager_grad, rtol=2e-2, atol=2e-3)
+    for eager_grad, p in zip(eager_grads, model.parameters()):  # tolerance relative to each tensor's own size
+        scale = float(eager_grad.abs().max())
+        torch.testing.assert_close(p.grad, eager_grad, rtol=2e-2 if loose else 1e-4,
+                                   atol=(2e-2 if loose else 1e-5) * scale)
 
 
 # jigsaw with 40-px tiles in a 3x3 grid that fits the small photos (as in test_faults.JIGSAW)
