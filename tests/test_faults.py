@@ -348,6 +348,30 @@ def test_nan_loss_is_skipped_then_training_continues(photos, tmp_path, caplog, m
     assert summary["step"] == 5 and all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
+def test_a_nan_forward_does_not_poison_batchnorm_statistics(photos, tmp_path, caplog, monkeypatch):
+    # A NaN that reaches the activations (not only the loss) also reaches BatchNorm's running statistics, which the
+    # forward updates whether or not the step is then skipped; the run must go on and checkpoint finite statistics.
+    from relpos.train import loop
+
+    real, calls = loop.compute_loss, [0]
+
+    def nan_patches(model, patches, *args, **kwargs):
+        if torch.is_grad_enabled():
+            if calls[0] == 1:
+                patches = patches.clone()
+                patches[0] = float("nan")
+            calls[0] += 1
+        return real(model, patches, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "compute_loss", nan_patches)
+    summary = train(tiny_config(photos, tmp_path / "bn", steps=5, checkpoint_every=1))
+    assert "skipping the update" in caplog.text and "running statistics" in caplog.text
+    state = load_checkpoint(tmp_path / "bn" / "checkpoint.pt")
+    assert summary["step"] == 5
+    for name, tensor in state["model"].items():
+        assert not tensor.is_floating_point() or torch.isfinite(tensor).all(), name
+
+
 def test_repeated_nan_stops_without_a_poisoned_checkpoint(photos, tmp_path, monkeypatch):
     out = tmp_path / "nan"
     train(tiny_config(photos, out, stop_after=3))

@@ -161,6 +161,7 @@ def _train(config: TrainConfig) -> dict:
     run_folder = claim_run_folder(out, resume=config.resume, overwrite=config.overwrite) if is_main else None
     try:
         run = _set_up(config, rank, world, device, out, is_main)
+        run.keep_statistics(run.start_step)
         result = _step_loop(run)
     finally:
         if run_folder is not None:
@@ -258,6 +259,10 @@ class _Run:
     nonfinite_streak: int = 0
     scale_skipped: set = dataclasses.field(default_factory=set)  # too small at some steps' scales only (logged once)
     patch_buffer: torch.Tensor | None = None  # reused across steps (out=): no step pays for freshly faulted-in pages
+    # BatchNorm's running statistics as of the last checkpoint (or the start): a forward that produced NaN updates
+    # them even when its step is skipped, and they are put back from here (copied at checkpoints: nothing per step)
+    saved_statistics: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    saved_statistics_step: int = 0
 
     @property
     def checkpoint_path(self) -> Path:
@@ -271,6 +276,26 @@ class _Run:
         if self.is_main:
             save_run_state(self.checkpoint_path, self.model, self.optimizer, self.scheduler, step, self.config,
                            self.pretext)
+        self.keep_statistics(step)
+
+    def keep_statistics(self, step: int) -> None:
+        self.saved_statistics = [buffer.detach().clone() for buffer in _running_statistics(self.model)]
+        self.saved_statistics_step = step
+
+    def restore_statistics_if_poisoned(self, step: int) -> None:
+        current = _running_statistics(self.model)
+        if all(bool(torch.isfinite(buffer).all()) for buffer in current):
+            return
+        with torch.no_grad():
+            for buffer, saved in zip(current, self.saved_statistics):
+                buffer.copy_(saved)
+        log.warning("step %d: BatchNorm running statistics became non-finite; restored those of step %d", step,
+                    self.saved_statistics_step)
+
+
+def _running_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [buffer for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+            for buffer in (module.running_mean, module.running_var) if buffer is not None]
 
 
 def _set_up(config: TrainConfig, rank: int, world: int, device: torch.device, out: Path, is_main: bool) -> _Run:
@@ -389,6 +414,7 @@ def _update(run: _Run, step: int, images, plan) -> tuple[float, float | None]:
         return loss_value, float(correct) / plan.num_pairs
     run.nonfinite_streak += 1
     run.optimizer.zero_grad(set_to_none=True)
+    run.restore_statistics_if_poisoned(step)
     log.warning("step %d: loss %s, gradient norm %s; skipping the update (%d in a row)", step, loss_value, grad_norm,
                 run.nonfinite_streak)
     if run.nonfinite_streak >= config.max_nonfinite:
