@@ -45,11 +45,17 @@ def _check_statistics(out, batch):
                           rtol=1e-4)
     dropped = torch.ones_like(out[:, :, 0, 0], dtype=torch.bool)
     dropped[n, kept] = False
-    noise = out.permute(1, 0, 2, 3)[dropped.T].reshape(plan.num_patches, 2, -1)
+    noise = out[dropped].reshape(plan.num_patches, 2, -1)  # [patch, its two dropped channels, values]
+    their_noise = reference[dropped].reshape(plan.num_patches, 2, -1)
     # uniform on [-s/2, s/2): standard deviation s / sqrt(12), so std / max|value| is 1 / sqrt(3) ~ 0.577
     ratio = noise.std(2) / noise.abs().amax(2)
     assert ((ratio > 0.54) & (ratio < 0.62)).all(), "the dropped channels are not uniform noise"
-    assert not torch.equal(noise[:, 0], noise[:, 1])
+    assert (noise[:, 0] != noise[:, 1]).any(1).all(), "a patch's two dropped channels hold the same values"
+    # and of the right size: against the kept channel, as large as the reference's noise is against its own
+    # (both kept channels are the same picture, each times its patch's scale s; the noise's extremes are ~s / 2)
+    size = (noise.abs().amax(2) / their_noise.abs().amax(2)) / (mine.norm(dim=1) / theirs.norm(dim=1))[:, None]
+    assert ((size - 1).abs() < 0.1).all(), f"the noise is not on [-0.5, 0.5) before scaling ({size.min():.3f}, " \
+                                           f"{size.max():.3f})"
 
 
 @pytest.mark.parametrize("backend", ["cpu", "cuda", "triton"])

@@ -323,19 +323,21 @@ def test_patch_config_takes_integers_only(field, value):
         relpos.PatchConfig(**{field: value})
 
 
-def _poison_loss(monkeypatch, poisoned_steps) -> None:
-    """Training steps (0-based) in `poisoned_steps` get a NaN loss, as a diverging run would."""
-    import relpos.train.loop as loop
+def _poison_loss(monkeypatch, poisoned_steps, where: str = "loss") -> None:
+    """Training steps (0-based) in `poisoned_steps` get a NaN loss, as a diverging run would; with where="patches"
+    the NaN is put in the step's first patch instead, so it also reaches the activations (and BatchNorm)."""
+    from relpos.train import loop
 
     real, calls = loop.compute_loss, [0]
 
-    def poisoned(*args, **kwargs):
-        loss, correct, logits = real(*args, **kwargs)
-        if torch.is_grad_enabled():  # a training step, not the held-out evaluation
-            if calls[0] in poisoned_steps:
-                loss = loss * float("nan")
-            calls[0] += 1
-        return loss, correct, logits
+    def poisoned(model, patches, *args, **kwargs):
+        poison = torch.is_grad_enabled() and calls[0] in poisoned_steps  # a training step, not the evaluation
+        calls[0] += torch.is_grad_enabled()
+        if poison and where == "patches":
+            patches = patches.clone()
+            patches[0] = float("nan")
+        loss, correct, logits = real(model, patches, *args, **kwargs)
+        return (loss * float("nan") if poison and where == "loss" else loss), correct, logits
 
     monkeypatch.setattr(loop, "compute_loss", poisoned)
 
@@ -351,19 +353,7 @@ def test_nan_loss_is_skipped_then_training_continues(photos, tmp_path, caplog, m
 def test_a_nan_forward_does_not_poison_batchnorm_statistics(photos, tmp_path, caplog, monkeypatch):
     # A NaN that reaches the activations (not only the loss) also reaches BatchNorm's running statistics, which the
     # forward updates whether or not the step is then skipped; the run must go on and checkpoint finite statistics.
-    from relpos.train import loop
-
-    real, calls = loop.compute_loss, [0]
-
-    def nan_patches(model, patches, *args, **kwargs):
-        if torch.is_grad_enabled():
-            if calls[0] == 1:
-                patches = patches.clone()
-                patches[0] = float("nan")
-            calls[0] += 1
-        return real(model, patches, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "compute_loss", nan_patches)
+    _poison_loss(monkeypatch, {1}, where="patches")
     summary = train(tiny_config(photos, tmp_path / "bn", steps=5, checkpoint_every=1))
     assert "skipping the update" in caplog.text and "running statistics" in caplog.text
     state = load_checkpoint(tmp_path / "bn" / "checkpoint.pt")

@@ -60,7 +60,7 @@ def test_seed_table_gains_are_over_the_random_towers_mean():
     assert table[-1] == "| mean ± SE of 2 | 32.0% ± 2.0% | +11.0 ± 3.0 / +5.5 ± 1.5 |"
     assert "Not run yet" not in regenerate.render_seeds(runs)
     assert regenerate.render_seeds(runs, missing=[2]).splitlines()[-1] == (
-        "Not run yet on these photographs: seed 2 (`python docs/regenerate.py --only seeds` runs them).")
+        "Not run yet on these photographs: seed 2 (`python docs/regenerate.py --only seeds --root ROOT` runs them).")
 
 
 def test_the_recipe_figures_come_from_the_recipe_line_as_written():

@@ -128,21 +128,23 @@ def test_an_image_too_small_at_some_scales_only_is_used_not_skipped(tmp_path, ca
 def test_compiled_and_eager_give_the_same_loss(photos):
     import relpos
 
+    # inductor on the GPU (model and data there); on the CPU the same Dynamo + AOTAutograd graph runs eagerly
+    # (inductor's C++ compile of this network takes minutes on a 2-core CI machine)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
     torch.manual_seed(0)
-    model = build_model("caffenet", 0.125).to(memory_format=torch.channels_last)
+    model = build_model("caffenet", 0.125).to(device, memory_format=torch.channels_last)
     config = relpos.PatchConfig(patch=96)
     images = [torch.randint(0, 256, (300, 400, 3), dtype=torch.uint8)]
     plan = relpos.sample_plan([[300, 400]], config, seed=1)
-    patches = relpos.extract_patches(images, plan, channels_last=True)
-    eager_loss, _, _ = compute_loss(model, patches, plan.pairs, plan.labels, None)
+    patches = relpos.extract_patches(images, plan, channels_last=True).to(device)
+    pairs, labels = plan.pairs.to(device), plan.labels.to(device)
+    eager_loss, _, _ = compute_loss(model, patches, pairs, labels, None)
     eager_loss.backward()
     eager_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    # inductor on the GPU; on the CPU the same Dynamo + AOTAutograd graph runs eagerly (inductor's C++ compile
-    # of this network takes minutes on a 2-core CI machine)
-    backend = "inductor" if torch.cuda.is_available() else "aot_eager"
     compiled = torch.compile(compute_loss, dynamic=True, backend=backend)
-    loss, _, _ = compiled(model, patches, plan.pairs, plan.labels, None)
+    loss, _, _ = compiled(model, patches, pairs, labels, None)
     # aot_eager runs the same float32 kernels (only the order of a few sums may move); inductor fuses and reorders
     loose = backend == "inductor"
     torch.testing.assert_close(loss, eager_loss, rtol=1e-2 if loose else 1e-5, atol=1e-2 if loose else 1e-6)

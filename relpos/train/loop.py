@@ -287,7 +287,7 @@ class _Run:
         if all(bool(torch.isfinite(buffer).all()) for buffer in current):
             return
         with torch.no_grad():
-            for buffer, saved in zip(current, self.saved_statistics):
+            for buffer, saved in zip(current, self.saved_statistics, strict=True):
                 buffer.copy_(saved)
         log.warning("step %d: BatchNorm running statistics became non-finite; restored those of step %d", step,
                     self.saved_statistics_step)
