@@ -167,7 +167,8 @@ def render_seeds(runs: list[tuple[int, dict, dict]], missing: list[int] = ()) ->
     lines.append(f"| mean ± SE of {len(runs)} | {_pct(pretext[0])} ± {_pct(pretext[1])} | " + " | ".join(cells) + " |")
     if missing:
         lines += ["", f"Not run yet on these photographs: seed{'s' if len(missing) > 1 else ''} "
-                  + ", ".join(str(seed) for seed in missing) + " (`python docs/regenerate.py --only seeds --root ROOT` runs them)."]
+                  + ", ".join(str(seed) for seed in missing)
+                  + " (`python docs/regenerate.py --only seeds --root ROOT` runs them)."]
     return "\n".join(lines)
 
 
