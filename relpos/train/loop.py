@@ -161,7 +161,6 @@ def _train(config: TrainConfig) -> dict:
     run_folder = claim_run_folder(out, resume=config.resume, overwrite=config.overwrite) if is_main else None
     try:
         run = _set_up(config, rank, world, device, out, is_main)
-        run.keep_statistics(run.start_step)
         result = _step_loop(run)
     finally:
         if run_folder is not None:
@@ -259,10 +258,9 @@ class _Run:
     nonfinite_streak: int = 0
     scale_skipped: set = dataclasses.field(default_factory=set)  # too small at some steps' scales only (logged once)
     patch_buffer: torch.Tensor | None = None  # reused across steps (out=): no step pays for freshly faulted-in pages
-    # BatchNorm's running statistics as of the last checkpoint (or the start): a forward that produced NaN updates
-    # them even when its step is skipped, and they are put back from here (copied at checkpoints: nothing per step)
-    saved_statistics: list[torch.Tensor] = dataclasses.field(default_factory=list)
-    saved_statistics_step: int = 0
+    # BatchNorm's buffers as they were before this step's forward, which updates them whether or not the step is then
+    # skipped (from activations that may be NaN or blown up): a skipped step puts them back, so it changes nothing
+    statistics_before: list[torch.Tensor] = dataclasses.field(default_factory=list)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -276,26 +274,21 @@ class _Run:
         if self.is_main:
             save_run_state(self.checkpoint_path, self.model, self.optimizer, self.scheduler, step, self.config,
                            self.pretext)
-        self.keep_statistics(step)
 
-    def keep_statistics(self, step: int) -> None:
-        self.saved_statistics = [buffer.detach().clone() for buffer in _running_statistics(self.model)]
-        self.saved_statistics_step = step
+    def keep_statistics(self) -> None:
+        current = _batchnorm_buffers(self.model)
+        if len(self.statistics_before) != len(current):
+            self.statistics_before = [buffer.detach().clone() for buffer in current]
+        else:
+            torch._foreach_copy_(self.statistics_before, current)  # one fused copy on CUDA, a few KB
 
-    def restore_statistics_if_poisoned(self, step: int) -> None:
-        current = _running_statistics(self.model)
-        if all(bool(torch.isfinite(buffer).all()) for buffer in current):
-            return
-        with torch.no_grad():
-            for buffer, saved in zip(current, self.saved_statistics, strict=True):
-                buffer.copy_(saved)
-        log.warning("step %d: BatchNorm running statistics became non-finite; restored those of step %d", step,
-                    self.saved_statistics_step)
+    def restore_statistics(self) -> None:
+        torch._foreach_copy_(_batchnorm_buffers(self.model), self.statistics_before)
 
 
-def _running_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
+def _batchnorm_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
     return [buffer for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
-            for buffer in (module.running_mean, module.running_var) if buffer is not None]
+            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked) if buffer is not None]
 
 
 def _set_up(config: TrainConfig, rank: int, world: int, device: torch.device, out: Path, is_main: bool) -> _Run:
@@ -384,7 +377,8 @@ def _step_coin(seed: int, step: int, rank: int) -> bool:
 
 
 def _update(run: _Run, step: int, images, plan) -> tuple[float, float | None]:
-    """Render, forward, backward, clip, step (skipped on a non-finite loss or gradient); the loss and accuracy."""
+    """Render, forward, backward, clip, step (skipped on a non-finite loss or gradient); the loss and accuracy.
+    `step` counts from 0; messages name step + 1, as metrics.jsonl and checkpoints number it."""
     config = run.config
     if run.patch_buffer is None or run.patch_buffer.shape[0] < plan.num_patches:
         run.patch_buffer = empty_patches(max(plan.num_patches, config.batch * 5 // 4), plan.patch_size,
@@ -397,10 +391,11 @@ def _update(run: _Run, step: int, images, plan) -> tuple[float, float | None]:
         patches, labels = run.pretext.mirrored(patches, labels)
     if config.dropout:  # masks of (seed, step, rank) alone: a resumed run draws those the uninterrupted run drew
         torch.manual_seed(_step_stream(config.seed, step, run.rank, 0x5DEECE66D))
+    run.keep_statistics()
     try:
         loss, correct, _ = run.loss_fn(run.training_model, patches, index, labels, run.autocast_dtype)
     except torch.OutOfMemoryError as error:
-        raise RuntimeError(f"out of device memory at step {step} with {plan.num_patches} patches and "
+        raise RuntimeError(f"out of device memory at step {step + 1} with {plan.num_patches} patches and "
                            f"{plan.num_pairs} {run.items}: lower --batch (now {config.batch}) or --width, "
                            f"or use --precision bf16. The last checkpoint is {run.checkpoint_path}.") from error
     run.optimizer.zero_grad(set_to_none=True)
@@ -414,11 +409,11 @@ def _update(run: _Run, step: int, images, plan) -> tuple[float, float | None]:
         return loss_value, float(correct) / plan.num_pairs
     run.nonfinite_streak += 1
     run.optimizer.zero_grad(set_to_none=True)
-    run.restore_statistics_if_poisoned(step)
-    log.warning("step %d: loss %s, gradient norm %s; skipping the update (%d in a row)", step, loss_value, grad_norm,
-                run.nonfinite_streak)
+    run.restore_statistics()
+    log.warning("step %d: loss %s, gradient norm %s; skipping the update and putting back BatchNorm's running "
+                "statistics (%d in a row)", step + 1, loss_value, grad_norm, run.nonfinite_streak)
     if run.nonfinite_streak >= config.max_nonfinite:
-        raise NonFiniteLoss(f"loss was not finite for {run.nonfinite_streak} steps in a row (last at step {step}); "
+        raise NonFiniteLoss(f"loss was not finite for {run.nonfinite_streak} steps in a row (last at step {step + 1}); "
                             f"the last good checkpoint is {run.checkpoint_path}. Try a lower --lr or --precision fp32.")
     return loss_value, None
 
