@@ -369,15 +369,17 @@ def test_a_skipped_step_changes_no_weight_or_statistic(photos, tmp_path, caplog,
         assert not tensor.is_floating_point() or torch.isfinite(tensor).all(), name
 
 
-def test_a_run_with_a_skipped_step_resumes_to_the_same_weights(photos, tmp_path, monkeypatch):
+def test_a_run_with_a_skipped_step_resumes_to_the_same_weights(photos, tmp_path, monkeypatch, caplog):
     """Stopped before a NaN step and resumed, a run ends as the uninterrupted one does: the skipped step puts back the
     statistics it found, whatever checkpoint came before it."""
     with monkeypatch.context() as patched:
         _poison_loss(patched, {4}, where="patches")  # the fifth step; checkpoints at 3 and 6
         train(tiny_config(photos, tmp_path / "straight"))
+    assert caplog.text.count("step 5: loss nan") == 1
     train(tiny_config(photos, tmp_path / "halves", stop_after=4))  # stopped after the fourth: a checkpoint there
     _poison_loss(monkeypatch, {0}, where="patches")  # the resumed run's first step is the fifth
     train(tiny_config(photos, tmp_path / "halves", resume=True))
+    assert caplog.text.count("step 5: loss nan") == 2  # skipped in both runs
     straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
     halves = load_checkpoint(tmp_path / "halves" / "checkpoint.pt")["model"]
     for name, tensor in straight.items():

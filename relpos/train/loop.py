@@ -276,19 +276,26 @@ class _Run:
                            self.pretext)
 
     def keep_statistics(self) -> None:
-        current = _batchnorm_buffers(self.model)
-        if len(self.statistics_before) != len(current):
-            self.statistics_before = [buffer.detach().clone() for buffer in current]
-        else:
-            torch._foreach_copy_(self.statistics_before, current)  # one fused copy on CUDA, a few KB
+        groups = _batchnorm_buffers(self.model)
+        if [len(group) for group in groups] != [len(saved) for saved in self.statistics_before]:
+            self.statistics_before = [[buffer.detach().clone() for buffer in group] for group in groups]
+            return
+        for saved, group in zip(self.statistics_before, groups):
+            torch._foreach_copy_(saved, group)
 
     def restore_statistics(self) -> None:
-        torch._foreach_copy_(_batchnorm_buffers(self.model), self.statistics_before)
+        for group, saved in zip(_batchnorm_buffers(self.model), self.statistics_before, strict=True):
+            torch._foreach_copy_(group, saved)
 
 
-def _batchnorm_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [buffer for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
-            for buffer in (module.running_mean, module.running_var, module.num_batches_tracked) if buffer is not None]
+def _batchnorm_buffers(model: torch.nn.Module) -> list[list[torch.Tensor]]:
+    """BatchNorm's running statistics, and its batch counts: one dtype per list, so that each _foreach_copy_ is one
+    fused copy on CUDA (a list of mixed dtypes is copied tensor by tensor); empty lists left out."""
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    statistics = [buffer for module in norms for buffer in (module.running_mean, module.running_var)
+                  if buffer is not None]
+    counts = [module.num_batches_tracked for module in norms if module.num_batches_tracked is not None]
+    return [group for group in (statistics, counts) if group]
 
 
 def _set_up(config: TrainConfig, rank: int, world: int, device: torch.device, out: Path, is_main: bool) -> _Run:
