@@ -260,7 +260,7 @@ class _Run:
     patch_buffer: torch.Tensor | None = None  # reused across steps (out=): no step pays for freshly faulted-in pages
     # BatchNorm's buffers as they were before this step's forward, which updates them whether or not the step is then
     # skipped (from activations that may be NaN or blown up): a skipped step puts them back, so it changes nothing
-    statistics_before: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    statistics_before: list[list[torch.Tensor]] = dataclasses.field(default_factory=list)  # _batchnorm_buffers groups
 
     @property
     def checkpoint_path(self) -> Path:
