@@ -226,6 +226,8 @@ def _relpos(*args: str, cwd: Path = ROOT, threads: int | None = None, log: Path 
     its wall time in seconds."""
     print("+ relpos", " ".join(args) + (f"  (log: {log})" if log else ""), flush=True)
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)  # RUN-seedN.log sits in runs/, which only training makes
     start = time.perf_counter()
     with open(log, "a") if log else contextlib.nullcontext() as sink:  # None: the output stays on this terminal
         subprocess.run([sys.executable, "-m", "relpos.cli", *args], cwd=cwd, check=True, env=env, stdout=sink,

@@ -87,6 +87,12 @@ def test_the_recipe_figures_come_from_the_recipe_line_as_written():
         assert config["seed"] == seed
 
 
+def test_a_seed_log_goes_in_a_folder_no_run_has_made_yet(tmp_path):
+    """`--only seeds` alone: each seed's log is runs/recipe-seedN.log before any training has made runs/."""
+    log = tmp_path / "runs" / "recipe-seed1.log"
+    regenerate._relpos("--help", cwd=tmp_path, log=log)
+    assert "usage" in log.read_text()
+
 
 def test_seeds_run_at_once_each_with_its_share_of_the_cores(tmp_path, monkeypatch):
     """`--only seeds` runs each seed's train line then its eval line; with J jobs, J seeds train at the same time,
