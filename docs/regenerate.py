@@ -91,6 +91,8 @@ def render_recipe(summary: dict) -> str:
     sigmas = (held["accuracy"] - held["majority"]) / held["stderr"]
     took = {name: (f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} s")
             for name, seconds in summary["wall_seconds"].items()}
+    if summary.get("wall_note"):  # a run that shared the cores: its wall time is not the recipe's alone
+        took["train"] += f" ({summary['wall_note']})"
     return (f"Measured at commit {summary['commit']} (`docs/recipe_train_summary.json`, {summary['device']}, "
             f"{summary['train_images']} training and {summary['held_out_images']} held-out photographs; training took "
             f"{took['train']} of wall time, the evaluation {took['eval']}): after "

@@ -144,3 +144,16 @@ def test_seeds_run_at_once_each_with_its_share_of_the_cores(tmp_path, monkeypatc
     regenerate._recipe_seeds(work, tmp_path / "pkgs", "abc1234", jobs=1)
     assert [call[:3] for call in calls] == [("train", "runs/recipe-seed1", 4), ("eval", "runs/recipe-seed1/eval", 4),
                                             ("train", "runs/recipe-seed2", 4), ("eval", "runs/recipe-seed2/eval", 4)]
+
+
+def test_a_recipe_run_that_shared_the_cores_says_so():
+    """A recipe summary whose wall time was measured beside other runs carries a note, and README prints it beside
+    the time; a summary without one prints the time alone."""
+    import json
+    summary = json.loads(regenerate.RECIPE_SUMMARY.read_text())
+    summary.pop("wall_note", None)
+    alone = regenerate.render_recipe(summary)
+    summary["wall_note"] = "beside two other runs, one torch thread each"
+    shared = regenerate.render_recipe(summary)
+    assert "beside two other runs" in shared and "beside two other runs" not in alone
+    assert shared.replace(" (beside two other runs, one torch thread each)", "") == alone
