@@ -14,7 +14,9 @@
   random init is the seed's. `--seed-jobs J` seeds run at once, each with cores // J torch threads (default: all
   seeds at once: the recipe's small convolutions scale poorly past one thread, and two one-thread runs on two cores
   trained ~1.7x as many steps per second as one two-thread run, measured on a 2-core AMD EPYC); each run's output
-  goes to RUN-seedN.log in the work folder;
+  goes to RUN-seedN.log in the work folder; `--recipe-beside-seeds` (with `--only recipe,seeds`) trains the recipe's
+  own run at the same time as the seeds, every run with cores // (seeds + 1) torch threads, and its summary's
+  `wall_note` (printed beside its time in README) says that its wall time was shared;
 - then rewrites README's generated blocks (between `<!-- BEGIN name -->` and `<!-- END name -->`) from those files.
 
 The working tree must be clean (the figures are attributed to a commit). `render_blocks` is also what
@@ -237,13 +239,21 @@ def _relpos(*args: str, cwd: Path = ROOT, threads: int | None = None, log: Path 
     return time.perf_counter() - start
 
 
-def _recipe(work: Path, root: Path, commit: str) -> None:
-    """README's recipe block, run as written (relative paths land in `work`), with ROOT replaced by `root`."""
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _recipe(work: Path, root: Path, commit: str, threads: int | None = None, wall_note: str | None = None) -> None:
+    """README's recipe block, run as written (relative paths land in `work`), with ROOT replaced by `root`; its data
+    lines are skipped where their folder is already in `work`. `threads` and `wall_note`: how a run that shares the
+    cores ran, recorded in its summary."""
     seconds = {"data": 0.0, "train": 0.0, "eval": 0.0}
     run = None
     for args in readme_recipe_commands(README.read_text()):
         args = [str(root) if a == "ROOT" else a for a in args]
-        seconds[args[0]] += _relpos(*args, cwd=work)
+        if args[:2] == ["data", "photos"] and (work / args[2]).exists():
+            continue
+        seconds[args[0]] += _relpos(*args, cwd=work, threads=threads if args[0] != "data" else None)
         if args[0] == "train":
             run = work / args[args.index("--out") + 1]
     if run is None or not (run / "eval" / "eval.json").exists():
@@ -251,16 +261,18 @@ def _recipe(work: Path, root: Path, commit: str) -> None:
     summary = json.loads((run / "summary.json").read_text())
     summary.update(commit=commit, regenerated=datetime.date.today().isoformat(),
                    wall_seconds={"train": seconds["train"], "eval": seconds["eval"]})
+    if wall_note:
+        summary.update(torch_threads=threads, wall_note=wall_note)
     RECIPE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
     RECIPE_EVAL.write_text((run / "eval" / "eval.json").read_text())
     for name, target in RECIPE_FIGURES.items():
         shutil.copyfile(run / name, target)
 
 
-def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None) -> None:
+def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None, beside: int = 0) -> None:
     """README's recipe again with each seed of RECIPE_SEEDS: its data lines (unless already run in `work`), then, for
     each seed, its train line with `--seed N` into RUN-seedN and its eval line on that run; `jobs` seeds at a time
-    (default: all), each with cores // jobs torch threads."""
+    (default: all), each with cores // (jobs + beside) torch threads."""
     commands = [[str(root) if a == "ROOT" else a for a in args] for args in readme_recipe_commands(README.read_text())]
     train = next(args for args in commands if args[0] == "train")
     evaluate = next(args for args in commands if args[0] == "eval")
@@ -269,8 +281,7 @@ def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None) 
         if args[:2] == ["data", "photos"] and not (work / args[2]).exists():
             _relpos(*args, cwd=work)
     jobs = min(jobs or len(RECIPE_SEEDS), len(RECIPE_SEEDS))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // jobs)
+    threads = max(1, _cores() // (jobs + beside))  # beside: other runs sharing the cores (the recipe's own)
 
     def one_seed(seed: int) -> None:
         out = f"{run}-seed{seed}"
@@ -282,7 +293,7 @@ def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None) 
         summary = json.loads((work / out / "summary.json").read_text())
         # wall times of runs that shared the cores are not seed 0's alone: say how they ran
         summary.update(commit=commit, seed=seed, regenerated=datetime.date.today().isoformat(), wall_seconds=seconds,
-                       torch_threads=threads, concurrent_runs=jobs)
+                       torch_threads=threads, concurrent_runs=jobs + beside)
         summary_file, eval_file = recipe_seed_files(seed)
         summary_file.write_text(json.dumps(summary, indent=2) + "\n")
         eval_file.write_text((work / out / "eval" / "eval.json").read_text())
@@ -292,6 +303,23 @@ def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None) 
             future.result()  # a failed run raises here, after the others have finished
 
 
+def _recipe_beside_seeds(work: Path, root: Path, commit: str) -> None:
+    """The recipe (seed 0) and every seed of RECIPE_SEEDS training at once, each with its share of the cores: the
+    data lines first (once), then all runs together."""
+    for args in readme_recipe_commands(README.read_text()):
+        if args[:2] == ["data", "photos"]:
+            _relpos(*[str(root) if a == "ROOT" else a for a in args], cwd=work)
+    runs = len(RECIPE_SEEDS) + 1
+    threads = max(1, _cores() // runs)
+    note = (f"beside the {len(RECIPE_SEEDS)} other seeds' runs, {threads} torch thread{'s' * (threads > 1)} each on "
+            f"{_cores()} cores")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(_recipe, work, root, commit, threads, note),
+                   pool.submit(_recipe_seeds, work, root, commit, len(RECIPE_SEEDS), beside=1)]
+        for future in futures:
+            future.result()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labelled", type=Path, help="folder made by `relpos data photos` (for the labelled table)")
@@ -299,8 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="demo,labelled", help="comma-separated steps: demo, labelled, recipe, seeds")
     parser.add_argument("--seed-jobs", type=bounded_int(1, len(RECIPE_SEEDS)), default=None, metavar="J",
                         help="seeds step: runs at once, each with cores // J torch threads (default: all seeds)")
+    parser.add_argument("--recipe-beside-seeds", action="store_true",
+                        help="recipe and seeds steps: the recipe's own run (seed 0) trains at the same time as the "
+                             "seeds, every run with cores // (seeds + 1) torch threads; its summary says so")
     args = parser.parse_args(argv)
     steps = set(args.only.split(","))
+    if args.recipe_beside_seeds and not {"recipe", "seeds"} <= steps:
+        raise SystemExit("--recipe-beside-seeds runs the recipe and seeds steps together: give --only recipe,seeds")
     commit = _commit()
     work = Path(tempfile.mkdtemp(prefix=f"relpos-regenerate-{commit}-"))
     run = work / "demo"
@@ -318,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the labelled step evaluates the demo checkpoint: run the demo step in the same call")
         _relpos("eval", str(run / "checkpoint.pt"), "--out", str(work / "eval"), "--labelled", str(args.labelled))
         EVAL.write_text((work / "eval" / "eval.json").read_text())
+    if args.recipe_beside_seeds:
+        if args.root is None:
+            raise SystemExit("--root PACKAGES_ROOT is needed for the recipe (where the packages were extracted)")
+        _recipe_beside_seeds(work, args.root.resolve(), commit)
+        steps -= {"recipe", "seeds"}
     if "recipe" in steps:
         if args.root is None:
             raise SystemExit("--root PACKAGES_ROOT is needed for the recipe (where the packages were extracted)")

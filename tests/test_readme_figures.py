@@ -157,3 +157,48 @@ def test_a_recipe_run_that_shared_the_cores_says_so():
     shared = regenerate.render_recipe(summary)
     assert "beside two other runs" in shared and "beside two other runs" not in alone
     assert shared.replace(" (beside two other runs, one torch thread each)", "") == alone
+
+
+def test_the_recipe_can_train_beside_its_seeds(tmp_path, monkeypatch):
+    """`--recipe-beside-seeds`: the data lines run once, then the recipe's run and every seed's train at the same
+    time, each with cores // 3 torch threads; the recipe's summary names how its wall time was shared."""
+    import json
+    import threading
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- recipe-commands -->\n```sh\nrelpos data photos photos/pretrain --root ROOT --keep unlabelled\n"
+                      "relpos train --data photos/pretrain --out runs/recipe --steps 5\n"
+                      "relpos eval runs/recipe/checkpoint.pt --out runs/recipe/eval\n```\n")
+    (tmp_path / "docs").mkdir()
+    for name, value in [("README", readme), ("DOCS", tmp_path / "docs"), ("RECIPE_SEEDS", (1, 2)),
+                        ("RECIPE_SUMMARY", tmp_path / "docs" / "recipe_train_summary.json"),
+                        ("RECIPE_EVAL", tmp_path / "docs" / "recipe_eval.json"),
+                        ("RECIPE_FIGURES", {"curves.png": tmp_path / "docs" / "recipe_curves.png"})]:
+        monkeypatch.setattr(regenerate, name, value)
+    monkeypatch.setattr(regenerate.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    calls, lock, together = [], threading.Lock(), threading.Barrier(3, timeout=10)
+
+    def fake_relpos(*args, cwd, threads=None, log=None):
+        with lock:
+            calls.append((args[0], args[2] if args[0] == "data" else args[args.index("--out") + 1], threads))
+        if args[0] == "data":
+            (cwd / args[2]).mkdir(parents=True)
+            return 1.0
+        out = cwd / args[args.index("--out") + 1]
+        out.mkdir(parents=True)
+        if args[0] == "train":
+            together.wait()  # BrokenBarrierError unless all three runs train at the same time
+            (out / "summary.json").write_text(json.dumps({"step": 5}))
+            (out / "curves.png").write_bytes(b"png")
+        else:
+            (out / "eval.json").write_text("{}")
+        return 90.0
+
+    monkeypatch.setattr(regenerate, "_relpos", fake_relpos)
+    regenerate._recipe_beside_seeds(tmp_path / "work", tmp_path / "pkgs", "abc1234")
+    assert calls[0] == ("data", "photos/pretrain", None) and [c for c in calls if c[0] == "data"] == calls[:1]
+    assert sorted(c for c in calls if c[0] == "train") == [("train", "runs/recipe", 2), ("train", "runs/recipe-seed1", 2),
+                                                          ("train", "runs/recipe-seed2", 2)]
+    recipe = json.loads(regenerate.RECIPE_SUMMARY.read_text())
+    assert recipe["torch_threads"] == 2 and "2 other seeds' runs, 2 torch threads each on 6 cores" in recipe["wall_note"]
+    for seed in (1, 2):
+        assert json.loads(regenerate.recipe_seed_files(seed)[0].read_text())["concurrent_runs"] == 3
