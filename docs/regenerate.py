@@ -1,7 +1,7 @@
 """Regenerate README's result figures from the current commit, in one command.
 
     python docs/regenerate.py [--labelled PHOTOS_DIR] [--root PACKAGES_ROOT] [--only demo,labelled,recipe,seeds]
-                                [--seed-jobs J]
+                                [--seed-jobs J | --recipe-beside-seeds]
 
 - demo: runs README's first command (its `relpos train` arguments are read from README itself, so the two cannot
   drift) into a fresh folder, then copies `summary.json` and `curves.png` to docs/ with the commit recorded;
@@ -93,8 +93,8 @@ def render_recipe(summary: dict) -> str:
     sigmas = (held["accuracy"] - held["majority"]) / held["stderr"]
     took = {name: (f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} s")
             for name, seconds in summary["wall_seconds"].items()}
-    if summary.get("wall_note"):  # a run that shared the cores: its wall time is not the recipe's alone
-        took["train"] += f" ({summary['wall_note']})"
+    if summary.get("wall_note"):  # a run that shared the cores: its wall times are not the recipe's alone
+        took["eval"] += f", both {summary['wall_note']}"
     return (f"Measured at commit {summary['commit']} (`docs/recipe_train_summary.json`, {summary['device']}, "
             f"{summary['train_images']} training and {summary['held_out_images']} held-out photographs; training took "
             f"{took['train']} of wall time, the evaluation {took['eval']}): after "
@@ -243,24 +243,41 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _recipe_lines(root: Path) -> list[list[str]]:
+    """README's recipe block, each line's `relpos` arguments with ROOT replaced by `root`."""
+    return [[str(root) if a == "ROOT" else a for a in args] for args in readme_recipe_commands(README.read_text())]
+
+
+def _data_lines(work: Path, root: Path) -> None:
+    """The recipe block's `relpos data photos` lines, each unless its folder is already in `work`."""
+    for args in _recipe_lines(root):
+        if args[:2] == ["data", "photos"] and not (work / args[2]).exists():
+            _relpos(*args, cwd=work)
+
+
+def _wait_all(futures: list[concurrent.futures.Future]) -> None:
+    """Every run's result; the failures, all of them, raised together once every run has ended."""
+    failures = [repr(future.exception()) for future in futures if future.exception() is not None]
+    if failures:
+        raise SystemExit("regeneration runs failed: " + "; ".join(failures))
+
+
 def _recipe(work: Path, root: Path, commit: str, threads: int | None = None, wall_note: str | None = None) -> None:
-    """README's recipe block, run as written (relative paths land in `work`), with ROOT replaced by `root`; its data
-    lines are skipped where their folder is already in `work`. `threads` and `wall_note`: how a run that shares the
-    cores ran, recorded in its summary."""
-    seconds = {"data": 0.0, "train": 0.0, "eval": 0.0}
+    """README's recipe block, run as written (relative paths land in `work`; its data lines unless already run
+    there), with ROOT replaced by `root`. `threads` and `wall_note`: how a run that shared the cores ran, recorded
+    in its summary."""
+    _data_lines(work, root)
+    seconds = {"train": 0.0, "eval": 0.0}
     run = None
-    for args in readme_recipe_commands(README.read_text()):
-        args = [str(root) if a == "ROOT" else a for a in args]
-        if args[:2] == ["data", "photos"] and (work / args[2]).exists():
-            continue
-        seconds[args[0]] += _relpos(*args, cwd=work, threads=threads if args[0] != "data" else None)
+    for args in _recipe_lines(root):
+        if args[0] in seconds:
+            seconds[args[0]] += _relpos(*args, cwd=work, threads=threads)
         if args[0] == "train":
             run = work / args[args.index("--out") + 1]
     if run is None or not (run / "eval" / "eval.json").exists():
         raise SystemExit("the recipe block must train (--out RUN) and evaluate into RUN/eval")
     summary = json.loads((run / "summary.json").read_text())
-    summary.update(commit=commit, regenerated=datetime.date.today().isoformat(),
-                   wall_seconds={"train": seconds["train"], "eval": seconds["eval"]})
+    summary.update(commit=commit, regenerated=datetime.date.today().isoformat(), wall_seconds=seconds)
     if wall_note:
         summary.update(torch_threads=threads, wall_note=wall_note)
     RECIPE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
@@ -269,19 +286,19 @@ def _recipe(work: Path, root: Path, commit: str, threads: int | None = None, wal
         shutil.copyfile(run / name, target)
 
 
-def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None, beside: int = 0) -> None:
+def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None, threads: int | None = None,
+                  concurrent_runs: int | None = None) -> None:
     """README's recipe again with each seed of RECIPE_SEEDS: its data lines (unless already run in `work`), then, for
     each seed, its train line with `--seed N` into RUN-seedN and its eval line on that run; `jobs` seeds at a time
-    (default: all), each with cores // (jobs + beside) torch threads."""
-    commands = [[str(root) if a == "ROOT" else a for a in args] for args in readme_recipe_commands(README.read_text())]
+    (default: all), each with cores // jobs torch threads (`threads`, `concurrent_runs`: given by a caller that
+    runs more beside them)."""
+    _data_lines(work, root)
+    commands = _recipe_lines(root)
     train = next(args for args in commands if args[0] == "train")
     evaluate = next(args for args in commands if args[0] == "eval")
     run = train[train.index("--out") + 1]
-    for args in commands:
-        if args[:2] == ["data", "photos"] and not (work / args[2]).exists():
-            _relpos(*args, cwd=work)
     jobs = min(jobs or len(RECIPE_SEEDS), len(RECIPE_SEEDS))
-    threads = max(1, _cores() // (jobs + beside))  # beside: other runs sharing the cores (the recipe's own)
+    threads = threads or max(1, _cores() // jobs)
 
     def one_seed(seed: int) -> None:
         out = f"{run}-seed{seed}"
@@ -293,31 +310,26 @@ def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None, 
         summary = json.loads((work / out / "summary.json").read_text())
         # wall times of runs that shared the cores are not seed 0's alone: say how they ran
         summary.update(commit=commit, seed=seed, regenerated=datetime.date.today().isoformat(), wall_seconds=seconds,
-                       torch_threads=threads, concurrent_runs=jobs + beside)
+                       torch_threads=threads, concurrent_runs=concurrent_runs or jobs)
         summary_file, eval_file = recipe_seed_files(seed)
         summary_file.write_text(json.dumps(summary, indent=2) + "\n")
         eval_file.write_text((work / out / "eval" / "eval.json").read_text())
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in [pool.submit(one_seed, seed) for seed in RECIPE_SEEDS]:
-            future.result()  # a failed run raises here, after the others have finished
+        _wait_all([pool.submit(one_seed, seed) for seed in RECIPE_SEEDS])
 
 
 def _recipe_beside_seeds(work: Path, root: Path, commit: str) -> None:
     """The recipe (seed 0) and every seed of RECIPE_SEEDS training at once, each with its share of the cores: the
     data lines first (once), then all runs together."""
-    for args in readme_recipe_commands(README.read_text()):
-        if args[:2] == ["data", "photos"]:
-            _relpos(*[str(root) if a == "ROOT" else a for a in args], cwd=work)
+    _data_lines(work, root)
     runs = len(RECIPE_SEEDS) + 1
     threads = max(1, _cores() // runs)
-    note = (f"beside the {len(RECIPE_SEEDS)} other seeds' runs, {threads} torch thread{'s' * (threads > 1)} each on "
+    note = (f"beside the {runs - 1} other seeds' runs, {threads} torch thread{'s' * (threads > 1)} each on "
             f"{_cores()} cores")
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(_recipe, work, root, commit, threads, note),
-                   pool.submit(_recipe_seeds, work, root, commit, len(RECIPE_SEEDS), beside=1)]
-        for future in futures:
-            future.result()
+        _wait_all([pool.submit(_recipe, work, root, commit, threads, note),
+                   pool.submit(_recipe_seeds, work, root, commit, len(RECIPE_SEEDS), threads, runs)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,37 +346,37 @@ def main(argv: list[str] | None = None) -> int:
     steps = set(args.only.split(","))
     if args.recipe_beside_seeds and not {"recipe", "seeds"} <= steps:
         raise SystemExit("--recipe-beside-seeds runs the recipe and seeds steps together: give --only recipe,seeds")
+    if args.recipe_beside_seeds and args.seed_jobs:
+        raise SystemExit("--recipe-beside-seeds runs every seed at once: --seed-jobs does not apply")
+    if steps & {"recipe", "seeds"} and args.root is None:
+        raise SystemExit("--root PACKAGES_ROOT is needed for the recipe and its seeds (where the packages were "
+                         "extracted)")
+    if "labelled" in steps and args.labelled is None:
+        raise SystemExit("--labelled PHOTOS_DIR is needed for the labelled table (make it with relpos data photos)")
     commit = _commit()
     work = Path(tempfile.mkdtemp(prefix=f"relpos-regenerate-{commit}-"))
     run = work / "demo"
-    if "demo" in steps:
-        _relpos("train", *[a if a != "runs/demo" else str(run) for a in readme_train_args(README.read_text())])
-        summary = json.loads((run / "summary.json").read_text())
-        summary["commit"] = commit
-        summary["regenerated"] = datetime.date.today().isoformat()
-        SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
-        shutil.copyfile(run / "curves.png", CURVES)
-    if "labelled" in steps:
-        if args.labelled is None:
-            raise SystemExit("--labelled PHOTOS_DIR is needed for the labelled table (make it with relpos data photos)")
-        if not (run / "checkpoint.pt").exists():
-            raise SystemExit("the labelled step evaluates the demo checkpoint: run the demo step in the same call")
-        _relpos("eval", str(run / "checkpoint.pt"), "--out", str(work / "eval"), "--labelled", str(args.labelled))
-        EVAL.write_text((work / "eval" / "eval.json").read_text())
-    if args.recipe_beside_seeds:
-        if args.root is None:
-            raise SystemExit("--root PACKAGES_ROOT is needed for the recipe (where the packages were extracted)")
-        _recipe_beside_seeds(work, args.root.resolve(), commit)
-        steps -= {"recipe", "seeds"}
-    if "recipe" in steps:
-        if args.root is None:
-            raise SystemExit("--root PACKAGES_ROOT is needed for the recipe (where the packages were extracted)")
-        _recipe(work, args.root.resolve(), commit)
-    if "seeds" in steps:
-        if args.root is None:
-            raise SystemExit("--root PACKAGES_ROOT is needed for the recipe seeds (where the packages were extracted)")
-        _recipe_seeds(work, args.root.resolve(), commit, args.seed_jobs)
-    README.write_text(write_blocks(README.read_text(), render_blocks()))
+    try:
+        if "demo" in steps:
+            _relpos("train", *[a if a != "runs/demo" else str(run) for a in readme_train_args(README.read_text())])
+            summary = json.loads((run / "summary.json").read_text())
+            summary["commit"] = commit
+            summary["regenerated"] = datetime.date.today().isoformat()
+            SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+            shutil.copyfile(run / "curves.png", CURVES)
+        if "labelled" in steps:
+            if not (run / "checkpoint.pt").exists():
+                raise SystemExit("the labelled step evaluates the demo checkpoint: run the demo step in the same call")
+            _relpos("eval", str(run / "checkpoint.pt"), "--out", str(work / "eval"), "--labelled", str(args.labelled))
+            EVAL.write_text((work / "eval" / "eval.json").read_text())
+        if args.recipe_beside_seeds:
+            _recipe_beside_seeds(work, args.root.resolve(), commit)
+        elif "recipe" in steps:
+            _recipe(work, args.root.resolve(), commit)
+        if "seeds" in steps and not args.recipe_beside_seeds:
+            _recipe_seeds(work, args.root.resolve(), commit, args.seed_jobs)
+    finally:  # whatever failed, README says what the files in docs/ say (the runs that finished wrote theirs)
+        README.write_text(write_blocks(README.read_text(), render_blocks()))
     print(f"README.md and docs/ regenerated from commit {commit}; review and commit them (work files in {work})")
     return 0
 

@@ -4,6 +4,8 @@ regeneration runs README's own first command."""
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("regenerate", ROOT / "docs" / "regenerate.py")
 regenerate = importlib.util.module_from_spec(spec)
@@ -156,7 +158,7 @@ def test_a_recipe_run_that_shared_the_cores_says_so():
     summary["wall_note"] = "beside two other runs, one torch thread each"
     shared = regenerate.render_recipe(summary)
     assert "beside two other runs" in shared and "beside two other runs" not in alone
-    assert shared.replace(" (beside two other runs, one torch thread each)", "") == alone
+    assert shared.replace(", both beside two other runs, one torch thread each", "") == alone
 
 
 def test_the_recipe_can_train_beside_its_seeds(tmp_path, monkeypatch):
@@ -202,3 +204,42 @@ def test_the_recipe_can_train_beside_its_seeds(tmp_path, monkeypatch):
     assert recipe["torch_threads"] == 2 and "2 other seeds' runs, 2 torch threads each on 6 cores" in recipe["wall_note"]
     for seed in (1, 2):
         assert json.loads(regenerate.recipe_seed_files(seed)[0].read_text())["concurrent_runs"] == 3
+
+
+def test_every_failed_seed_is_reported_after_the_others_finish(tmp_path, monkeypatch):
+    """A seed whose run fails does not hide another's failure, and the seeds still running finish first."""
+    import json
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- recipe-commands -->\n```sh\nrelpos train --data photos/pretrain --out runs/recipe\n"
+                      "relpos eval runs/recipe/checkpoint.pt --out runs/recipe/eval\n```\n")
+    (tmp_path / "docs").mkdir()
+    monkeypatch.setattr(regenerate, "README", readme)
+    monkeypatch.setattr(regenerate, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(regenerate, "RECIPE_SEEDS", (1, 2, 3))
+    finished = []
+
+    def fake_relpos(*args, cwd, threads=None, log=None):
+        out = args[args.index("--out") + 1]
+        if args[0] == "train" and out.endswith(("seed1", "seed3")):
+            raise RuntimeError(f"{out} died")
+        (cwd / out).mkdir(parents=True)
+        (cwd / out / ("summary.json" if args[0] == "train" else "eval.json")).write_text(json.dumps({}))
+        finished.append(out)
+        return 1.0
+
+    monkeypatch.setattr(regenerate, "_relpos", fake_relpos)
+    with pytest.raises(SystemExit, match="seed1 died.*seed3 died"):
+        regenerate._recipe_seeds(tmp_path / "work", tmp_path / "pkgs", "abc1234", jobs=1)
+    assert finished == ["runs/recipe-seed2", "runs/recipe-seed2/eval"]
+    assert regenerate.recipe_seed_files(2)[0].exists() and not regenerate.recipe_seed_files(1)[0].exists()
+
+
+@pytest.mark.parametrize("argv,message", [(["--only", "seeds"], "--root"), (["--only", "demo,labelled"], "--labelled"),
+                                          (["--only", "recipe", "--recipe-beside-seeds", "--root", "p"], "--only"),
+                                          (["--only", "recipe,seeds", "--recipe-beside-seeds", "--seed-jobs", "1",
+                                            "--root", "p"], "--seed-jobs")])
+def test_bad_options_are_refused_before_anything_runs(argv, message, monkeypatch):
+    monkeypatch.setattr(regenerate, "_relpos", lambda *a, **k: pytest.fail("ran before checking its options"))
+    monkeypatch.setattr(regenerate, "_commit", lambda: pytest.fail("ran before checking its options"))
+    with pytest.raises(SystemExit, match=message):
+        regenerate.main(argv)
