@@ -1,7 +1,7 @@
 """Regenerate README's result figures from the current commit, in one command.
 
     python docs/regenerate.py [--labelled PHOTOS_DIR] [--root PACKAGES_ROOT] [--only demo,labelled,recipe,seeds]
-                                [--seed-jobs J | --recipe-beside-seeds]
+                                [--seed-jobs J | --recipe-beside-seeds] [--work DIR]
 
 - demo: runs README's first command (its `relpos train` arguments are read from README itself, so the two cannot
   drift) into a fresh folder, then copies `summary.json` and `curves.png` to docs/ with the commit recorded;
@@ -18,6 +18,11 @@
   own run at the same time as the seeds, every run with cores // (seeds + 1) torch threads, and its summary's
   `wall_note` (printed beside its time in README) says that its wall time was shared;
 - then rewrites README's generated blocks (between `<!-- BEGIN name -->` and `<!-- END name -->`) from those files.
+
+Runs go to a new temporary work folder, or to `--work DIR`: given again at the same commit (DIR/COMMIT), it continues
+what an earlier call left there (a machine that stopped mid-run): data folders with a manifest are kept, training runs
+with a checkpoint resume (`relpos train --resume`, their summary's `wall_note` saying the wall time is the part after
+it), evaluations are redone.
 
 The working tree must be clean (the figures are attributed to a commit). `render_blocks` is also what
 tests/test_readme_figures.py uses to check that README says what the files in docs/ say.
@@ -249,10 +254,23 @@ def _recipe_lines(root: Path) -> list[list[str]]:
 
 
 def _data_lines(work: Path, root: Path) -> None:
-    """The recipe block's `relpos data photos` lines, each unless its folder is already in `work`."""
+    """The recipe block's `relpos data photos` lines, each unless its folder in `work` is complete (its manifest is
+    written last)."""
     for args in _recipe_lines(root):
-        if args[:2] == ["data", "photos"] and not (work / args[2]).exists():
+        if args[:2] == ["data", "photos"] and not (work / args[2] / "manifest.csv").exists():
             _relpos(*args, cwd=work)
+
+
+RESUMED_NOTE = "continued with --resume from the checkpoint of a run cut short: the wall times are those after it"
+
+
+def _continued(args: list[str], out: Path) -> tuple[list[str], bool]:
+    """A train or eval line run again in a work folder given again with --work: a training run that left a checkpoint
+    in `out` is continued (--resume), one cut short before any checkpoint and an evaluation are redone (--overwrite:
+    it is this regeneration's own folder); and whether a run was continued."""
+    if args[0] == "train" and (out / "checkpoint.pt").exists():
+        return args + ["--resume"], True
+    return (args + ["--overwrite"] if out.exists() else args), False
 
 
 def _wait_all(futures: list[concurrent.futures.Future]) -> None:
@@ -268,16 +286,21 @@ def _recipe(work: Path, root: Path, commit: str, threads: int | None = None, wal
     in its summary."""
     _data_lines(work, root)
     seconds = {"train": 0.0, "eval": 0.0}
-    run = None
+    run, resumed = None, False
     for args in _recipe_lines(root):
-        if args[0] in seconds:
-            seconds[args[0]] += _relpos(*args, cwd=work, threads=threads)
         if args[0] == "train":
             run = work / args[args.index("--out") + 1]
+            args, resumed = _continued(args, run)
+        elif args[0] == "eval":
+            args = _continued(args, work / args[args.index("--out") + 1])[0]
+        if args[0] in seconds:
+            seconds[args[0]] += _relpos(*args, cwd=work, threads=threads)
     if run is None or not (run / "eval" / "eval.json").exists():
         raise SystemExit("the recipe block must train (--out RUN) and evaluate into RUN/eval")
     summary = json.loads((run / "summary.json").read_text())
     summary.update(commit=commit, regenerated=datetime.date.today().isoformat(), wall_seconds=seconds)
+    if resumed:
+        wall_note = "; ".join(filter(None, [wall_note, RESUMED_NOTE]))
     if wall_note:
         summary.update(torch_threads=threads, wall_note=wall_note)
     RECIPE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
@@ -303,14 +326,17 @@ def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None, 
     def one_seed(seed: int) -> None:
         out = f"{run}-seed{seed}"
         log = work / f"{out}.log"
-        seconds = {"train": _relpos(*[out if a == run else a for a in train], "--seed", str(seed), cwd=work,
-                                    threads=threads, log=log)}
-        seconds["eval"] = _relpos(*[out + a[len(run):] if a.startswith(run + "/") else a for a in evaluate], cwd=work,
+        args, resumed = _continued([out if a == run else a for a in train] + ["--seed", str(seed)], work / out)
+        seconds = {"train": _relpos(*args, cwd=work, threads=threads, log=log)}
+        args = [out + a[len(run):] if a.startswith(run + "/") else a for a in evaluate]
+        seconds["eval"] = _relpos(*_continued(args, work / args[args.index("--out") + 1])[0], cwd=work,
                                   threads=threads, log=log)
         summary = json.loads((work / out / "summary.json").read_text())
         # wall times of runs that shared the cores are not seed 0's alone: say how they ran
         summary.update(commit=commit, seed=seed, regenerated=datetime.date.today().isoformat(), wall_seconds=seconds,
                        torch_threads=threads, concurrent_runs=concurrent_runs or jobs)
+        if resumed:
+            summary["wall_note"] = RESUMED_NOTE
         summary_file, eval_file = recipe_seed_files(seed)
         summary_file.write_text(json.dumps(summary, indent=2) + "\n")
         eval_file.write_text((work / out / "eval" / "eval.json").read_text())
@@ -332,6 +358,22 @@ def _recipe_beside_seeds(work: Path, root: Path, commit: str) -> None:
                    pool.submit(_recipe_seeds, work, root, commit, len(RECIPE_SEEDS), threads, runs)])
 
 
+def _work_folder(work: Path | None, commit: str) -> Path:
+    """A new temporary work folder, or `work`: made if absent, else continued only at the commit that made it (its
+    runs' figures are attributed to one commit)."""
+    if work is None:
+        return Path(tempfile.mkdtemp(prefix=f"relpos-regenerate-{commit}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    stamp = work / "COMMIT"
+    if stamp.exists() and stamp.read_text().strip() != commit:
+        raise SystemExit(f"--work {work} was started at commit {stamp.read_text().strip()}, this is {commit}: continue "
+                         "it from a clean clone of that commit, or give a new folder")
+    if not stamp.exists() and any(work.iterdir()):
+        raise SystemExit(f"--work {work} holds files but no COMMIT stamp: give an empty or new folder")
+    stamp.write_text(commit + "\n")
+    return work.resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--labelled", type=Path, help="folder made by `relpos data photos` (for the labelled table)")
@@ -339,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="demo,labelled", help="comma-separated steps: demo, labelled, recipe, seeds")
     parser.add_argument("--seed-jobs", type=bounded_int(1, len(RECIPE_SEEDS)), default=None, metavar="J",
                         help="seeds step: runs at once, each with cores // J torch threads (default: all seeds)")
+    parser.add_argument("--work", type=Path, default=None, metavar="DIR",
+                        help="work folder (default: a new temporary one); given again, at the same commit, it "
+                             "continues the runs an earlier call left there (`relpos train --resume`)")
     parser.add_argument("--recipe-beside-seeds", action="store_true",
                         help="recipe and seeds steps: the recipe's own run (seed 0) trains at the same time as the "
                              "seeds, every run with cores // (seeds + 1) torch threads; its summary says so")
@@ -354,11 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     if "labelled" in steps and args.labelled is None:
         raise SystemExit("--labelled PHOTOS_DIR is needed for the labelled table (make it with relpos data photos)")
     commit = _commit()
-    work = Path(tempfile.mkdtemp(prefix=f"relpos-regenerate-{commit}-"))
+    work = _work_folder(args.work, commit)
     run = work / "demo"
     try:
         if "demo" in steps:
-            _relpos("train", *[a if a != "runs/demo" else str(run) for a in readme_train_args(README.read_text())])
+            _relpos(*_continued(["train", *[a if a != "runs/demo" else str(run)
+                                             for a in readme_train_args(README.read_text())]], run)[0])
             summary = json.loads((run / "summary.json").read_text())
             summary["commit"] = commit
             summary["regenerated"] = datetime.date.today().isoformat()
@@ -367,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         if "labelled" in steps:
             if not (run / "checkpoint.pt").exists():
                 raise SystemExit("the labelled step evaluates the demo checkpoint: run the demo step in the same call")
-            _relpos("eval", str(run / "checkpoint.pt"), "--out", str(work / "eval"), "--labelled", str(args.labelled))
+            _relpos(*_continued(["eval", str(run / "checkpoint.pt"), "--out", str(work / "eval"), "--labelled",
+                                 str(args.labelled)], work / "eval")[0])
             EVAL.write_text((work / "eval" / "eval.json").read_text())
         if args.recipe_beside_seeds:
             _recipe_beside_seeds(work, args.root.resolve(), commit)

@@ -107,7 +107,8 @@ def test_seeds_run_at_once_each_with_its_share_of_the_cores(tmp_path, monkeypatc
                       "relpos train --data photos/pretrain --out runs/recipe --steps 5\n"
                       "relpos eval runs/recipe/checkpoint.pt --out runs/recipe/eval\n```\n")
     work = tmp_path / "work"
-    (work / "photos" / "pretrain").mkdir(parents=True)  # the data line has run: not run again
+    (work / "photos" / "pretrain").mkdir(parents=True)  # the data line has run (its manifest, written last): not again
+    (work / "photos" / "pretrain" / "manifest.csv").write_text("path\n")
     (tmp_path / "docs").mkdir()
     monkeypatch.setattr(regenerate, "README", readme)
     monkeypatch.setattr(regenerate, "DOCS", tmp_path / "docs")
@@ -184,6 +185,7 @@ def test_the_recipe_can_train_beside_its_seeds(tmp_path, monkeypatch):
             calls.append((args[0], args[2] if args[0] == "data" else args[args.index("--out") + 1], threads))
         if args[0] == "data":
             (cwd / args[2]).mkdir(parents=True)
+            (cwd / args[2] / "manifest.csv").write_text("path\n")
             return 1.0
         out = cwd / args[args.index("--out") + 1]
         out.mkdir(parents=True)
@@ -243,3 +245,53 @@ def test_bad_options_are_refused_before_anything_runs(argv, message, monkeypatch
     monkeypatch.setattr(regenerate, "_commit", lambda: pytest.fail("ran before checking its options"))
     with pytest.raises(SystemExit, match=message):
         regenerate.main(argv)
+
+
+def test_a_work_folder_given_again_continues_only_at_its_commit(tmp_path):
+    work = tmp_path / "work"
+    assert regenerate._work_folder(work, "abc1234") == work.resolve()
+    (work / "runs").mkdir()
+    assert regenerate._work_folder(work, "abc1234") == work.resolve()  # the same commit: continued
+    with pytest.raises(SystemExit, match="started at commit abc1234, this is def5678"):
+        regenerate._work_folder(work, "def5678")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file").write_text("")
+    with pytest.raises(SystemExit, match="no COMMIT stamp"):
+        regenerate._work_folder(tmp_path / "other", "abc1234")
+
+
+def test_runs_cut_short_are_resumed_and_evaluations_redone(tmp_path, monkeypatch):
+    """In a work folder given again: a seed whose run left a checkpoint resumes (and its summary says the wall time
+    is the part after it), one that left none starts over, an evaluation folder is replaced, data is not redone."""
+    import json
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- recipe-commands -->\n```sh\nrelpos data photos photos/pretrain --root ROOT --keep unlabelled\n"
+                      "relpos train --data photos/pretrain --out runs/recipe --steps 5\n"
+                      "relpos eval runs/recipe/checkpoint.pt --out runs/recipe/eval\n```\n")
+    (tmp_path / "docs").mkdir()
+    monkeypatch.setattr(regenerate, "README", readme)
+    monkeypatch.setattr(regenerate, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(regenerate, "RECIPE_SEEDS", (1, 2))
+    work = tmp_path / "work"
+    (work / "photos" / "pretrain").mkdir(parents=True)
+    (work / "photos" / "pretrain" / "manifest.csv").write_text("path\n")
+    (work / "runs" / "recipe-seed1" / "eval").mkdir(parents=True)
+    (work / "runs" / "recipe-seed1" / "checkpoint.pt").write_bytes(b"step 3000")
+    (work / "runs" / "recipe-seed2").mkdir(parents=True)  # cut short before its first checkpoint
+    calls = []
+
+    def fake_relpos(*args, cwd, threads=None, log=None):
+        calls.append(args)
+        out = cwd / args[args.index("--out") + 1]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ("summary.json" if args[0] == "train" else "eval.json")).write_text(json.dumps({}))
+        return 1.0
+
+    monkeypatch.setattr(regenerate, "_relpos", fake_relpos)
+    regenerate._recipe_seeds(work, tmp_path / "pkgs", "abc1234", jobs=1)
+    flags = {(args[0], args[args.index("--out") + 1]): [a for a in args if a in ("--resume", "--overwrite")]
+             for args in calls}
+    assert flags == {("train", "runs/recipe-seed1"): ["--resume"], ("eval", "runs/recipe-seed1/eval"): ["--overwrite"],
+                     ("train", "runs/recipe-seed2"): ["--overwrite"], ("eval", "runs/recipe-seed2/eval"): []}
+    summaries = [json.loads(regenerate.recipe_seed_files(seed)[0].read_text()) for seed in (1, 2)]
+    assert summaries[0]["wall_note"] == regenerate.RESUMED_NOTE and "wall_note" not in summaries[1]
