@@ -295,3 +295,30 @@ def test_runs_cut_short_are_resumed_and_evaluations_redone(tmp_path, monkeypatch
                      ("train", "runs/recipe-seed2"): ["--overwrite"], ("eval", "runs/recipe-seed2/eval"): []}
     summaries = [json.loads(regenerate.recipe_seed_files(seed)[0].read_text()) for seed in (1, 2)]
     assert summaries[0]["wall_note"] == regenerate.RESUMED_NOTE and "wall_note" not in summaries[1]
+
+
+def _seed_run(seed: int, fc6_gain: float, accuracy: float = 0.336, majority: float = 0.151):
+    """A seed's (seed, summary, evaluation) whose pretrained tower beats three random towers at 0.5 by `fc6_gain`
+    points at fc6 (and ties them elsewhere)."""
+    def tower(gain: float) -> dict:
+        return {layer: {metric: {"mean": 0.5 + (gain if layer == "fc6" else 0.0) / 100, "se": 0.01}
+                        for metric in ("linear_probe", "knn")}
+                for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6")}
+    towers = {"pretrained": tower(fc6_gain), **{f"random{i}": tower(0.0) for i in range(3)}}
+    return seed, {"held_out": {"accuracy": accuracy, "majority": majority}}, {"labelled": {"towers": towers}}
+
+
+@pytest.mark.parametrize("gains,lenient,strict", [((7.1, 9.3, 15.7), "met", "not met"),
+                                                  ((14.0, 15.0, 16.0), "met", "met"),
+                                                  ((2.0, 3.0, 25.0), "not met", "not met"),
+                                                  ((9.0, 9.5, 9.8), "not met", "not met")])
+def test_the_targets_block_reads_the_probe_target_both_ways(gains, lenient, strict):
+    """The verdicts are computed from the seeds' gains: as written down before the runs (mean >= 10 and > 2 SE above
+    zero) and strictly (mean - 2 SE >= 10); the pretext verdict from held-out accuracy against twice the majority."""
+    text = regenerate.render_targets([_seed_run(seed, gain) for seed, gain in enumerate(gains)])
+    assert f"above zero) it is **{lenient}**" in text and f"at least +10) it is **{strict}**" in text
+    assert "is **met**: 33.6%" in text
+    below = sum(gain < 10 for gain in gains)
+    assert f"and {below} seed{'s' * (below != 1)} of 3" in text
+    low = regenerate.render_targets([_seed_run(seed, 12.0, accuracy=0.29) for seed in range(3)])
+    assert "is **not met**: 29.0%" in low
