@@ -20,9 +20,10 @@
 - then rewrites README's generated blocks (between `<!-- BEGIN name -->` and `<!-- END name -->`) from those files.
 
 Runs go to a new temporary work folder, or to `--work DIR`: given again at the same commit (DIR/COMMIT), it continues
-what an earlier call left there (a machine that stopped mid-run): data folders with a manifest are kept, training runs
-with a checkpoint resume (`relpos train --resume`, their summary's `wall_note` saying the wall time is the part after
-it), evaluations are redone.
+what an earlier call left there (a machine that stopped mid-run): data folders with a manifest are kept (one cut short
+is redone), finished training runs are kept, the others resume from their checkpoint (`relpos train --resume`; each
+call's wall time is added up in DIR/wall_seconds.json and the summary's `train_note` says the run took several calls),
+evaluations are redone. docs/ files are written atomically, and README is rewritten from them even when a step fails.
 
 The working tree must be clean (the figures are attributed to a commit). `render_blocks` is also what
 tests/test_readme_figures.py uses to check that README says what the files in docs/ say.
@@ -42,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +100,8 @@ def render_recipe(summary: dict) -> str:
     sigmas = (held["accuracy"] - held["majority"]) / held["stderr"]
     took = {name: (f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} s")
             for name, seconds in summary["wall_seconds"].items()}
+    if summary.get("train_note"):  # trained in several calls (stopped and resumed)
+        took["train"] += f" ({summary['train_note']})"
     if summary.get("wall_note"):  # a run that shared the cores: its wall times are not the recipe's alone
         took["eval"] += f", both {summary['wall_note']}"
     return (f"Measured at commit {summary['commit']} (`docs/recipe_train_summary.json`, {summary['device']}, "
@@ -187,8 +191,8 @@ TARGET_LAYER, TARGET_POINTS = "fc6", 10.0  # the layer the recipe's rules compar
 def render_targets(runs: list[tuple[int, dict, dict]]) -> str:
     """The issue's two measured targets over the recipe's seeds, each reading of the probe target spelled out: the
     held-out pretext accuracy against twice the majority rate, and the linear-probe gain at TARGET_LAYER read as
-    written down before the runs (45df33f: the mean at least +10 and more than two standard errors above zero) and
-    strictly (the mean's lower two-standard-error bound at least +10)."""
+    45df33f wrote it down before row l's runs (the mean at least +10 and more than two standard errors above zero)
+    and strictly, as d1ad107 stated it before row n's (the mean's lower two-standard-error bound at least +10)."""
     n = len(runs)
     accuracy = _mean_se([summary["held_out"]["accuracy"] for _, summary, _ in runs])
     majority = sum(summary["held_out"]["majority"] for _, summary, _ in runs) / n
@@ -205,14 +209,18 @@ def render_targets(runs: list[tuple[int, dict, dict]]) -> str:
 
     layers = {layer: _mean_se([100 * _gains(evaluation, "linear_probe")[layer] for _, _, evaluation in runs])
               for layer in ("conv4", "conv5")}
-    return (f"Over the {n} seeds of the table above: the pretext target (held-out accuracy at least twice the "
+    commits = sorted({str(summary.get("commit")) for _, summary, _ in runs})
+    made = (f"commit {commits[0]}" if len(commits) == 1 else
+            f"commits {', '.join(commits)}: not one commit's figures, regenerate the seeds before reading the verdicts")
+    return (f"Over the {n} seeds of the table above ({made}): the pretext target (held-out accuracy at least twice the "
             f"majority rate, on photographs never trained on) is {met(ratio >= 2)}: {_pct(accuracy[0])} ± "
             f"{_pct(accuracy[1])} against {_pct(majority)} ({ratio:.2f}×). The probe target (pretrained at least "
             f"+{TARGET_POINTS:.0f} points over random init, beyond 2 standard errors), at {TARGET_LAYER}, where the "
             f"recipe's rules compare: the linear probe gains **{mean:+.1f} ± {se:.1f}** points ("
-            + ", ".join(f"{gain:+.1f}" for gain in probe) + f"); read as written down before the runs (45df33f: the "
+            + ", ".join(f"{gain:+.1f}" for gain in probe) + f"); read as 45df33f wrote it down before row l's runs (the "
             f"mean at least +{TARGET_POINTS:.0f} and more than two standard errors above zero) it is {met(lenient)}; "
-            f"read strictly (the mean's lower two-standard-error bound at least +{TARGET_POINTS:.0f}) it is "
+            f"read strictly, as d1ad107 stated it before row n's runs (the mean's lower two-standard-error bound at "
+            f"least +{TARGET_POINTS:.0f}), it is "
             f"{met(strict)}: that bound is {mean - 2 * se:+.1f}, and {below} seed{'s' * (below != 1)} of {n} "
             f"{'are' if below != 1 else 'is'} below +{TARGET_POINTS:.0f}. Beside it: conv5 "
             f"{layers['conv5'][0]:+.1f} ± {layers['conv5'][1]:.1f}, conv4 {layers['conv4'][0]:+.1f} ± "
@@ -299,19 +307,64 @@ def _data_lines(work: Path, root: Path) -> None:
     written last)."""
     for args in _recipe_lines(root):
         if args[:2] == ["data", "photos"] and not (work / args[2] / "manifest.csv").exists():
-            _relpos(*args, cwd=work)
+            _relpos(*args, *(["--overwrite"] if (work / args[2]).exists() else []), cwd=work)  # one cut short
 
 
-RESUMED_NOTE = "continued with --resume from the checkpoint of a run cut short: the wall times are those after it"
+_LEDGER_LOCK = threading.Lock()
 
 
-def _continued(args: list[str], out: Path) -> tuple[list[str], bool]:
-    """A train or eval line run again in a work folder given again with --work: a training run that left a checkpoint
-    in `out` is continued (--resume), one cut short before any checkpoint and an evaluation are redone (--overwrite:
-    it is this regeneration's own folder); and whether a run was continued."""
-    if args[0] == "train" and (out / "checkpoint.pt").exists():
-        return args + ["--resume"], True
-    return (args + ["--overwrite"] if out.exists() else args), False
+def _out(args: list[str]) -> str:
+    return args[args.index("--out") + 1]
+
+
+def _finished(out: Path) -> bool:
+    """A training run in `out` that reached its last step (its summary says so)."""
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        return summary.get("interrupted") is False and summary.get("step") == summary["config"]["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _train(args: list[str], work: Path, threads: int | None = None, log: Path | None = None) -> tuple[float, str]:
+    """A train line in `work`: run; or, in a work folder given again with --work, continued from its checkpoint
+    (--resume), redone when cut short before any (--overwrite: this regeneration's own folder), left as it is when
+    it had finished. Each call's wall time is added up in WORK/wall_seconds.json; returns the run's total and a note
+    saying how it was made of several calls ("" for one)."""
+    out = work / _out(args)
+    ledger_path = work / "wall_seconds.json"
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    calls = ledger.get(_out(args), [])
+    if not _finished(out):
+        resumed = (out / "checkpoint.pt").exists()
+        flags = ["--resume"] if resumed else ["--overwrite"] if out.exists() else []
+        if not flags:
+            calls = []
+        calls = calls + [{"seconds": _relpos(*args, *flags, cwd=work, threads=threads, log=log), "resumed": resumed}]
+        with _LEDGER_LOCK:  # the runs beside this one write it too
+            ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+            ledger[_out(args)] = calls
+            _write_atomically(ledger_path, json.dumps(ledger, indent=2) + "\n")
+    seconds = sum(call["seconds"] for call in calls)
+    unrecorded = bool(calls) and calls[0]["resumed"]  # a part before the first recorded call (no ledger then)
+    note = ""
+    if len(calls) > 1 or unrecorded:
+        note = (f"trained in {len(calls) + unrecorded} calls, stopped and resumed from a checkpoint; "
+                + ("the time is of the part after the first stop" if unrecorded else "the time is their sum"))
+    return seconds, note
+
+
+def _evaluate(args: list[str], work: Path, threads: int | None = None, log: Path | None = None) -> float:
+    """An eval line in `work`, redone over an earlier one (--overwrite: this regeneration's own folder)."""
+    return _relpos(*args, *(["--overwrite"] if (work / _out(args)).exists() else []), cwd=work, threads=threads,
+                   log=log)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """`path` holds the old text or the new, never half of one (a regeneration may be stopped at any moment)."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _wait_all(futures: list[concurrent.futures.Future]) -> None:
@@ -326,26 +379,23 @@ def _recipe(work: Path, root: Path, commit: str, threads: int | None = None, wal
     there), with ROOT replaced by `root`. `threads` and `wall_note`: how a run that shared the cores ran, recorded
     in its summary."""
     _data_lines(work, root)
-    seconds = {"train": 0.0, "eval": 0.0}
-    run, resumed = None, False
+    seconds, run, train_note = {"train": 0.0, "eval": 0.0}, None, ""
     for args in _recipe_lines(root):
         if args[0] == "train":
-            run = work / args[args.index("--out") + 1]
-            args, resumed = _continued(args, run)
+            run = work / _out(args)
+            seconds["train"], train_note = _train(args, work, threads)
         elif args[0] == "eval":
-            args = _continued(args, work / args[args.index("--out") + 1])[0]
-        if args[0] in seconds:
-            seconds[args[0]] += _relpos(*args, cwd=work, threads=threads)
+            seconds["eval"] += _evaluate(args, work, threads)
     if run is None or not (run / "eval" / "eval.json").exists():
         raise SystemExit("the recipe block must train (--out RUN) and evaluate into RUN/eval")
     summary = json.loads((run / "summary.json").read_text())
     summary.update(commit=commit, regenerated=datetime.date.today().isoformat(), wall_seconds=seconds)
-    if resumed:
-        wall_note = "; ".join(filter(None, [wall_note, RESUMED_NOTE]))
     if wall_note:
         summary.update(torch_threads=threads, wall_note=wall_note)
-    RECIPE_SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
-    RECIPE_EVAL.write_text((run / "eval" / "eval.json").read_text())
+    if train_note:
+        summary["train_note"] = train_note
+    _write_atomically(RECIPE_SUMMARY, json.dumps(summary, indent=2) + "\n")
+    _write_atomically(RECIPE_EVAL, (run / "eval" / "eval.json").read_text())
     for name, target in RECIPE_FIGURES.items():
         shutil.copyfile(run / name, target)
 
@@ -367,20 +417,20 @@ def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None, 
     def one_seed(seed: int) -> None:
         out = f"{run}-seed{seed}"
         log = work / f"{out}.log"
-        args, resumed = _continued([out if a == run else a for a in train] + ["--seed", str(seed)], work / out)
-        seconds = {"train": _relpos(*args, cwd=work, threads=threads, log=log)}
-        args = [out + a[len(run):] if a.startswith(run + "/") else a for a in evaluate]
-        seconds["eval"] = _relpos(*_continued(args, work / args[args.index("--out") + 1])[0], cwd=work,
-                                  threads=threads, log=log)
+        seconds, train_note = {}, ""
+        seconds["train"], train_note = _train([out if a == run else a for a in train] + ["--seed", str(seed)], work,
+                                              threads, log)
+        seconds["eval"] = _evaluate([out + a[len(run):] if a.startswith(run + "/") else a for a in evaluate], work,
+                                    threads, log)
         summary = json.loads((work / out / "summary.json").read_text())
         # wall times of runs that shared the cores are not seed 0's alone: say how they ran
         summary.update(commit=commit, seed=seed, regenerated=datetime.date.today().isoformat(), wall_seconds=seconds,
                        torch_threads=threads, concurrent_runs=concurrent_runs or jobs)
-        if resumed:
-            summary["wall_note"] = RESUMED_NOTE
+        if train_note:
+            summary["train_note"] = train_note
         summary_file, eval_file = recipe_seed_files(seed)
-        summary_file.write_text(json.dumps(summary, indent=2) + "\n")
-        eval_file.write_text((work / out / "eval" / "eval.json").read_text())
+        _write_atomically(summary_file, json.dumps(summary, indent=2) + "\n")
+        _write_atomically(eval_file, (work / out / "eval" / "eval.json").read_text())
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         _wait_all([pool.submit(one_seed, seed) for seed in RECIPE_SEEDS])
@@ -444,27 +494,33 @@ def main(argv: list[str] | None = None) -> int:
     run = work / "demo"
     try:
         if "demo" in steps:
-            _relpos(*_continued(["train", *[a if a != "runs/demo" else str(run)
-                                             for a in readme_train_args(README.read_text())]], run)[0])
+            _train(["train", *[a if a != "runs/demo" else str(run) for a in readme_train_args(README.read_text())]],
+                   work)
             summary = json.loads((run / "summary.json").read_text())
             summary["commit"] = commit
             summary["regenerated"] = datetime.date.today().isoformat()
-            SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+            _write_atomically(SUMMARY, json.dumps(summary, indent=2) + "\n")
             shutil.copyfile(run / "curves.png", CURVES)
         if "labelled" in steps:
-            if not (run / "checkpoint.pt").exists():
-                raise SystemExit("the labelled step evaluates the demo checkpoint: run the demo step in the same call")
-            _relpos(*_continued(["eval", str(run / "checkpoint.pt"), "--out", str(work / "eval"), "--labelled",
-                                 str(args.labelled)], work / "eval")[0])
-            EVAL.write_text((work / "eval" / "eval.json").read_text())
+            if not _finished(run):
+                raise SystemExit("the labelled step evaluates the demo's finished checkpoint: run the demo step in the "
+                                 "same call")
+            _evaluate(["eval", str(run / "checkpoint.pt"), "--out", str(work / "eval"), "--labelled",
+                       str(args.labelled)], work)
+            _write_atomically(EVAL, (work / "eval" / "eval.json").read_text())
         if args.recipe_beside_seeds:
             _recipe_beside_seeds(work, args.root.resolve(), commit)
         elif "recipe" in steps:
             _recipe(work, args.root.resolve(), commit)
         if "seeds" in steps and not args.recipe_beside_seeds:
             _recipe_seeds(work, args.root.resolve(), commit, args.seed_jobs)
-    finally:  # whatever failed, README says what the files in docs/ say (the runs that finished wrote theirs)
-        README.write_text(write_blocks(README.read_text(), render_blocks()))
+    except BaseException:
+        try:  # README says what the files in docs/ say, the finished runs' included; the failure is still raised
+            README.write_text(write_blocks(README.read_text(), render_blocks()))
+        except Exception as error:  # noqa: BLE001 - never in place of the failure being raised
+            print(f"README.md not rewritten after the failure ({error!r})", file=sys.stderr)
+        raise
+    README.write_text(write_blocks(README.read_text(), render_blocks()))
     print(f"README.md and docs/ regenerated from commit {commit}; review and commit them (work files in {work})")
     return 0
 

@@ -261,8 +261,9 @@ def test_a_work_folder_given_again_continues_only_at_its_commit(tmp_path):
 
 
 def test_runs_cut_short_are_resumed_and_evaluations_redone(tmp_path, monkeypatch):
-    """In a work folder given again: a seed whose run left a checkpoint resumes (and its summary says the wall time
-    is the part after it), one that left none starts over, an evaluation folder is replaced, data is not redone."""
+    """In a work folder given again: a data folder cut short (no manifest) is redone, a seed whose run left a
+    checkpoint resumes and says its time is of the part after the stop, one that left none starts over, evaluations
+    are replaced; called once more, finished runs are not trained again and keep their recorded times."""
     import json
     readme = tmp_path / "README.md"
     readme.write_text("<!-- recipe-commands -->\n```sh\nrelpos data photos photos/pretrain --root ROOT --keep unlabelled\n"
@@ -273,8 +274,7 @@ def test_runs_cut_short_are_resumed_and_evaluations_redone(tmp_path, monkeypatch
     monkeypatch.setattr(regenerate, "DOCS", tmp_path / "docs")
     monkeypatch.setattr(regenerate, "RECIPE_SEEDS", (1, 2))
     work = tmp_path / "work"
-    (work / "photos" / "pretrain").mkdir(parents=True)
-    (work / "photos" / "pretrain" / "manifest.csv").write_text("path\n")
+    (work / "photos" / "pretrain").mkdir(parents=True)  # cut short: no manifest
     (work / "runs" / "recipe-seed1" / "eval").mkdir(parents=True)
     (work / "runs" / "recipe-seed1" / "checkpoint.pt").write_bytes(b"step 3000")
     (work / "runs" / "recipe-seed2").mkdir(parents=True)  # cut short before its first checkpoint
@@ -282,19 +282,32 @@ def test_runs_cut_short_are_resumed_and_evaluations_redone(tmp_path, monkeypatch
 
     def fake_relpos(*args, cwd, threads=None, log=None):
         calls.append(args)
+        if args[0] == "data":
+            (cwd / args[2] / "manifest.csv").write_text("path\n")
+            return 2.0
         out = cwd / args[args.index("--out") + 1]
         out.mkdir(parents=True, exist_ok=True)
-        (out / ("summary.json" if args[0] == "train" else "eval.json")).write_text(json.dumps({}))
-        return 1.0
+        finished = {"interrupted": False, "step": 5, "config": {"steps": 5}}
+        (out / ("summary.json" if args[0] == "train" else "eval.json")).write_text(json.dumps(finished))
+        return 30.0 if args[0] == "train" else 1.0
 
     monkeypatch.setattr(regenerate, "_relpos", fake_relpos)
     regenerate._recipe_seeds(work, tmp_path / "pkgs", "abc1234", jobs=1)
-    flags = {(args[0], args[args.index("--out") + 1]): [a for a in args if a in ("--resume", "--overwrite")]
-             for args in calls}
-    assert flags == {("train", "runs/recipe-seed1"): ["--resume"], ("eval", "runs/recipe-seed1/eval"): ["--overwrite"],
+    flags = {(args[0], args[2] if args[0] == "data" else args[args.index("--out") + 1]):
+             [a for a in args if a in ("--resume", "--overwrite")] for args in calls}
+    assert flags == {("data", "photos/pretrain"): ["--overwrite"],
+                     ("train", "runs/recipe-seed1"): ["--resume"], ("eval", "runs/recipe-seed1/eval"): ["--overwrite"],
                      ("train", "runs/recipe-seed2"): ["--overwrite"], ("eval", "runs/recipe-seed2/eval"): []}
     summaries = [json.loads(regenerate.recipe_seed_files(seed)[0].read_text()) for seed in (1, 2)]
-    assert summaries[0]["wall_note"] == regenerate.RESUMED_NOTE and "wall_note" not in summaries[1]
+    assert summaries[0]["train_note"].endswith("the time is of the part after the first stop")
+    assert "train_note" not in summaries[1] and summaries[1]["wall_seconds"]["train"] == 30.0
+
+    calls.clear()  # called again: both runs finished, neither trains; the evaluations are redone
+    regenerate._recipe_seeds(work, tmp_path / "pkgs", "abc1234", jobs=1)
+    assert [args[0] for args in calls] == ["eval", "eval"]
+    again = [json.loads(regenerate.recipe_seed_files(seed)[0].read_text()) for seed in (1, 2)]
+    assert [summary["wall_seconds"]["train"] for summary in again] == [30.0, 30.0]
+    assert again[0]["train_note"] == summaries[0]["train_note"]
 
 
 def _seed_run(seed: int, fc6_gain: float, accuracy: float = 0.336, majority: float = 0.151):
@@ -316,9 +329,35 @@ def test_the_targets_block_reads_the_probe_target_both_ways(gains, lenient, stri
     """The verdicts are computed from the seeds' gains: as written down before the runs (mean >= 10 and > 2 SE above
     zero) and strictly (mean - 2 SE >= 10); the pretext verdict from held-out accuracy against twice the majority."""
     text = regenerate.render_targets([_seed_run(seed, gain) for seed, gain in enumerate(gains)])
-    assert f"above zero) it is **{lenient}**" in text and f"at least +10) it is **{strict}**" in text
+    assert f"above zero) it is **{lenient}**" in text and f"at least +10), it is **{strict}**" in text
     assert "is **met**: 33.6%" in text
     below = sum(gain < 10 for gain in gains)
     assert f"and {below} seed{'s' * (below != 1)} of 3" in text
     low = regenerate.render_targets([_seed_run(seed, 12.0, accuracy=0.29) for seed in range(3)])
     assert "is **not met**: 29.0%" in low
+    mixed = [_seed_run(seed, gain) for seed, gain in enumerate(gains)]
+    mixed[0][1]["commit"], mixed[1][1]["commit"] = "aaa1111", "bbb2222"
+    assert "not one commit's figures" in regenerate.render_targets(mixed)
+
+
+def test_a_run_trained_over_several_recorded_calls_sums_their_times(tmp_path, monkeypatch):
+    import json
+    work = tmp_path / "work"
+    (work / "runs" / "recipe").mkdir(parents=True)
+    (work / "runs" / "recipe" / "checkpoint.pt").write_bytes(b"step 6000")
+    (work / "wall_seconds.json").write_text(json.dumps({"runs/recipe": [{"seconds": 100.0, "resumed": False}]}))
+    monkeypatch.setattr(regenerate, "_relpos", lambda *args, **kwargs: 30.0)
+    seconds, note = regenerate._train(["train", "--out", "runs/recipe"], work)
+    assert seconds == 130.0 and note == "trained in 2 calls, stopped and resumed from a checkpoint; the time is their sum"
+
+
+def test_a_failed_step_is_raised_even_when_readme_cannot_be_rewritten(monkeypatch, tmp_path, capsys):
+    """The failure that stopped the regeneration is what the caller sees, not an error of the README rewrite after it."""
+    monkeypatch.setattr(regenerate, "_commit", lambda: "abc1234")
+    monkeypatch.setattr(regenerate, "_relpos", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("the run died")))
+    monkeypatch.setattr(regenerate, "render_blocks", lambda: (_ for _ in ()).throw(ValueError("half-written json")))
+    monkeypatch.setattr(regenerate, "README", tmp_path / "README.md")
+    (tmp_path / "README.md").write_text("```bash\npip install . && relpos train --out runs/demo --steps 5\n```\n")
+    with pytest.raises(RuntimeError, match="the run died"):
+        regenerate.main(["--only", "demo", "--work", str(tmp_path / "work")])
+    assert "README.md not rewritten" in capsys.readouterr().err
