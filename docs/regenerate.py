@@ -197,8 +197,9 @@ def render_targets(runs: list[tuple[int, dict, dict]]) -> str:
     accuracy = _mean_se([summary["held_out"]["accuracy"] for _, summary, _ in runs])
     majority = sum(summary["held_out"]["majority"] for _, summary, _ in runs) / n
     ratio = accuracy[0] / majority
-    probe = [100 * _gains(evaluation, "linear_probe")[TARGET_LAYER] for _, _, evaluation in runs]
-    knn = _mean_se([100 * _gains(evaluation, "knn")[TARGET_LAYER] for _, _, evaluation in runs])
+    gains = {metric: [_gains(evaluation, metric) for _, _, evaluation in runs] for metric in ("linear_probe", "knn")}
+    probe = [100 * g[TARGET_LAYER] for g in gains["linear_probe"]]
+    knn = _mean_se([100 * g[TARGET_LAYER] for g in gains["knn"]])
     mean, se = _mean_se(probe)
     lenient = mean >= TARGET_POINTS and mean > 2 * se
     strict = mean - 2 * se >= TARGET_POINTS
@@ -207,8 +208,7 @@ def render_targets(runs: list[tuple[int, dict, dict]]) -> str:
     def met(ok: bool) -> str:
         return "**met**" if ok else "**not met**"
 
-    layers = {layer: _mean_se([100 * _gains(evaluation, "linear_probe")[layer] for _, _, evaluation in runs])
-              for layer in ("conv4", "conv5")}
+    layers = {layer: _mean_se([100 * g[layer] for g in gains["linear_probe"]]) for layer in ("conv4", "conv5")}
     commits = sorted({str(summary.get("commit")) for _, summary, _ in runs})
     made = (f"commit {commits[0]}" if len(commits) == 1 else
             f"commits {', '.join(commits)}: not one commit's figures, regenerate the seeds before reading the verdicts")
@@ -410,7 +410,7 @@ def _recipe_seeds(work: Path, root: Path, commit: str, jobs: int | None = None, 
     commands = _recipe_lines(root)
     train = next(args for args in commands if args[0] == "train")
     evaluate = next(args for args in commands if args[0] == "eval")
-    run = train[train.index("--out") + 1]
+    run = _out(train)
     jobs = min(jobs or len(RECIPE_SEEDS), len(RECIPE_SEEDS))
     threads = threads or max(1, _cores() // jobs)
 
