@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -304,3 +305,21 @@ def test_classify_per_patch_under_bf16_autocast_keeps_the_concatenated_dtype_and
     scale = float(exact.abs().max())
     errors = [float((x.double() - exact).abs().max()) / scale for x in (per_patch, concatenated)]
     assert errors[1] <= 2 ** -8 and errors[0] <= 2 * 2 ** -8, errors
+
+
+def test_the_fc7_ab_benchmark_times_both_ways_and_saves_them(tmp_path):
+    """benchmarks/fc7_per_patch_ab.py on a tiny step: both medians, the same logits to rounding, saved with the
+    environment and never over an earlier result."""
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fc7_per_patch_ab.py"
+    spec = importlib.util.spec_from_file_location("fc7_per_patch_ab", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for _ in range(2):
+        assert module.main(["--reps", "1", "--width", "0.0625", "--patches", "16", "--pairs", "60",
+                            "--out", str(tmp_path)]) == 0
+    saved = sorted(tmp_path.glob("fc7-per-patch-cpu-*.json"))
+    assert len(saved) == 2  # the second run did not overwrite the first
+    result = json.loads(saved[0].read_text())
+    assert set(result["median_seconds"]) == {"concatenated", "per_patch"} and result["environment"]["torch"]
+    assert result["max_abs_logit_difference"] <= 1e-5 * max(result["max_abs_logit"], 1.0)
