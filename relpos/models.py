@@ -86,8 +86,9 @@ class ResNet18Tower(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """fc7 (BN) -> fc8 -> classifier on the concatenated features of an item's `inputs` patches; in training,
-    `dropout` drops the fc6 features it is given and fc7's outputs (CaffeNet's drop6 and drop7)."""
+    """fc7 (BN) -> fc8 -> classifier of an item from the fc6 features of its `inputs` patches (`classify`: fc7 per
+    patch where that is cheaper; `forward`: on the features side by side); in training, `dropout` drops the fc6
+    features and fc7's outputs (CaffeNet's drop6 and drop7)."""
 
     def __init__(self, in_dim: int, inputs: int, classes: int, width: float = 1.0, hidden: int = 4096,
                  dropout: float = 0.0):
@@ -104,10 +105,31 @@ class ClassifierHead(nn.Module):
         )
 
     def forward(self, item_features: torch.Tensor) -> torch.Tensor:
+        """Logits of items whose patch features are already side by side ([M, inputs * in_dim]). With dropout in
+        training, drop6 is drawn per item slot here, per patch in `classify` (what PretextNet runs)."""
         if not (self.training and self.dropout):
             return self.layers(item_features)
         fc7 = self.layers[:3](F.dropout(item_features, self.dropout, training=True))
         return self.layers[3:](F.dropout(fc7, self.dropout, training=True))
+
+    def classify(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Logits of the items whose patches `index` [M, inputs] lists, from each patch's features [N, in_dim].
+
+        fc7's weight is k blocks side by side, W = [W_1 ... W_k], so fc7(f_a, f_b, ...) = W_1 f_a + W_2 f_b + ...
+        When items outnumber patches (relative position: ~5 pairs per patch), each patch goes through all k blocks
+        once and the items add up their rows: N * k products of a block instead of M * k. When patches outnumber
+        items (a jigsaw tile is in one puzzle) the features are put side by side as `forward` takes them. Dropout's
+        drop6 is drawn once per patch, so the two ways compute the same function."""
+        if self.training and self.dropout:
+            features = F.dropout(features, self.dropout, training=True)
+        if features.shape[0] >= index.shape[0]:
+            fc7 = self.layers[0](head_input(features, index))
+        else:
+            fc7 = _blockwise_linear(self.layers[0], features, index)
+        fc7 = self.layers[1:3](fc7)
+        if self.training and self.dropout:
+            fc7 = F.dropout(fc7, self.dropout, training=True)
+        return self.layers[3:](fc7)
 
 
 class PairHead(ClassifierHead):
@@ -122,17 +144,34 @@ def head_input(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.cat([features[index[:, j]] for j in range(index.shape[1])], dim=1)
 
 
-class PretextNet(nn.Module):
-    """Encodes each patch once, concatenates the features of every item's patches (pretext.head_input) and
-    classifies the item: the pair's relative position, the puzzle's permutation."""
+def _blockwise_linear(linear: nn.Linear, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """linear(head_input(features, index)) computed per patch: every patch times each of the k weight blocks, then
+    each item's k rows added (the same sum in another rounding order)."""
+    k = index.shape[1]
+    hidden, width = linear.out_features, linear.in_features // k
+    blocks = linear.weight.view(hidden, k, width).transpose(0, 1).reshape(k * hidden, width)
+    per_patch = (features @ blocks.t()).view(features.shape[0], k, hidden)
+    # summed in float32 (a no-op for float32), rounded once like the concatenated product under bf16/fp16 autocast
+    summed = per_patch.float()
+    out = summed[:, 0].index_select(0, index[:, 0])
+    for j in range(1, k):
+        out = out + summed[:, j].index_select(0, index[:, j])
+    if linear.bias is not None:
+        out = out + linear.bias
+    return out.to(per_patch.dtype)
 
-    def __init__(self, tower: nn.Module, head: nn.Module):
+
+class PretextNet(nn.Module):
+    """Encodes each patch once and classifies every item from its patches' features (ClassifierHead.classify: fc7
+    per patch or on the features side by side): the pair's relative position, the puzzle's permutation."""
+
+    def __init__(self, tower: nn.Module, head: ClassifierHead):
         super().__init__()
         self.tower = tower
         self.head = head
 
     def forward(self, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.head(head_input(self.tower(patches), index))
+        return self.head.classify(self.tower(patches), index)
 
 
 RelposNet = PretextNet  # the name before jigsaw puzzles

@@ -5,13 +5,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from relpos.checkpoint import load_checkpoint
 from relpos.training import compute_loss, train, weights_digest
-from relpos.models import ClassifierHead, build_model
+from relpos.models import ClassifierHead, _blockwise_linear, build_model, head_input
 
 from training_helpers import small_photo_folder, tiny_config
 
@@ -48,21 +49,66 @@ def test_dropout_drops_in_training_only_and_keeps_the_checkpoint_keys():
     dropped.head.dropout = 0.5
     assert plain.state_dict().keys() == dropped.state_dict().keys()  # older checkpoints load into either
     dropped.load_state_dict(plain.state_dict())
-    features = torch.randn(64, plain.head.layers[0].in_features)
+    features = torch.randn(16, plain.head.layers[0].in_features // 2)  # the fc6 features of 16 patches
+    index = torch.randint(0, 16, (64, 2))  # 64 pairs of them: what PretextNet runs, fc7 per patch
     plain.eval(), dropped.eval()
-    assert torch.equal(plain.head(features), dropped.head(features))
+    assert torch.equal(plain.head.classify(features, index), dropped.head.classify(features, index))
     plain.train(), dropped.train()
     torch.manual_seed(1)
     with torch.no_grad():
-        fc7 = dropped.head.layers[:3](torch.nn.functional.dropout(features, 0.5, training=True))
+        kept = torch.nn.functional.dropout(features, 0.5, training=True)  # drop6, once per patch
+        fc7 = dropped.head.layers[:3](head_input(kept, index))
         expected = dropped.head.layers[3:](torch.nn.functional.dropout(fc7, 0.5, training=True))
     torch.manual_seed(1)
     with torch.no_grad():
-        got = dropped.head(features)
-    assert torch.equal(got, expected)
-    assert not torch.allclose(got, plain.head(features))
+        got = dropped.head.classify(features, index)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, plain.head.classify(features, index))
     with pytest.raises(ValueError, match="dropout"):
         ClassifierHead(16, 2, 8, dropout=1.0)
+
+
+@pytest.mark.parametrize("inputs,patches,items", [(2, 40, 200), (2, 200, 40), (3, 30, 90), (9, 18, 2), (9, 10, 40)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_classify_per_patch_matches_the_concatenated_head(inputs, patches, items, bias):
+    """fc7 computed per patch (items outnumber patches) or on concatenated features (otherwise) is the head applied
+    to head_input: logits and every gradient to float32 rounding, on fresh random features, weights and index."""
+    torch.manual_seed(inputs * 1000 + patches + items)
+    head = ClassifierHead(24, inputs, 8, width=1 / 128)
+    if bias:  # the head's fc7 has none, BatchNorm following it (whose mean would cancel a bias' gradient); a subclass's could
+        head.layers[0].bias = torch.nn.Parameter(torch.randn(head.layers[0].out_features))
+        head.layers[1] = torch.nn.Identity()
+    features = torch.randn(patches, 24, requires_grad=True)
+    index = torch.randint(0, patches, (items, inputs))
+    weights = torch.randn(items, 8)
+    grads = []
+    for way in ("classify", "forward"):
+        head.zero_grad()
+        features.grad = None
+        logits = head.classify(features, index) if way == "classify" else head(head_input(features, index))
+        (logits * weights).sum().backward()
+        grads.append([logits.detach(), features.grad] + [p.grad for p in head.parameters()])
+    for got, expected in zip(*grads):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert float(grads[0][1].abs().max()) > 0  # the features' gradient flows through both ways
+
+
+def test_classify_draws_drop6_once_per_patch():
+    """In training with dropout, a patch's fc6 features are dropped alike in every item that uses it (drop6 per
+    patch, as each tower of the paper's siamese pair drops its own), whichever way fc7 is computed."""
+    head = ClassifierHead(32, 2, 8, width=1 / 128, dropout=0.5).train()
+    features = torch.randn(10, 32)
+    many = torch.tensor([[0, 1]] * 40 + [[1, 0]] * 40)  # 80 items on 10 patches: fc7 per patch
+    few = many[:4]  # 4 items on 10 patches: fc7 on the concatenated features
+    for index in (many, few):
+        torch.manual_seed(5)
+        got = head.classify(features, index)
+        torch.manual_seed(5)
+        kept = torch.nn.functional.dropout(features, 0.5, training=True)
+        assert 0 < int((kept == 0).sum()) < kept.numel()
+        fc7 = torch.nn.functional.dropout(head.layers[:3](head_input(kept, index)), 0.5, training=True)
+        torch.testing.assert_close(got, head.layers[3:](fc7), rtol=1e-5, atol=1e-6)
 
 
 def test_training_with_dropout_trains_other_weights(photos, tmp_path):
@@ -240,3 +286,40 @@ def test_grids_per_image_changes_the_training_draws_not_the_evaluation(photos, t
     assert pretext.draw(sizes, seed=0).grid_ids.unique().numel() == 12
     assert pretext.with_config(grids_per_image=1).draw(sizes, seed=0).grid_ids.unique().numel() == 3
     assert pretext.config.grids_per_image == 4  # with_config leaves the original alone
+
+
+@torch.no_grad()
+def test_classify_per_patch_under_bf16_autocast_keeps_the_concatenated_dtype_and_rounding():
+    """Under autocast the per-patch sum is taken in float32 and rounded once: the concatenated product's output dtype
+    (a float32 bias would otherwise promote it) and an error within bf16's rounding of each block's product (k + 1
+    roundings of 2^-9 relative, the concatenated product's one) against float64."""
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(2 * 64, 256)
+    features, index = torch.randn(40, 64), torch.randint(0, 40, (300, 2))
+    exact = torch.nn.functional.linear(head_input(features.double(), index), linear.weight.double(),
+                                       linear.bias.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        per_patch = _blockwise_linear(linear, features, index)
+        concatenated = linear(head_input(features, index))
+    assert per_patch.dtype == concatenated.dtype == torch.bfloat16
+    scale = float(exact.abs().max())
+    errors = [float((x.double() - exact).abs().max()) / scale for x in (per_patch, concatenated)]
+    assert errors[1] <= 2 ** -8 and errors[0] <= 2 * 2 ** -8, errors
+
+
+def test_the_fc7_ab_benchmark_times_both_ways_and_saves_them(tmp_path):
+    """benchmarks/fc7_per_patch_ab.py on a tiny step: both medians, the same logits to rounding, saved with the
+    environment and never over an earlier result."""
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fc7_per_patch_ab.py"
+    spec = importlib.util.spec_from_file_location("fc7_per_patch_ab", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for _ in range(2):
+        assert module.main(["--reps", "1", "--width", "0.0625", "--patches", "16", "--pairs", "60",
+                            "--out", str(tmp_path)]) == 0
+    saved = sorted(tmp_path.glob("fc7-per-patch-cpu-*.json"))
+    assert len(saved) == 2  # the second run did not overwrite the first
+    result = json.loads(saved[0].read_text())
+    assert set(result["median_seconds"]) == {"concatenated", "per_patch"} and result["environment"]["torch"]
+    assert result["max_abs_logit_difference"] <= 1e-5 * max(result["max_abs_logit"], 1.0)

@@ -1,6 +1,6 @@
 """Pretext tasks: what a plan holds, what the head reads, what the classes are.
 
-    images -> task.draw (plan + targets) -> fused op -> tower (each patch once) -> head_input -> head -> loss
+    images -> task.draw (plan + targets) -> fused op -> tower (each patch once) -> head.classify -> loss
 
 `relpos` (relative patch position) and `jigsaw` (jigsaw puzzles); a new task subclasses `Pretext` and is added
 to TASKS.

@@ -2,8 +2,9 @@
 
 A task draws, for a batch of image sizes and a seed, the plan (which patches the fused op renders) and, per
 item, the patch rows the head reads together (`plan.pairs`, int64 [M, k]) and the item's class (`plan.labels`).
-The tower encodes each patch once; `head_input` concatenates the k features of every item in the order the
-plan lists them; the head classifies. Everything else (loop, data, backends) is shared by every task.
+The tower encodes each patch once; the head classifies every item from the k features of its patches in the
+order the plan lists them (`ClassifierHead.classify`: fc7 per patch, or `head_input`'s features side by side).
+Everything else (loop, data, backends) is shared by every task.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class Pretext:
 
     name: str  # the --task value
     item_name: str  # what one classified item is called in messages ("pair", "puzzle")
-    patches_per_item: int  # k: patch rows per item, concatenated by head_input
+    patches_per_item: int  # k: patch rows per item, read in order by the head
     class_names: tuple[str, ...]
 
     def __init__(self, config: PatchConfig):
