@@ -188,6 +188,14 @@ def render_seeds(runs: list[tuple[int, dict, dict]], missing: list[int] = ()) ->
 TARGET_LAYER, TARGET_POINTS = "fc6", 10.0  # the layer the recipe's rules compare; the issue's probe margin
 
 
+def _judged(value: float, threshold: float, decimals: int = 1, sign: str = "+") -> str:
+    """`value` with `decimals` decimals, or more where that rounding would put it on the other side of the threshold
+    it is judged against (9.96 against 10 reads +9.96, not +10.0 beside "not met")."""
+    while decimals < 6 and (float(f"{value:.{decimals}f}") >= threshold) != (value >= threshold):
+        decimals += 1
+    return f"{value:{sign}.{decimals}f}"
+
+
 def render_targets(runs: list[tuple[int, dict, dict]]) -> str:
     """The issue's two measured targets over the recipe's seeds, each reading of the probe target spelled out: the
     held-out pretext accuracy against twice the majority rate, and the linear-probe gain at TARGET_LAYER read as
@@ -212,17 +220,18 @@ def render_targets(runs: list[tuple[int, dict, dict]]) -> str:
     commits = sorted({str(summary.get("commit")) for _, summary, _ in runs})
     made = (f"commit {commits[0]}" if len(commits) == 1 else
             f"commits {', '.join(commits)}: not one commit's figures, regenerate the seeds before reading the verdicts")
+    points = f"+{TARGET_POINTS:.0f}"
+    seeds = ", ".join(_judged(gain, TARGET_POINTS) for gain in probe)
     return (f"Over the {n} seeds of the table above ({made}): the pretext target (held-out accuracy at least twice the "
             f"majority rate, on photographs never trained on) is {met(ratio >= 2)}: {_pct(accuracy[0])} ± "
-            f"{_pct(accuracy[1])} against {_pct(majority)} ({ratio:.2f}×). The probe target (pretrained at least "
-            f"+{TARGET_POINTS:.0f} points over random init, beyond 2 standard errors), at {TARGET_LAYER}, where the "
-            f"recipe's rules compare: the linear probe gains **{mean:+.1f} ± {se:.1f}** points ("
-            + ", ".join(f"{gain:+.1f}" for gain in probe) + f"); read as 45df33f wrote it down before row l's runs (the "
-            f"mean at least +{TARGET_POINTS:.0f} and more than two standard errors above zero) it is {met(lenient)}; "
-            f"read strictly, as d1ad107 stated it before row n's runs (the mean's lower two-standard-error bound at "
-            f"least +{TARGET_POINTS:.0f}), it is "
-            f"{met(strict)}: that bound is {mean - 2 * se:+.1f}, and {below} seed{'s' * (below != 1)} of {n} "
-            f"{'are' if below != 1 else 'is'} below +{TARGET_POINTS:.0f}. Beside it: conv5 "
+            f"{_pct(accuracy[1])} against {_pct(majority)} ({_judged(ratio, 2.0, 2, '')}×). The probe target "
+            f"(pretrained at least {points} points over random init, beyond 2 standard errors), at {TARGET_LAYER}, "
+            f"where the recipe's rules compare: the linear probe gains **{_judged(mean, TARGET_POINTS)} ± {se:.1f}** "
+            f"points ({seeds}); read as 45df33f wrote it down before row l's runs (the mean at least {points} and "
+            f"more than two standard errors above zero) it is {met(lenient)}; read strictly, as d1ad107 stated it "
+            f"before row n's runs (the mean's lower two-standard-error bound at least {points}), it is {met(strict)}: "
+            f"that bound is {_judged(mean - 2 * se, TARGET_POINTS)}, and {below} seed{'s' * (below != 1)} of {n} "
+            f"{'are' if below != 1 else 'is'} below {points}. Beside it: conv5 "
             f"{layers['conv5'][0]:+.1f} ± {layers['conv5'][1]:.1f}, conv4 {layers['conv4'][0]:+.1f} ± "
             f"{layers['conv4'][1]:.1f}; k-NN, which no classifier is fitted for, {knn[0]:+.1f} ± {knn[1]:.1f} at "
             f"{TARGET_LAYER}.")

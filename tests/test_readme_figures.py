@@ -340,6 +340,16 @@ def test_the_targets_block_reads_the_probe_target_both_ways(gains, lenient, stri
     assert "not one commit's figures" in regenerate.render_targets(mixed)
 
 
+def test_no_figure_of_the_targets_block_is_rounded_onto_the_other_side_of_its_threshold():
+    """A mean of +9.96 is not printed as +10.0 beside "not met", nor a ratio of 1.997 as 2.00 beside "not met"."""
+    close = regenerate.render_targets([_seed_run(seed, 9.96, accuracy=0.29955, majority=0.15) for seed in range(3)])
+    assert "**+9.96 ± 0.0** points (+9.96, +9.96, +9.96)" in close and "that bound is +9.96" in close
+    assert "is **not met**: 30.0% ± 0.0% against 15.0% (1.997×)" in close
+    clear = regenerate.render_targets([_seed_run(seed, gain) for seed, gain in enumerate((7.1, 9.3, 15.7))])
+    assert "**+10.7 ± 2.6** points (+7.1, +9.3, +15.7)" in clear and "(2.23×)" in clear  # one decimal where it is safe
+    assert regenerate._judged(10.04, 10.0) == "+10.0" and regenerate._judged(9.999, 10.0) == "+9.999"
+
+
 def test_a_run_trained_over_several_recorded_calls_sums_their_times(tmp_path, monkeypatch):
     import json
     work = tmp_path / "work"
