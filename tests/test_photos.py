@@ -484,6 +484,29 @@ def test_a_foreign_manifest_is_refused_with_its_line_not_a_traceback(tmp_path, t
         read_manifest(tmp_path)
 
 
+@pytest.mark.parametrize("link", ["a.jpg", "sub"])
+def test_a_manifest_row_through_a_symlink_out_of_its_folder_is_refused(tmp_path, link):
+    """A row's name can be inside the folder while the file is not: a link to a file, or to a folder, elsewhere."""
+    folder, outside = tmp_path / "photos", tmp_path / "elsewhere"
+    folder.mkdir()
+    outside.mkdir()
+    (outside / "a.jpg").write_bytes(_encode(_picture(3), "JPEG"))
+    (folder / link).symlink_to(outside / link if link == "a.jpg" else outside, target_is_directory=link == "sub")
+    name = "a.jpg" if link == "a.jpg" else "sub/a.jpg"
+    (folder / "manifest.csv").write_text(f"file,label,sha256\n{name},cat,00\n")
+    with pytest.raises(ValueError, match=re.escape(f"line 2: 'file' {name!r} is a symbolic link")):
+        read_manifest(folder)
+    (folder / link).unlink()  # the same row naming a real file inside the folder is read
+    (folder / name).parent.mkdir(exist_ok=True)
+    (folder / name).write_bytes(_encode(_picture(3), "JPEG"))
+    (row,) = read_manifest(folder)
+    assert row["path"] == str(folder / name)
+    inner = folder / "inner"  # a link that stays inside the folder is fine
+    inner.symlink_to(folder / name)
+    (folder / "manifest.csv").write_text("file,label,sha256\ninner,cat,00\n")
+    assert read_manifest(folder)[0]["file"] == "inner"
+
+
 def test_a_short_manifest_row_reads_as_empty_fields_and_a_spreadsheet_bom_is_no_column_name(tmp_path):
     (tmp_path / "manifest.csv").write_text("file,label,sha256\na.jpg\n")
     (row,) = read_manifest(tmp_path)

@@ -755,11 +755,16 @@ def read_manifest(folder: str | Path) -> list[dict]:
         raise ValueError(f"{manifest}: not a readable CSV manifest ({error})") from error
     except FileRefused as error:
         raise ValueError(f"{manifest}: {error}") from error
+    inside = folder.resolve()
     for line, row in rows:
         name = row.get("file") or ""
         # a row names a photograph of this folder; one outside it (absolute, "..") is not this folder's data
         if not name or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
             raise ValueError(f"{manifest}, line {line}: 'file' must be a path inside {folder}, got {name!r}")
+        # nor through a symbolic link: a copied folder's link to /etc or ~ must not make its files evaluated
+        if not (folder / name).resolve().is_relative_to(inside):
+            raise ValueError(f"{manifest}, line {line}: 'file' {name!r} is a symbolic link (or is inside one) to "
+                             f"{(folder / name).resolve()}, outside {folder}")
         row.update({key: row.get(key) or "" for key in _MANIFEST_NEEDS}, path=str(folder / name))
     return [row for _, row in rows]
 
