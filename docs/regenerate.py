@@ -297,9 +297,24 @@ def _relpos(*args: str, cwd: Path = ROOT, threads: int | None = None, log: Path 
         log.parent.mkdir(parents=True, exist_ok=True)  # RUN-seedN.log sits in runs/, which only training makes
     start = time.perf_counter()
     with open(log, "a") if log else contextlib.nullcontext() as sink:  # None: the output stays on this terminal
-        subprocess.run([sys.executable, "-m", "relpos.cli", *args], cwd=cwd, check=True, env=env, stdout=sink,
-                       stderr=sink)
+        status = subprocess.run([sys.executable, "-m", "relpos.cli", *args], cwd=cwd, env=env, stdout=sink,
+                                stderr=sink, check=False).returncode
+    if status:
+        raise RunFailed(f"`relpos {' '.join(args)}` exited with status {status}; its output is "
+                        + (f"in {log}" if log else "above"))
     return time.perf_counter() - start
+
+
+class RunFailed(RuntimeError):
+    """A `relpos` command of the regeneration failed; the message says where its output went."""
+
+
+class RunsFailed(SystemExit):
+    """One or more of the runs that went at the same time failed; `failures` holds each one's message."""
+
+    def __init__(self, failures: list[str]):
+        super().__init__("regeneration runs failed:" + "".join(f"\n  - {failure}" for failure in failures))
+        self.failures = failures
 
 
 def _cores() -> int:
@@ -377,10 +392,16 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _wait_all(futures: list[concurrent.futures.Future]) -> None:
-    """Every run's result; the failures, all of them, raised together once every run has ended."""
-    failures = [repr(future.exception()) for future in futures if future.exception() is not None]
+    """Every run's result; the failures, all of them, raised together once every run has ended (those of runs
+    that went at the same time inside one of these listed beside the others, not nested in its message)."""
+    failures: list[str] = []
+    for error in (future.exception() for future in futures):
+        if isinstance(error, RunsFailed):
+            failures += error.failures
+        elif error is not None:
+            failures.append(str(error) or repr(error))
     if failures:
-        raise SystemExit("regeneration runs failed: " + "; ".join(failures))
+        raise RunsFailed(failures)
 
 
 def _recipe(work: Path, root: Path, commit: str, threads: int | None = None, wall_note: str | None = None) -> None:
@@ -465,8 +486,10 @@ def _work_folder(work: Path | None, commit: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"relpos-regenerate-{commit}-"))
     work.mkdir(parents=True, exist_ok=True)
     stamp = work / "COMMIT"
-    if stamp.exists() and stamp.read_text().strip() != commit:
-        raise SystemExit(f"--work {work} was started at commit {stamp.read_text().strip()}, this is {commit}: continue "
+    started = stamp.read_text().strip() if stamp.exists() else commit
+    # short hashes: git lengthens its abbreviation as a repository grows, so one may be the other's prefix
+    if not (started.startswith(commit) or commit.startswith(started)):
+        raise SystemExit(f"--work {work} was started at commit {started}, this is {commit}: continue "
                          "it from a clean clone of that commit, or give a new folder")
     if not stamp.exists() and any(work.iterdir()):
         raise SystemExit(f"--work {work} holds files but no COMMIT stamp: give an empty or new folder")

@@ -2,6 +2,7 @@
 regeneration runs README's own first command."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,35 @@ def test_a_seed_log_goes_in_a_folder_no_run_has_made_yet(tmp_path):
     log = tmp_path / "runs" / "recipe-seed1.log"
     regenerate._relpos("--help", cwd=tmp_path, log=log)
     assert "usage" in log.read_text()
+
+
+def test_a_failed_run_names_its_status_and_where_its_output_went(tmp_path):
+    log = tmp_path / "runs" / "recipe-seed1.log"
+    with pytest.raises(regenerate.RunFailed, match=f"`relpos train --no-such-option` exited with status 2; its "
+                                                   f"output is in {re.escape(str(log))}"):
+        regenerate._relpos("train", "--no-such-option", cwd=tmp_path, log=log)
+    assert "--no-such-option" in log.read_text()
+
+
+def test_failures_of_runs_inside_runs_are_listed_flat_one_per_line():
+    """--recipe-beside-seeds waits for the recipe and for the seeds step, which waits for each seed: every failed
+    run is one line of the message, whatever depth it failed at."""
+    import concurrent.futures
+
+    def fail(message):
+        raise regenerate.RunFailed(message)
+
+    def inner():
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            regenerate._wait_all([pool.submit(fail, "seed 1 failed"), pool.submit(fail, "seed 2 failed")])
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(fail, "recipe failed"), pool.submit(inner)]
+    with pytest.raises(regenerate.RunsFailed) as raised:
+        regenerate._wait_all(futures)
+    assert raised.value.failures == ["recipe failed", "seed 1 failed", "seed 2 failed"]
+    assert str(raised.value) == ("regeneration runs failed:\n  - recipe failed\n  - seed 1 failed\n"
+                                 "  - seed 2 failed")
 
 
 def test_seeds_run_at_once_each_with_its_share_of_the_cores(tmp_path, monkeypatch):
@@ -230,7 +260,7 @@ def test_every_failed_seed_is_reported_after_the_others_finish(tmp_path, monkeyp
         return 1.0
 
     monkeypatch.setattr(regenerate, "_relpos", fake_relpos)
-    with pytest.raises(SystemExit, match="seed1 died.*seed3 died"):
+    with pytest.raises(SystemExit, match="(?s)seed1 died.*seed3 died"):
         regenerate._recipe_seeds(tmp_path / "work", tmp_path / "pkgs", "abc1234", jobs=1)
     assert finished == ["runs/recipe-seed2", "runs/recipe-seed2/eval"]
     assert regenerate.recipe_seed_files(2)[0].exists() and not regenerate.recipe_seed_files(1)[0].exists()
@@ -254,6 +284,9 @@ def test_a_work_folder_given_again_continues_only_at_its_commit(tmp_path):
     assert regenerate._work_folder(work, "abc1234") == work.resolve()  # the same commit: continued
     with pytest.raises(SystemExit, match="started at commit abc1234, this is def5678"):
         regenerate._work_folder(work, "def5678")
+    # git's abbreviation grows with the repository: the same commit, printed longer or shorter, continues it
+    assert regenerate._work_folder(work, "abc12345") == work.resolve()
+    assert regenerate._work_folder(work, "abc1234") == work.resolve()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file").write_text("")
     with pytest.raises(SystemExit, match="no COMMIT stamp"):
