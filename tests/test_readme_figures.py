@@ -90,6 +90,20 @@ def test_the_recipe_figures_come_from_the_recipe_line_as_written():
         assert config["seed"] == seed
 
 
+def _fake_checkout(tmp_path, monkeypatch, seeds: tuple[int, ...], data_line: bool = True) -> None:
+    """regenerate's README and docs/ replaced by a README in `tmp_path` whose recipe block is a `relpos data photos`
+    line (unless `data_line` is False), a train line and an eval line, and an empty docs/ beside it."""
+    lines = ["relpos data photos photos/pretrain --root ROOT --keep unlabelled"] if data_line else []
+    lines += ["relpos train --data photos/pretrain --out runs/recipe --steps 5",
+              "relpos eval runs/recipe/checkpoint.pt --out runs/recipe/eval"]
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- recipe-commands -->\n```sh\n" + "".join(line + "\n" for line in lines) + "```\n")
+    (tmp_path / "docs").mkdir()
+    monkeypatch.setattr(regenerate, "README", readme)
+    monkeypatch.setattr(regenerate, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(regenerate, "RECIPE_SEEDS", seeds)
+
+
 def test_a_seed_log_goes_in_a_folder_no_run_has_made_yet(tmp_path):
     """`--only seeds` alone: each seed's log is runs/recipe-seedN.log before any training has made runs/."""
     log = tmp_path / "runs" / "recipe-seed1.log"
@@ -132,17 +146,10 @@ def test_seeds_run_at_once_each_with_its_share_of_the_cores(tmp_path, monkeypatc
     import json
     import shutil
     import threading
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- recipe-commands -->\n```sh\nrelpos data photos photos/pretrain --root ROOT --keep unlabelled\n"
-                      "relpos train --data photos/pretrain --out runs/recipe --steps 5\n"
-                      "relpos eval runs/recipe/checkpoint.pt --out runs/recipe/eval\n```\n")
     work = tmp_path / "work"
     (work / "photos" / "pretrain").mkdir(parents=True)  # the data line has run (its manifest, written last): not again
     (work / "photos" / "pretrain" / "manifest.csv").write_text("path\n")
-    (tmp_path / "docs").mkdir()
-    monkeypatch.setattr(regenerate, "README", readme)
-    monkeypatch.setattr(regenerate, "DOCS", tmp_path / "docs")
-    monkeypatch.setattr(regenerate, "RECIPE_SEEDS", (1, 2))
+    _fake_checkout(tmp_path, monkeypatch, (1, 2))
     monkeypatch.setattr(regenerate.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     calls, lock = [], threading.Lock()
     trainers = {"together": threading.Barrier(2, timeout=10)}
@@ -197,13 +204,8 @@ def test_the_recipe_can_train_beside_its_seeds(tmp_path, monkeypatch):
     time, each with cores // 3 torch threads; the recipe's summary names how its wall time was shared."""
     import json
     import threading
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- recipe-commands -->\n```sh\nrelpos data photos photos/pretrain --root ROOT --keep unlabelled\n"
-                      "relpos train --data photos/pretrain --out runs/recipe --steps 5\n"
-                      "relpos eval runs/recipe/checkpoint.pt --out runs/recipe/eval\n```\n")
-    (tmp_path / "docs").mkdir()
-    for name, value in [("README", readme), ("DOCS", tmp_path / "docs"), ("RECIPE_SEEDS", (1, 2)),
-                        ("RECIPE_SUMMARY", tmp_path / "docs" / "recipe_train_summary.json"),
+    _fake_checkout(tmp_path, monkeypatch, (1, 2))
+    for name, value in [("RECIPE_SUMMARY", tmp_path / "docs" / "recipe_train_summary.json"),
                         ("RECIPE_EVAL", tmp_path / "docs" / "recipe_eval.json"),
                         ("RECIPE_FIGURES", {"curves.png": tmp_path / "docs" / "recipe_curves.png"})]:
         monkeypatch.setattr(regenerate, name, value)
@@ -241,13 +243,7 @@ def test_the_recipe_can_train_beside_its_seeds(tmp_path, monkeypatch):
 def test_every_failed_seed_is_reported_after_the_others_finish(tmp_path, monkeypatch):
     """A seed whose run fails does not hide another's failure, and the seeds still running finish first."""
     import json
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- recipe-commands -->\n```sh\nrelpos train --data photos/pretrain --out runs/recipe\n"
-                      "relpos eval runs/recipe/checkpoint.pt --out runs/recipe/eval\n```\n")
-    (tmp_path / "docs").mkdir()
-    monkeypatch.setattr(regenerate, "README", readme)
-    monkeypatch.setattr(regenerate, "DOCS", tmp_path / "docs")
-    monkeypatch.setattr(regenerate, "RECIPE_SEEDS", (1, 2, 3))
+    _fake_checkout(tmp_path, monkeypatch, (1, 2, 3), data_line=False)
     finished = []
 
     def fake_relpos(*args, cwd, threads=None, log=None):
@@ -298,14 +294,7 @@ def test_runs_cut_short_are_resumed_and_evaluations_redone(tmp_path, monkeypatch
     checkpoint resumes and says its time is of the part after the stop, one that left none starts over, evaluations
     are replaced; called once more, finished runs are not trained again and keep their recorded times."""
     import json
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- recipe-commands -->\n```sh\nrelpos data photos photos/pretrain --root ROOT --keep unlabelled\n"
-                      "relpos train --data photos/pretrain --out runs/recipe --steps 5\n"
-                      "relpos eval runs/recipe/checkpoint.pt --out runs/recipe/eval\n```\n")
-    (tmp_path / "docs").mkdir()
-    monkeypatch.setattr(regenerate, "README", readme)
-    monkeypatch.setattr(regenerate, "DOCS", tmp_path / "docs")
-    monkeypatch.setattr(regenerate, "RECIPE_SEEDS", (1, 2))
+    _fake_checkout(tmp_path, monkeypatch, (1, 2))
     work = tmp_path / "work"
     (work / "photos" / "pretrain").mkdir(parents=True)  # cut short: no manifest
     (work / "runs" / "recipe-seed1" / "eval").mkdir(parents=True)
