@@ -488,7 +488,7 @@ def _work_folder(work: Path | None, commit: str) -> Path:
     stamp = work / "COMMIT"
     started = stamp.read_text().strip() if stamp.exists() else commit
     # short hashes: git lengthens its abbreviation as a repository grows, so one may be the other's prefix
-    if not (started.startswith(commit) or commit.startswith(started)):
+    if not started or not (started.startswith(commit) or commit.startswith(started)):
         raise SystemExit(f"--work {work} was started at commit {started}, this is {commit}: continue "
                          "it from a clean clone of that commit, or give a new folder")
     if not stamp.exists() and any(work.iterdir()):

@@ -283,6 +283,9 @@ def test_a_work_folder_given_again_continues_only_at_its_commit(tmp_path):
     # git's abbreviation grows with the repository: the same commit, printed longer or shorter, continues it
     assert regenerate._work_folder(work, "abc12345") == work.resolve()
     assert regenerate._work_folder(work, "abc1234") == work.resolve()
+    (work / "COMMIT").write_text("\n")  # an emptied stamp is the prefix of every hash: it names no commit
+    with pytest.raises(SystemExit, match="started at commit , this is abc1234"):
+        regenerate._work_folder(work, "abc1234")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file").write_text("")
     with pytest.raises(SystemExit, match="no COMMIT stamp"):

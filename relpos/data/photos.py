@@ -762,9 +762,10 @@ def read_manifest(folder: str | Path) -> list[dict]:
         if not name or "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
             raise ValueError(f"{manifest}, line {line}: 'file' must be a path inside {folder}, got {name!r}")
         # nor through a symbolic link: a copied folder's link to /etc or ~ must not make its files evaluated
-        if not (folder / name).resolve().is_relative_to(inside):
+        target = (folder / name).resolve()
+        if not target.is_relative_to(inside):
             raise ValueError(f"{manifest}, line {line}: 'file' {name!r} is a symbolic link (or is inside one) to "
-                             f"{(folder / name).resolve()}, outside {folder}")
+                             f"{target}, outside {folder}")
         row.update({key: row.get(key) or "" for key in _MANIFEST_NEEDS}, path=str(folder / name))
     return [row for _, row in rows]
 
